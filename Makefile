@@ -1,0 +1,23 @@
+# Two entry points, each safe to run on a fresh machine: they create the virtual environment first.
+#   make demo   prepare the AKJV Bible, train a small GPT on the CPU (~5 minutes), sample from it
+#   make test   run the test suite (offline)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test setup
+setup: $(VENV)/installed
+
+$(VENV)/installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+demo: setup
+	$(PY) prepare.py data/akjv
+	$(PY) train.py config/train_akjv.py
+	$(PY) sample.py --out_dir=out-akjv --start="In the beginning" --num_samples=3 --max_new_tokens=200
+
+test: setup
+	HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q

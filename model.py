@@ -1,0 +1,154 @@
+"""The models: a GPT and an LSTM language model. Each maps token ids to next-token logits and nothing more:
+the loss and optimizer live in train.py, generation in sample.py.
+
+Shapes: B batch, T time (tokens), C n_embd, H n_hidden, V vocab_size, L n_layer.
+"""
+import dataclasses
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclasses.dataclass
+class ModelArgs:
+    model_type: str = 'gpt'   # gpt | lstm
+    vocab_size: int = 0       # number of token ids (from the tokenizer)
+    pad_id: int | None = None  # the tokenizer's padding id, whose embedding stays zero (None: no padding)
+    block_size: int = 128     # GPT: longest context (learned positions); LSTM: unused by the model
+    n_layer: int = 4
+    n_embd: int = 128         # width of the token embedding (and of the GPT's residual stream)
+    n_head: int = 4           # GPT attention heads
+    n_hidden: int = 0         # LSTM hidden size (0 = n_embd, which lets the head share the embedding)
+    dropout: float = 0.0
+    bias: bool = False        # GPT: biases in Linear and LayerNorm layers
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        assert args.n_embd % args.n_head == 0, "n_embd must be a multiple of n_head"
+        self.n_head = args.n_head
+        self.dropout = args.dropout
+        self.qkv = nn.Linear(args.n_embd, 3 * args.n_embd, bias=args.bias)
+        self.proj = nn.Linear(args.n_embd, args.n_embd, bias=args.bias)
+        self.proj.is_residual_projection = True
+        self.resid_dropout = nn.Dropout(args.dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, C // n_head)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.up = nn.Linear(args.n_embd, 4 * args.n_embd, bias=args.bias)
+        self.down = nn.Linear(4 * args.n_embd, args.n_embd, bias=args.bias)
+        self.down.is_residual_projection = True
+        self.dropout = nn.Dropout(args.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, args):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(args.n_embd, bias=args.bias)
+        self.attn = CausalSelfAttention(args)
+        self.ln_2 = nn.LayerNorm(args.n_embd, bias=args.bias)
+        self.mlp = MLP(args)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.args = args
+        self.wte = nn.Embedding(args.vocab_size, args.n_embd, padding_idx=args.pad_id)
+        self.wpe = nn.Embedding(args.block_size, args.n_embd)
+        self.drop = nn.Dropout(args.dropout)
+        self.blocks = nn.ModuleList(Block(args) for _ in range(args.n_layer))
+        self.ln_f = nn.LayerNorm(args.n_embd, bias=args.bias)
+        self.lm_head = nn.Linear(args.n_embd, args.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: one matrix reads tokens in and writes them out
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # GPT-2's initialization: N(0, 0.02), residual projections scaled down by sqrt(2 * n_layer)
+        # so that the residual stream's variance does not grow with depth.
+        if isinstance(module, (nn.Linear, nn.Embedding)) and module is not self.lm_head:  # head = wte
+            std = 0.02 / math.sqrt(2 * self.args.n_layer) if getattr(module, 'is_residual_projection', 0) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def forward(self, idx):
+        """idx (B, T) token ids, T <= block_size -> logits (B, T, V)."""
+        B, T = idx.shape
+        if T > self.args.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.args.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+class LSTM(nn.Module):
+    def __init__(self, args):
+        super().__init__()
+        self.args = args
+        hidden = args.n_hidden or args.n_embd
+        self.embedding = nn.Embedding(args.vocab_size, args.n_embd, padding_idx=args.pad_id)
+        self.drop = nn.Dropout(args.dropout)
+        self.lstm = nn.LSTM(args.n_embd, hidden, args.n_layer, batch_first=True,
+                            dropout=args.dropout if args.n_layer > 1 else 0.0)
+        self.head = nn.Linear(hidden, args.vocab_size)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if hidden == args.n_embd:
+            self.head.weight = self.embedding.weight  # tied (Press & Wolf 2017) when the sizes agree
+        else:
+            nn.init.uniform_(self.head.weight, -0.1, 0.1)
+        nn.init.zeros_(self.head.bias)
+        if args.pad_id is not None:
+            with torch.no_grad():
+                self.embedding.weight[args.pad_id].zero_()
+
+    def init_hidden(self, batch_size, device=None):
+        """Zero state (h, c), each (L, B, H): the start of a stream."""
+        hidden = self.args.n_hidden or self.args.n_embd
+        zeros = torch.zeros(self.args.n_layer, batch_size, hidden, device=device)
+        return zeros, zeros.clone()
+
+    def forward(self, idx, hidden):
+        """idx (B, T), hidden (h, c) -> logits (B, T, V), the hidden state after the last token."""
+        x = self.drop(self.embedding(idx))       # (B, T, C)
+        out, hidden = self.lstm(x, hidden)       # (B, T, H)
+        return self.head(self.drop(out)), hidden
+
+
+MODELS = {'gpt': GPT, 'lstm': LSTM}
+
+
+def build_model(args):
+    """The model named by args.model_type, freshly initialized."""
+    if args.model_type not in MODELS:
+        raise ValueError(f"unknown model_type {args.model_type!r}; known: {', '.join(MODELS)}")
+    return MODELS[args.model_type](args)

@@ -1,0 +1,135 @@
+"""Files on disk: atomic writes, and the layout of a prepared dataset that prepare.py writes and training reads.
+
+A prepared data directory holds
+
+    meta.json            tokenizer, dtype, counts, source, and each file's size and sha256
+    train.bin, val.bin   token ids, one flat array per split (uint16, or uint32 for large vocabularies)
+    train.docs.npy, ...  int64 document start offsets into the .bin, plus the total length at the end
+
+meta.json is published last and removed first, so a directory has either a complete set of files that agree
+with its meta, or no meta.json (never prepared, or a prepare interrupted before it finished).
+"""
+import contextlib
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from configurator import UserError
+
+META = 'meta.json'
+SPLITS = ('train', 'val')
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode='wb'):
+    """Open a temporary file beside path; on success flush, fsync and rename it over path, else delete it.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(tmp))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def temporary_path(path):
+    """Where a new version of path is written before it is renamed into place (same directory, hidden)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f'.{name}.tmp-{os.getpid()}')
+
+
+def remove_stray_temporaries(directory):
+    """Delete temporary files that an interrupted atomic_write left behind (their process is gone)."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if name.startswith('.') and '.tmp-' in name:
+            pid = name.rsplit('.tmp-', 1)[1]
+            if not (pid.isdigit() and _process_alive(int(pid))):
+                os.remove(os.path.join(directory, name))
+
+
+def split_paths(data_dir, split):
+    """(tokens .bin path, document offsets .npy path) of one split."""
+    return os.path.join(data_dir, f'{split}.bin'), os.path.join(data_dir, f'{split}.docs.npy')
+
+
+def file_digest(path):
+    """{'bytes': size, 'sha256': hex digest} of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return {'bytes': os.path.getsize(path), 'sha256': digest.hexdigest()}
+
+
+def publish_dataset(data_dir, meta, written):
+    """Move freshly written files into place, meta.json last. written maps final path -> temporary path."""
+    meta_path = os.path.join(data_dir, META)
+    meta = dict(meta, files={os.path.basename(p): file_digest(tmp) for p, tmp in written.items()})
+    tmp_meta = temporary_path(meta_path)
+    with open(tmp_meta, 'w') as f:
+        json.dump(meta, f, indent=1)
+    for tmp in [*written.values(), tmp_meta]:
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+    if os.path.exists(meta_path):
+        os.remove(meta_path)  # from here until meta.json is renamed into place the directory is "not prepared"
+    for final, tmp in [*written.items(), (meta_path, tmp_meta)]:
+        os.replace(tmp, final)
+    _fsync_dir(data_dir)
+    return meta
+
+
+def load_meta(data_dir):
+    """meta.json of a prepared data directory, after checking that every file it lists is there, whole."""
+    meta_path = os.path.join(data_dir, META)
+    if not os.path.exists(meta_path):
+        raise UserError(f"{meta_path} not found: run `python prepare.py {data_dir}` first")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{meta_path} is unreadable ({error}): run `python prepare.py {data_dir}` again")
+    for name, expected in meta.get('files', {}).items():
+        path = os.path.join(data_dir, name)
+        size = os.path.getsize(path) if os.path.exists(path) else None
+        if size != expected['bytes']:
+            raise UserError(f"{path} does not match {meta_path} (size {size}, expected {expected['bytes']}):"
+                            f" run `python prepare.py {data_dir}` again")
+    return meta
+
+
+def open_split(data_dir, split, meta=None):
+    """(tokens, document offsets) of one split as read-only memory maps; nothing is read into memory."""
+    meta = meta or load_meta(data_dir)
+    bin_path, docs_path = split_paths(data_dir, split)
+    tokens = np.memmap(bin_path, dtype=np.dtype(meta['dtype']), mode='r')
+    return tokens, np.load(docs_path, mmap_mode='r')
+
+
+def _fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,100 @@
+import io
+import os
+import shutil
+
+import pytest
+import torch
+
+import sample
+import tokenizer as tok
+from configurator import UserError
+from conftest import run_script
+
+
+def test_sample_in_a_fresh_process_needs_only_the_checkpoint(tiny_checkpoint, tmp_path):
+    # the checkpoint alone, copied away from its data directory and training run
+    lonely = tmp_path / 'lonely.pt'
+    shutil.copy(os.path.join(tiny_checkpoint, 'ckpt.pt'), lonely)
+    args = ['sample.py', f'--checkpoint={lonely}', '--start=And God', '--num_samples=2',
+            '--max_new_tokens=30', '--device=cpu']
+    first, again = run_script(*args, cwd=tmp_path), run_script(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    samples = first.stdout.split('-' * 40 + '\n')
+    assert len(samples) == 3 and samples[2] == ''
+    assert all(s.startswith('And God') and len(s) > len('And God') + 5 for s in samples[:2])
+    assert first.stdout == again.stdout  # same seed, same samples
+
+
+def test_gpt_context_is_cropped_to_block_size(tiny_checkpoint):
+    cfg = sample.SampleConfig(out_dir=tiny_checkpoint, start='And God said ' * 10, max_new_tokens=40,
+                              device='cpu')
+    out = io.StringIO()
+    [text] = sample.sample(cfg, out)
+    assert out.getvalue().startswith(text) and len(text) >= len(cfg.start) + 20
+
+
+def test_lstm_samples_carry_hidden_state(char_data, tmp_path):
+    import train
+    from conftest import TINY_LSTM
+    out_dir = str(tmp_path / 'lstm')
+    train.main([f'--data_dir={char_data}', f'--out_dir={out_dir}', '--max_iters=10', '--eval_interval=10',
+                *TINY_LSTM])
+    texts = sample.sample(sample.SampleConfig(out_dir=out_dir, start='In', max_new_tokens=25, device='cpu'),
+                          io.StringIO())
+    assert texts[0].startswith('In') and len(texts[0]) >= 2 + 25 - 25 // 2  # </s> reads as one character
+
+
+def test_generate_is_reproducible_and_respects_top_k(tiny_checkpoint):
+    import checkpoint
+    model = checkpoint.restore_model(checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))).eval()
+    ids = torch.tensor([[tok.BOS_ID]])
+    run = lambda seed, **kw: list(sample.generate(model, ids, 20, 1.0, kw.get('top_k', 0),
+                                                   torch.Generator().manual_seed(seed)))
+    assert run(1) == run(1) and run(1) != run(2)
+    logits = model(ids)[0, -1]
+    allowed = set(torch.topk(logits, 1).indices.tolist())
+    assert set(run(5, top_k=1)[:1]) <= allowed  # top_k=1 is greedy
+
+
+def test_unknown_prompt_characters_warn_once(tiny_checkpoint, capsys):
+    cfg = sample.SampleConfig(out_dir=tiny_checkpoint, start='Zebra€€', max_new_tokens=5, device='cpu')
+    sample.sample(cfg, io.StringIO())
+    err = capsys.readouterr().err
+    assert err.count('warning') == 1 and "'€'" in err
+
+
+def test_prompt_from_file(tiny_checkpoint, tmp_path):
+    prompt = tmp_path / 'prompt.txt'
+    prompt.write_text('And the earth', encoding='utf-8')
+    cfg = sample.SampleConfig(out_dir=tiny_checkpoint, start=f'FILE:{prompt}', max_new_tokens=5, device='cpu')
+    assert sample.sample(cfg, io.StringIO())[0].startswith('And the earth')
+
+
+@pytest.mark.parametrize('content, message', [
+    (None, 'not found'),
+    (b'hello', 'not a readable checkpoint'),
+    (b'', 'not a readable checkpoint'),
+])
+def test_bad_checkpoint_is_a_user_error(tmp_path, content, message):
+    path = tmp_path / 'ckpt.pt'
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        sample.sample(sample.SampleConfig(checkpoint=str(path)), io.StringIO())
+
+
+def test_truncated_and_foreign_checkpoints(tiny_checkpoint, tmp_path):
+    data = open(os.path.join(tiny_checkpoint, 'ckpt.pt'), 'rb').read()
+    (tmp_path / 'cut.pt').write_bytes(data[:len(data) // 2])
+    torch.save({'weights': torch.zeros(3)}, tmp_path / 'foreign.pt')
+    ckpt = torch.load(os.path.join(tiny_checkpoint, 'ckpt.pt'), weights_only=True)
+    torch.save(dict(ckpt, model_args=dict(ckpt['model_args'], model_type='mamba')), tmp_path / 'mamba.pt')
+    for name, message in [('cut.pt', 'not a readable checkpoint'), ('foreign.pt', 'not a checkpoint of this'),
+                          ('mamba.pt', "unknown model type 'mamba'")]:
+        with pytest.raises(UserError, match=message):
+            sample.sample(sample.SampleConfig(checkpoint=str(tmp_path / name)), io.StringIO())
+
+
+def test_bad_sampling_options(tiny_checkpoint):
+    with pytest.raises(UserError, match='temperature'):
+        sample.sample(sample.SampleConfig(out_dir=tiny_checkpoint, temperature=0), io.StringIO())

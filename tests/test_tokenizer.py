@@ -1,0 +1,97 @@
+import json
+
+from hypothesis import given, settings, strategies as st
+
+import tokenizer as tok
+
+CORPUS = ["Hello? You're here.", "In the beginning God created  the heaven\tand the earth!"]
+
+
+def test_special_ids_are_fixed_for_every_kind():
+    for kind, cls in tok.TOKENIZERS.items():
+        t = cls.build(CORPUS)
+        assert t.vocab[:4] == ['<?>', '<s>', '</s>', '<>'], kind
+        assert (t.unk_id, t.bos_id, t.eos_id, t.pad_id) == (0, 1, 2, 3)
+
+
+def test_char_tokenizer_exact_ids():
+    t = tok.CharTokenizer.build(['abc', 'cab!'])
+    assert t.vocab == ['<?>', '<s>', '</s>', '<>', '!', 'a', 'b', 'c']
+    assert t.encode('cab!') == [7, 5, 6, 4]
+    assert t.encode(['a', 'bc']) == [[5], [6, 7]]
+    assert t.encode_lines(['ab', 'c']) == [[1, 5, 6, 2], [1, 7, 2]]
+    assert t.encode('abz') == [5, 6, tok.UNK_ID]  # a character the corpus never had
+
+
+def test_word_tokenizer_pieces_keep_punctuation_whitespace_and_apostrophes():
+    t = tok.WordTokenizer.build(CORPUS)
+    pieces = [t.vocab[i] for i in t.encode("Hello? You're here.")]
+    assert pieces == ['Hello', '?', ' ', "You're", ' ', 'here', '.']
+    assert t.decode(t.encode("Hello?")) == "Hello?"
+    assert [t.vocab[i] for i in t.encode('God  created\tthe')] == ['God', '  ', 'created', '\t', 'the']
+
+
+def test_word_vocab_orders_by_frequency_after_the_characters():
+    t = tok.WordTokenizer.build(['b a b', 'c b a'])
+    # specials, then every character, then pieces not already in the vocabulary by falling count
+    assert t.vocab == ['<?>', '<s>', '</s>', '<>', ' ', 'a', 'b', 'c']
+    t = tok.WordTokenizer.build(['ox ox cow', 'cow ox'])
+    assert t.vocab[4:] == [' ', 'c', 'o', 'w', 'x', 'ox', 'cow']
+    assert t.encode('ox cow') == [9, 4, 10]
+
+
+def test_unknown_word_is_spelled_with_characters_not_lost():
+    t = tok.WordTokenizer.build(CORPUS)
+    ids = t.encode('Hole')
+    assert [t.vocab[i] for i in ids] == ['H', 'o', 'l', 'e']
+    assert t.decode(ids) == 'Hole'
+    assert t.encode('Hi€') == [t.ids['H'], t.ids['i'], tok.UNK_ID]
+
+
+def test_min_count_and_max_vocab_limit_the_words():
+    t = tok.WordTokenizer.build(['aa aa bb'], min_count=2)
+    assert 'aa' in t.ids and 'bb' not in t.ids
+    assert t.decode(t.encode('bb aa')) == 'bb aa'
+    t = tok.WordTokenizer.build(['aa aa bb cc'], max_vocab=9)
+    assert t.vocab_size == 9 and t.vocab[-1] == 'aa'
+
+
+def test_decode_reads_document_boundaries_as_line_breaks():
+    t = tok.CharTokenizer.build(CORPUS)
+    ids = [i for line in t.encode_lines(['Hello', 'here']) for i in line]
+    assert t.decode(ids) == 'Hello\nhere\n'
+    assert t.decode([tok.PAD_ID, *t.encode('he'), tok.UNK_ID]) == 'he<?>'
+
+
+def test_meta_round_trip_through_json():
+    for cls in tok.TOKENIZERS.values():
+        t = cls.build(CORPUS)
+        again = tok.from_meta(json.loads(json.dumps(t.to_meta())))
+        assert type(again) is cls and again.vocab == t.vocab
+        assert again.encode(CORPUS[1]) == t.encode(CORPUS[1])
+
+
+ALPHABET = sorted(set(''.join(CORPUS)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=ALPHABET + ['\n', ' ', "'"], max_size=80))
+def test_word_round_trip_any_text_over_the_corpus_alphabet(text):
+    t = tok.WordTokenizer.build(CORPUS + ['\n'])
+    assert t.decode(t.encode(text)) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_word_round_trip_any_text_when_built_from_it(text):
+    t = tok.WordTokenizer.build([text])
+    assert t.decode(t.encode(text)) == text
+    assert tok.UNK_ID not in t.encode(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_char_round_trip_any_text_when_built_from_it(text):
+    t = tok.CharTokenizer.build([text])
+    assert t.decode(t.encode(text)) == text
+    assert len(t.encode(text)) == len(text)

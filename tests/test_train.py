@@ -1,0 +1,107 @@
+import json
+import os
+
+import pytest
+import torch
+
+import checkpoint
+import train
+from configurator import UserError
+from conftest import TINY_GPT, TINY_LSTM
+
+
+def metrics(out_dir):
+    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k != 'tokens_per_sec'} for r in records]
+
+
+@pytest.mark.parametrize('model_args', [TINY_GPT, TINY_LSTM], ids=['gpt', 'lstm'])
+def test_loss_falls(char_data, tmp_path, model_args):
+    out_dir = str(tmp_path / 'out')
+    result = train.main([f'--data_dir={char_data}', f'--out_dir={out_dir}', '--max_iters=60',
+                         '--eval_interval=60', '--learning_rate=3e-3', *model_args])
+    evals = [r for r in metrics(out_dir) if 'val_loss' in r]
+    assert [r['iter'] for r in evals] == [0, 60]
+    # from uniform guessing over ~50 characters (ln 50 = 3.9 nats) to well below it
+    assert evals[0]['val_loss'] > 3.5 and evals[1]['val_loss'] < evals[0]['val_loss'] - 0.8
+    assert result['val_loss'] == evals[1]['val_loss']
+    assert 1 < result['val_bits_per_char'] < evals[0]['val_bits_per_char']
+    steps = [r for r in metrics(out_dir) if 'train_loss' in r]
+    assert len(steps) == 12 and all(r['tokens_per_sec'] > 0 for r in steps)
+    assert steps[-1]['train_loss'] < steps[0]['train_loss']
+    assert os.path.getsize(os.path.join(out_dir, 'loss.png')) > 1000
+
+
+def test_checkpoint_is_self_contained_and_loads_weights_only(tiny_checkpoint):
+    ckpt = torch.load(os.path.join(tiny_checkpoint, 'ckpt.pt'), weights_only=True)
+    assert ckpt['format_version'] == checkpoint.FORMAT_VERSION and ckpt['iter_num'] == 40
+    assert ckpt['model_args']['model_type'] == 'gpt' and ckpt['model_args']['n_embd'] == 32
+    assert ckpt['tokenizer']['kind'] == 'char' and ckpt['config']['max_iters'] == 40
+    assert not any(k.startswith('_orig_mod.') for k in ckpt['model'])
+    assert ckpt['optimizer']['state'] and ckpt['val_loss'] >= ckpt['best_val_loss']
+    model = checkpoint.restore_model(ckpt)
+    assert torch.equal(model.wte.weight, ckpt['model']['wte.weight'])
+    best = torch.load(os.path.join(tiny_checkpoint, 'best.pt'), weights_only=True)
+    assert best['val_loss'] == best['best_val_loss'] == ckpt['best_val_loss']
+
+
+@pytest.mark.parametrize('model_args', [TINY_GPT, TINY_LSTM], ids=['gpt', 'lstm'])
+def test_resume_continues_exactly(char_data, tmp_path, model_args):
+    common = [f'--data_dir={char_data}', '--eval_interval=10', '--dropout=0.1', *model_args]
+    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+    train.main([*common, f'--out_dir={straight}', '--max_iters=20'])
+    train.main([*common, f'--out_dir={split}', '--max_iters=10'])
+    halfway = torch.load(os.path.join(split, 'ckpt.pt'), weights_only=True)
+    train.main([*common, f'--out_dir={split}', '--max_iters=20', '--init_from=resume'])
+    resumed = torch.load(os.path.join(split, 'ckpt.pt'), weights_only=True)
+
+    assert halfway['iter_num'] == 10 and resumed['iter_num'] == 20
+    assert without_timing(metrics(split)) == without_timing(metrics(straight))  # every logged loss
+    reference = torch.load(os.path.join(straight, 'ckpt.pt'), weights_only=True)
+    for name, tensor in reference['model'].items():
+        assert torch.equal(tensor, resumed['model'][name]), name
+    moments = reference['optimizer']['state'][0]['exp_avg'], resumed['optimizer']['state'][0]['exp_avg']
+    assert torch.equal(*moments)
+    assert resumed['optimizer']['state'][0]['step'] == 20
+
+
+def test_resume_needs_a_checkpoint(char_data, tmp_path):
+    with pytest.raises(UserError, match='not found'):
+        train.main([f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--init_from=resume', *TINY_GPT])
+
+
+def test_block_size_longer_than_val_split(char_data, tmp_path):
+    with pytest.raises(UserError, match='the val split'):
+        train.main([f'--data_dir={char_data}', f'--out_dir={tmp_path}', *TINY_GPT, '--block_size=5000'])
+
+
+def test_unprepared_data_dir_names_the_prepare_command(tmp_path):
+    with pytest.raises(UserError, match=r'run `python prepare.py .*/nothing` first'):
+        train.main([f'--data_dir={tmp_path}/nothing', f'--out_dir={tmp_path}/out'])
+
+
+def test_unwritable_out_dir_fails_before_training(char_data, tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a directory')
+    with pytest.raises(UserError, match='cannot write to out_dir'):
+        train.main([f'--data_dir={char_data}', f'--out_dir={blocker}/out', *TINY_GPT])
+
+
+def test_learning_rate_schedule():
+    cfg = train.TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
+    assert train.learning_rate(0, cfg) == pytest.approx(0.1)
+    assert train.learning_rate(9, cfg) == pytest.approx(1.0)
+    assert train.learning_rate(60, cfg) == pytest.approx(0.55)
+    assert train.learning_rate(110, cfg) == pytest.approx(0.1)
+
+
+def test_weight_decay_only_on_matrices(char_data):
+    from model import ModelArgs, build_model
+    model = build_model(ModelArgs(vocab_size=20, n_layer=1, n_head=2, n_embd=8, bias=True))
+    decay, no_decay = train.make_optimizer(model, train.TrainConfig(), 'cpu').param_groups
+    assert all(p.dim() == 2 for p in decay['params']) and decay['weight_decay'] == 0.1
+    assert all(p.dim() == 1 for p in no_decay['params']) and no_decay['weight_decay'] == 0.0

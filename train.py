@@ -1,0 +1,356 @@
+"""Train a GPT or an LSTM on a prepared data directory; checkpoint, log metrics and plot the loss.
+
+    python train.py config/train_akjv.py --batch_size=500
+    python train.py config/train_akjv_lstm.py
+    python train.py config/train_akjv.py --init_from=resume      # continue out_dir/ckpt.pt
+
+Writes to out_dir: ckpt.pt (latest), best.pt (lowest val loss), metrics.jsonl, loss.png.
+"""
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import batching
+import checkpoint
+import storage
+from configurator import UserError, parse, run
+from model import MODELS, ModelArgs, build_model
+
+EVAL_SEED = 0  # the same val windows for every run, whatever its training seed, so runs compare
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # input and output
+    data_dir: str = 'data/akjv'   # a directory written by prepare.py
+    out_dir: str = 'out'          # checkpoints, metrics.jsonl and loss.png go here
+    init_from: str = 'scratch'    # scratch | resume (continue from out_dir/ckpt.pt)
+    # model (see model.ModelArgs; ignored on resume, where the checkpoint's shape is used)
+    model_type: str = 'gpt'       # gpt | lstm
+    n_layer: int = 4
+    n_head: int = 4               # GPT only
+    n_embd: int = 128
+    n_hidden: int = 0             # LSTM only: hidden size (0 = n_embd)
+    dropout: float = 0.0
+    bias: bool = False
+    block_size: int = 128         # tokens per window (GPT context; LSTM steps of backprop through time)
+    # batches and optimization
+    batch_size: int = 32          # windows per micro-step
+    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
+    max_iters: int = 2000         # optimizer steps in total
+    learning_rate: float = 1e-3   # peak learning rate, reached after warmup
+    min_lr: float = 1e-4          # floor of the cosine decay
+    warmup_iters: int = 100       # linear warmup steps
+    lr_decay_iters: int = 0       # step where the cosine reaches min_lr (0 = max_iters)
+    weight_decay: float = 0.1     # AdamW decay, applied to weight matrices and embeddings only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0        # clip the gradient norm to this (0 = off)
+    # evaluation and logging
+    eval_interval: int = 250      # evaluate, checkpoint and plot every this many steps (and at the end)
+    eval_iters: int = 20          # batches per evaluation, the same batches every time
+    log_interval: int = 10        # steps between train-loss and tokens/s log lines
+    # system
+    device: str = 'auto'          # auto | cpu | cuda | cuda:N | mps
+    dtype: str = 'auto'           # auto | float32 | bfloat16 | float16 (autocast; auto picks per device)
+    compile: bool = False         # torch.compile the model
+    seed: int = 1337
+
+
+def resolve_device(name):
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return 'cuda'
+        return 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f"--device={name} but CUDA is not available here: use --device=cpu or auto")
+    return name
+
+
+def resolve_dtype(name, device):
+    """The autocast dtype for a device: bfloat16 where the GPU supports it, else float16; float32 on CPU."""
+    if name == 'auto':
+        if device.startswith('cuda'):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in ('float32', 'bfloat16', 'float16'):
+        raise UserError(f"--dtype={name} is not one of auto, float32, bfloat16, float16")
+    return getattr(torch, name)
+
+
+def autocast(device, dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def learning_rate(it, cfg):
+    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters, then flat."""
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / cfg.warmup_iters
+    if it >= decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def make_optimizer(model, cfg, device):
+    """AdamW with weight decay on matrices (2-D and up) only; fused kernels on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
+              {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                             fused=torch.device(device).type == 'cuda')
+
+
+def lm_loss(logits, targets, ignore_index):
+    """Mean next-token cross-entropy in nats over the targets that are not ignore_index."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+
+
+def detach_hidden(hidden):
+    """Cut the graph at a TBPTT boundary: keep the LSTM state's values, drop their history."""
+    return tuple(h.detach() for h in hidden)
+
+
+class BatchLoss:
+    """Calling it runs the model on the next batch of one batch source and returns the mean loss.
+
+    For the LSTM it carries the hidden state from batch to batch of its source: detached between batches,
+    reset to zeros where the source starts its streams over.
+    """
+
+    def __init__(self, model, batches, device, dtype, ignore_index, hidden=None):
+        self.model, self.batches = model, batches
+        self.device, self.dtype, self.ignore_index = device, dtype, ignore_index
+        self.is_recurrent = isinstance(batches, batching.Streams)
+        self.hidden = hidden
+
+    def __call__(self):
+        if self.is_recurrent and (self.hidden is None or self.batches.is_epoch_start):
+            self.hidden = unwrap(self.model).init_hidden(self.batches.x.shape[0], self.device)
+        x, y = batching.to_device(*next(self.batches), self.device)
+        with autocast(self.device, self.dtype):
+            if self.is_recurrent:
+                logits, hidden = self.model(x, self.hidden)
+                self.hidden = detach_hidden(hidden)
+            else:
+                logits = self.model(x)
+            return lm_loss(logits, y, self.ignore_index)
+
+
+def unwrap(model):
+    """The plain module behind a torch.compile wrapper."""
+    return getattr(model, '_orig_mod', model)
+
+
+@torch.no_grad()
+def evaluate(model, tokens, cfg, device, dtype, ignore_index):
+    """Mean loss over the same eval_iters batches of tokens every time."""
+    batches = batching.make_batches(unwrap(model).args.model_type, tokens, cfg.batch_size, cfg.block_size,
+                                    EVAL_SEED)
+    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index)
+    n = min(cfg.eval_iters, getattr(batches, 'batches_per_epoch', cfg.eval_iters))
+    model.eval()
+    total = sum(batch_loss() for _ in range(n))
+    model.train()
+    return total.item() / n
+
+
+def check_data_fits(cfg, name, tokens):
+    need = cfg.block_size + 1 if cfg.model_type == 'gpt' else cfg.batch_size * cfg.block_size + 1
+    if len(tokens) < need:
+        what = "block_size" if cfg.model_type == 'gpt' else "batch_size x block_size"
+        raise UserError(f"{what} needs {need} tokens but the {name} split of {cfg.data_dir} has {len(tokens)}:"
+                        f" lower --block_size/--batch_size or prepare with a larger --val_fraction")
+
+
+def check_config(cfg):
+    if cfg.model_type not in MODELS:
+        raise UserError(f"unknown --model_type={cfg.model_type}: choose one of {', '.join(MODELS)}")
+    if cfg.init_from not in ('scratch', 'resume'):
+        raise UserError(f"--init_from={cfg.init_from} must be scratch or resume")
+    for key in ('batch_size', 'block_size', 'n_layer', 'n_embd', 'n_head', 'eval_iters', 'eval_interval',
+                'log_interval', 'gradient_accumulation_steps'):
+        if getattr(cfg, key) <= 0:
+            raise UserError(f"--{key}={getattr(cfg, key)} must be positive")
+    if cfg.model_type == 'gpt' and cfg.n_embd % cfg.n_head:
+        raise UserError(f"--n_embd={cfg.n_embd} must be a multiple of --n_head={cfg.n_head}")
+
+
+def prepare_out_dir(out_dir):
+    """Create out_dir and prove it is writable now, rather than at the first checkpoint an hour from now."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with storage.atomic_write(os.path.join(out_dir, '.write-test')) as f:
+            f.write(b'ok')
+        os.remove(os.path.join(out_dir, '.write-test'))
+    except OSError as error:
+        raise UserError(f"cannot write to out_dir {out_dir}: {error.strerror}; choose another --out_dir")
+    storage.remove_stray_temporaries(out_dir)
+
+
+class MetricsLog:
+    """out_dir/metrics.jsonl (one JSON object per line) and the loss plot drawn from it."""
+
+    def __init__(self, out_dir, resume_iter=None):
+        self.path = os.path.join(out_dir, 'metrics.jsonl')
+        self.plot_path = os.path.join(out_dir, 'loss.png')
+        self.records = []
+        if resume_iter is not None and os.path.exists(self.path):
+            with open(self.path) as f:  # keep what led up to the checkpoint; later lines were lost work
+                self.records = [r for r in map(json.loads, f) if r['iter'] <= resume_iter]
+        with storage.atomic_write(self.path, 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in self.records)
+
+    def write(self, **record):
+        self.records.append(record)
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+    def plot(self):
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, style in (('train_loss', '-'), ('eval_train_loss', 'o--'), ('val_loss', 'o-')):
+            points = [(r['iter'], r[key]) for r in self.records if key in r]
+            if points:
+                ax.plot(*zip(*points), style, label=key.replace('_', ' '), alpha=0.8)
+        ax.set_xlabel('iteration')
+        ax.set_ylabel('loss (nats per token)')
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        with storage.atomic_write(self.plot_path) as f:
+            fig.savefig(f, format='png', dpi=100)
+        plt.close(fig)
+
+
+def train(cfg):
+    """Run training as configured; return the last evaluation's metrics."""
+    check_config(cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    meta = storage.load_meta(cfg.data_dir)
+    train_tokens, _ = storage.open_split(cfg.data_dir, 'train', meta)
+    val_tokens, _ = storage.open_split(cfg.data_dir, 'val', meta)
+    check_data_fits(cfg, 'train', train_tokens)
+    check_data_fits(cfg, 'val', val_tokens)
+    prepare_out_dir(cfg.out_dir)
+    ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
+
+    torch.manual_seed(cfg.seed)
+    resumed = checkpoint.load(ckpt_path) if cfg.init_from == 'resume' else None
+    if resumed:
+        args = ModelArgs(**resumed['model_args'])
+        if resumed['tokenizer'] != meta['tokenizer']:
+            raise UserError(f"{ckpt_path} was trained on another vocabulary than {cfg.data_dir}:"
+                            f" resume with the data_dir it was trained on")
+    else:
+        args = ModelArgs(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelArgs)
+                            if hasattr(cfg, f.name)},
+                         vocab_size=meta['vocab_size'], pad_id=meta['tokenizer']['special_ids'].get('pad'))
+    raw_model = build_model(args).to(device)
+    optimizer = make_optimizer(raw_model, cfg, device)
+    batches = batching.make_batches(args.model_type, train_tokens, cfg.batch_size, cfg.block_size, cfg.seed)
+    iter_num, best_val_loss = 0, float('inf')
+    if resumed:
+        raw_model.load_state_dict(resumed['model'])
+        optimizer.load_state_dict(resumed['optimizer'])
+        iter_num, best_val_loss = resumed['iter_num'], resumed['best_val_loss']
+        batches.load_state(resumed['rng']['batches'])
+        torch.set_rng_state(resumed['rng']['torch'])
+        if resumed['rng'].get('hidden') is not None:
+            resumed['rng']['hidden'] = tuple(h.to(device) for h in resumed['rng']['hidden'])
+        print(f"resuming {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    special = meta['tokenizer']['special_ids']
+    ignore_index = special['pad'] if special.get('pad') is not None else -100
+    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index,
+                           hidden=resumed and resumed['rng'].get('hidden'))
+    log = MetricsLog(cfg.out_dir, resume_iter=iter_num if resumed else None)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    tokens_per_char = meta['splits']['val']['tokens'] / meta['splits']['val']['chars']
+    print(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({str(dtype)[6:]});"
+          f" {tokens_per_iter:,} tokens per iteration, {cfg.max_iters} iterations")
+
+    def save(path, val_loss):
+        checkpoint.save(path, {
+            'model_args': dataclasses.asdict(args), 'model': raw_model.state_dict(),
+            'optimizer': optimizer.state_dict(), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
+            'val_loss': val_loss, 'config': dataclasses.asdict(cfg), 'tokenizer': meta['tokenizer'],
+            'data': {'data_dir': cfg.data_dir, 'val_tokens_per_char': tokens_per_char},
+            'rng': {'torch': torch.get_rng_state(), 'batches': batches.state(),
+                    'hidden': [h.cpu() for h in batch_loss.hidden] if batch_loss.hidden else None}})
+
+    result = {}
+    start_iter = iter_num
+    progress = tqdm(total=cfg.max_iters, initial=iter_num, desc='train', unit='it', dynamic_ncols=True)
+    window_start, window_loss, window_steps = time.perf_counter(), torch.zeros((), device=device), 0
+    while True:
+        is_eval_step = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
+        if is_eval_step and not (resumed and iter_num == start_iter):  # a resumed checkpoint was evaluated
+            val_loss = evaluate(model, val_tokens, cfg, device, dtype, ignore_index)
+            bits = val_loss / math.log(2)
+            result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
+                      'val_bits_per_token': bits, 'val_bits_per_char': bits * tokens_per_char,
+                      'eval_train_loss': evaluate(model, train_tokens, cfg, device, dtype, ignore_index)}
+            log.write(**result)
+            tqdm.write(f"iter {iter_num}: val loss {val_loss:.4f}, perplexity {result['val_perplexity']:.2f},"
+                       f" {result['val_bits_per_char']:.3f} bits/char (train {result['eval_train_loss']:.4f})")
+            is_best = val_loss < best_val_loss
+            best_val_loss = min(best_val_loss, val_loss)
+            save(ckpt_path, val_loss)
+            if is_best:
+                save(os.path.join(cfg.out_dir, 'best.pt'), val_loss)
+            log.plot()
+            window_start = time.perf_counter()  # evaluation time is not training throughput
+        if iter_num >= cfg.max_iters:
+            break
+
+        lr = learning_rate(iter_num, cfg)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        for _ in range(cfg.gradient_accumulation_steps):
+            loss = batch_loss() / cfg.gradient_accumulation_steps
+            scaler.scale(loss).backward()
+            window_loss += loss.detach()
+        if cfg.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+        window_steps += 1
+        progress.update()
+
+        if iter_num % cfg.log_interval == 0:
+            train_loss = window_loss.item() / window_steps  # the only host sync of the hot loop
+            elapsed = time.perf_counter() - window_start
+            tokens_per_sec = window_steps * tokens_per_iter / elapsed
+            log.write(iter=iter_num, train_loss=train_loss, lr=lr, tokens_per_sec=tokens_per_sec)
+            progress.set_postfix(loss=f'{train_loss:.4f}', tok_s=f'{tokens_per_sec:,.0f}')
+            window_start, window_loss, window_steps = time.perf_counter(), torch.zeros((), device=device), 0
+    progress.close()
+    return result
+
+
+def main(argv=None):
+    return train(parse(TrainConfig, argv))
+
+
+if __name__ == '__main__':
+    run(main)
