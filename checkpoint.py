@@ -13,8 +13,6 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
     rng              torch, numpy and python RNG states, and the batch source's position
 """
 import os
-import pickle
-import zipfile
 
 import torch
 
@@ -41,7 +39,7 @@ def load(path, map_location='cpu'):
         raise UserError(f"checkpoint {path} not found: train one first (python train.py ...) or fix the path")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+    except Exception as error:  # torch.load fails in many ways (a legacy-pickle KeyError among them) on bad bytes
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{path} is not a readable checkpoint (truncated, corrupted or not ours): {reason}")
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED):

@@ -237,28 +237,26 @@ class MetricsLog:
 
 def train(cfg):
     """Run training as configured; return the last evaluation's metrics."""
+    ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
+    resumed = checkpoint.load(ckpt_path) if cfg.init_from == 'resume' else None
+    if resumed:  # the model's shape is the checkpoint's, whatever the config says
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
     check_config(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     meta = storage.load_meta(cfg.data_dir)
+    if resumed and resumed['tokenizer'] != meta['tokenizer']:
+        raise UserError(f"{ckpt_path} was trained on another vocabulary than {cfg.data_dir}:"
+                        f" resume with the data_dir it was trained on")
     train_tokens, _ = storage.open_split(cfg.data_dir, 'train', meta)
     val_tokens, _ = storage.open_split(cfg.data_dir, 'val', meta)
     check_data_fits(cfg, 'train', train_tokens)
     check_data_fits(cfg, 'val', val_tokens)
     prepare_out_dir(cfg.out_dir)
-    ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
 
     torch.manual_seed(cfg.seed)
-    resumed = checkpoint.load(ckpt_path) if cfg.init_from == 'resume' else None
-    if resumed:
-        args = ModelArgs(**resumed['model_args'])
-        if resumed['tokenizer'] != meta['tokenizer']:
-            raise UserError(f"{ckpt_path} was trained on another vocabulary than {cfg.data_dir}:"
-                            f" resume with the data_dir it was trained on")
-    else:
-        args = ModelArgs(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelArgs)
-                            if hasattr(cfg, f.name)},
-                         vocab_size=meta['vocab_size'], pad_id=meta['tokenizer']['special_ids'].get('pad'))
+    shape = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelArgs) if hasattr(cfg, f.name)}
+    args = ModelArgs(**shape, vocab_size=meta['vocab_size'], pad_id=meta['tokenizer']['special_ids'].get('pad'))
     raw_model = build_model(args).to(device)
     optimizer = make_optimizer(raw_model, cfg, device)
     batches = batching.make_batches(args.model_type, train_tokens, cfg.batch_size, cfg.block_size, cfg.seed)

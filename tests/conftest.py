@@ -12,9 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # a hub lookup would hang before failing offline
 
 
-def run_script(*args, cwd=ROOT, timeout=300):
+def run_script(script, *args, cwd=ROOT, timeout=300):
     """Run one of the project's scripts in a fresh Python process; return the CompletedProcess."""
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope='session')

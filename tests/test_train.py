@@ -51,7 +51,9 @@ def test_checkpoint_is_self_contained_and_loads_weights_only(tiny_checkpoint):
 
 @pytest.mark.parametrize('model_args', [TINY_GPT, TINY_LSTM], ids=['gpt', 'lstm'])
 def test_resume_continues_exactly(char_data, tmp_path, model_args):
-    common = [f'--data_dir={char_data}', '--eval_interval=10', '--dropout=0.1', *model_args]
+    # the same schedule in both: the first run of the split pair stops at 10 of its 20 planned steps
+    common = [f'--data_dir={char_data}', '--eval_interval=10', '--dropout=0.1', '--lr_decay_iters=20',
+              *model_args]
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
     train.main([*common, f'--out_dir={straight}', '--max_iters=20'])
     train.main([*common, f'--out_dir={split}', '--max_iters=10'])

@@ -1,0 +1,20 @@
+# LSTM on the AKJV Bible, word level, trained with truncated backpropagation through time:
+# about five minutes on 2 CPU cores. Prepare first: python prepare.py data/akjv
+# On a GPU, scale up: n_layer=2, n_embd=650 (the classic "medium" word LSTM), block_size=35, batch_size=64,
+# dropout=0.5, max_iters=10000.
+data_dir = 'data/akjv'
+out_dir = 'out-akjv-lstm'
+model_type = 'lstm'
+n_layer = 2
+n_embd = 256
+n_hidden = 0          # = n_embd, so the output layer shares the embedding matrix
+block_size = 32       # steps of backpropagation through time
+dropout = 0.1
+batch_size = 32
+max_iters = 900
+learning_rate = 3e-3
+min_lr = 3e-4
+warmup_iters = 50
+weight_decay = 0.01
+eval_interval = 200
+eval_iters = 20
