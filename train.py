@@ -474,14 +474,17 @@ def train(cfg, argv=None):
         saved_iter = iter_num
 
     result = {}
-    progress = tqdm(total=cfg.max_iters, initial=iter_num, desc='train', unit='it', dynamic_ncols=True)
-    window_start, skipped_in_a_row = time.perf_counter(), 0
-    with StopOnSignal() as stop:
+    timer_start, timed_steps, skipped_in_a_row = time.perf_counter(), 0, 0
+    with (StopOnSignal() as stop,
+          tqdm(total=cfg.max_iters, initial=iter_num, desc='train', unit='it', dynamic_ncols=True) as progress):
         while not stop.signum:  # a signal during a step stops before the next evaluation, not after it
             is_eval_step = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
             if is_eval_step and iter_num != evaluated_iter:
-                stop_if_nonfinite(steps.values())
+                stop_if_nonfinite(steps.values(), check_weights=True)  # evaluate, log and save nothing non-finite
                 val_loss = evaluate(model, val_tokens, cfg, device, dtype, ignore_index)
+                if not math.isfinite(val_loss):  # finite weights can still be garbage (1e30s), in either mode
+                    raise UserError(f"non-finite validation loss at iteration {iter_num}: training stopped,"
+                                    f" nothing saved; {last_good()}")
                 bits = val_loss / math.log(2)
                 result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
                           'val_bits_per_token': bits, 'val_bits_per_char': bits * tokens_per_char,
@@ -493,7 +496,7 @@ def train(cfg, argv=None):
                 best_val_loss = min(best_val_loss, val_loss)
                 save_checkpoints(val_loss, is_best)
                 log.plot()
-                window_start = time.perf_counter()  # evaluation time is not training throughput
+                timer_start, timed_steps = time.perf_counter(), 0  # evaluation time is not training throughput
             if iter_num >= cfg.max_iters or stop.signum:
                 break
 
@@ -510,14 +513,14 @@ def train(cfg, argv=None):
                                     f" (iterations {iter_num + 1 - skipped_in_a_row}-{iter_num}): training"
                                     f" stopped; {last_good()}")
             iter_num += 1
+            timed_steps += 1
             progress.update()
 
             if iter_num % cfg.log_interval == 0:
                 values = steps.values()  # the only host sync of the hot loop (but for --on_nonfinite=skip)
                 stop_if_nonfinite(values)
                 finite = [v for v in values if math.isfinite(v)]
-                elapsed = time.perf_counter() - window_start
-                tokens_per_sec = len(values) * tokens_per_iter / elapsed
+                tokens_per_sec = timed_steps * tokens_per_iter / (time.perf_counter() - timer_start)
                 record = {'iter': iter_num, 'lr': lr, 'tokens_per_sec': tokens_per_sec}
                 if finite:
                     record['train_loss'] = sum(finite) / len(finite)
@@ -525,8 +528,7 @@ def train(cfg, argv=None):
                 if len(finite) < len(values):
                     record['skipped_steps'] = len(values) - len(finite)
                 log.write(**record)
-                window_start, steps = time.perf_counter(), StepLosses(device, iter_num)
-    progress.close()
+                timer_start, timed_steps, steps = time.perf_counter(), 0, StepLosses(device, iter_num)
     if stop.signum and iter_num < cfg.max_iters:
         if saved_iter != iter_num:
             save_checkpoints(None)
