@@ -127,7 +127,7 @@ def restore_global_rng_state(state, device):
 
 
 def _to_cpu(value):
-    """A copy of a nested checkpoint value with every tensor on the CPU (hashed and saved from there)."""
+    """A nested checkpoint value with its tensors on the CPU (moved once, then hashed and saved from there)."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, dict):
