@@ -71,6 +71,7 @@ class BenchConfig:
 QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=4, batch_sizes=(2, 20),
              warmup=1, repeats=2, sample_tokens=8, compile='False')
 
+
 class Unsupported(Exception):
     """A configuration this device or build cannot run: listed as skipped, with the reason."""
 
@@ -125,7 +126,7 @@ class Context:
         if (device, dtype) not in self.peaks:
             quick = self.cfg.quick
             measured, n, op = perf.matmul_tflops(device, dtype, target_s=0.005 if quick else 0.05,
-                                            max_n=512 if quick else 16384, repeats=min(3, self.cfg.repeats))
+                                                 max_n=512 if quick else 16384, repeats=min(3, self.cfg.repeats))
             tflops, source = measured, 'measured matmul'
             if torch.device(device).type == 'cuda':
                 listed, entry = perf.datasheet_tflops(perf.device_name(device), dtype_name(dtype))
@@ -455,7 +456,7 @@ def open_tokens(cfg, directory):
 
 def format_table(title, columns, rows):
     cells = [[fmt.format(row[key]) for key, _, fmt in columns] for row in rows]
-    widths = [max(len(header), *(len(c[i]) for c in cells)) for i, (_, header, _) in enumerate(columns)]
+    widths = [max([len(header), *(len(c[i]) for c in cells)]) for i, (_, header, _) in enumerate(columns)]
     lines = [[header for _, header, _ in columns], *cells]
     return '\n'.join([title, *('  '.join(v.rjust(w) for v, w in zip(line, widths)) for line in lines)])
 
@@ -500,12 +501,17 @@ def bench(cfg):
             ctx = Context(cfg, *open_tokens(cfg, directory))
             machine = {'torch': torch.__version__, 'python': platform.python_version(),
                        'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
+                       'load_average': os.getloadavg()[0],  # other work on the machine as the run starts
                        'devices': {d: perf.device_name(d) for d in ctx.devices}}
             sizes = ', '.join(f"{m} {sum(p.numel() for p in build_model(ctx.model_args(m)).parameters()):,}"
                               f" parameters" for m in ctx.models)
             print(f"bench: {'; '.join(f'{d}: {name}' for d, name in machine['devices'].items())};"
                   f" torch {torch.__version__}; {sizes}; data:"
                   f" {cfg.data_dir or f'random tokens, vocabulary {cfg.vocab_size}'}", flush=True)
+            if 'cpu' in ctx.devices and machine['load_average'] >= 0.5 * os.cpu_count():
+                print(f"warning: load average {machine['load_average']:.1f} on {os.cpu_count()} CPUs: other"
+                      f" processes compete for the CPU, so its timings are noisy (and with several torch threads"
+                      f" can be many times slower: compare --threads=1)", flush=True)
             data = {'source': cfg.data_dir or 'random tokens', 'vocab_size': ctx.vocab_size,
                     'tokens': len(ctx.tokens)}
             results = {'schema_version': SCHEMA_VERSION, 'machine': machine, 'config': dataclasses.asdict(cfg),
