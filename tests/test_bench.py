@@ -77,6 +77,7 @@ def test_quick_run_prints_a_table_per_section_and_the_conclusions(quick_run):
         assert lines[0] == section.title and len(lines) == 2 + len(written['results'][name])
         assert lines[1].split() == [w for _, header, _ in section.columns for w in header.split()]
         assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
+    assert bench.format_table('t', section.columns, []).splitlines()[1:] == lines[1:2]  # no rows: the header
     assert stdout.split('conclusions:\n')[1].startswith('\n'.join(f'- {c}' for c in written['conclusions']))
 
 
