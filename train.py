@@ -147,6 +147,25 @@ class BatchLoss:
             return lm_loss(logits, y, self.ignore_index)
 
 
+def train_step(batch_loss, optimizer, scaler, cfg):
+    """One optimizer step: forward and backward over gradient_accumulation_steps batches, clip, update.
+
+    Returns the step's loss as a device tensor (reading it waits for the device). bench.py times this.
+    """
+    step_loss = 0.0
+    for _ in range(cfg.gradient_accumulation_steps):
+        loss = batch_loss() / cfg.gradient_accumulation_steps
+        scaler.scale(loss).backward()
+        step_loss = step_loss + loss.detach()
+    if cfg.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(unwrap(batch_loss.model).parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss
+
+
 def unwrap(model):
     """The plain module behind a torch.compile wrapper."""
     return getattr(model, '_orig_mod', model)
@@ -321,16 +340,7 @@ def train(cfg):
         lr = learning_rate(iter_num, cfg)
         for group in optimizer.param_groups:
             group['lr'] = lr
-        for _ in range(cfg.gradient_accumulation_steps):
-            loss = batch_loss() / cfg.gradient_accumulation_steps
-            scaler.scale(loss).backward()
-            window_loss += loss.detach()
-        if cfg.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        window_loss += train_step(batch_loss, optimizer, scaler, cfg)
         iter_num += 1
         window_steps += 1
         progress.update()
