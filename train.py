@@ -157,6 +157,35 @@ class BatchLoss:
             return lm_loss(logits, y, self.ignore_index)
 
 
+def train_step(batch_loss, optimizer, scaler, cfg):
+    """One optimizer step: forward and backward over gradient_accumulation_steps batches, clip, update (unless
+    the step is not finite and cfg.on_nonfinite is skip). bench.py times this.
+
+    Returns (the step's loss as a device tensor, NaN when its loss or gradients were not finite, whether the
+    step was skipped). Reading the loss waits for the device; see StepLosses for why the loop waits rarely.
+    """
+    params = [p for p in unwrap(batch_loss.model).parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), device=params[0].device)
+    for _ in range(cfg.gradient_accumulation_steps):
+        loss = batch_loss() / cfg.gradient_accumulation_steps
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    scaler.unscale_(optimizer)  # a no-op unless float16; the gradients are the true ones from here on
+    is_finite = torch.isfinite(loss_sum)
+    if cfg.grad_clip:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    elif not scaler.is_enabled():
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if not scaler.is_enabled():  # float16's overflowing gradients are the scaler's to skip (it lowers its scale)
+        is_finite &= torch.isfinite(grad_norm)
+    is_skipped = cfg.on_nonfinite == 'skip' and not is_finite.item()  # the skip mode's one host sync per step
+    if not is_skipped:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return torch.where(is_finite, loss_sum, torch.nan), is_skipped
+
+
 def unwrap(model):
     """The plain module behind a torch.compile wrapper."""
     return getattr(model, '_orig_mod', model)
@@ -333,34 +362,6 @@ class StepLosses:
 MAX_SKIPPED_IN_A_ROW = 20  # --on_nonfinite=skip gives up after this many: the run is diverging, not unlucky
 
 
-def optimizer_step(batch_loss, params, optimizer, scaler, cfg):
-    """Forward and backward over gradient_accumulation_steps micro-batches, clip, and step the optimizer
-    (unless the step is not finite and cfg.on_nonfinite is skip).
-
-    Returns (the step's mean loss as a device tensor, NaN when its loss or gradients were not finite,
-    whether the step was skipped).
-    """
-    loss_sum = torch.zeros((), device=params[0].device)
-    for _ in range(cfg.gradient_accumulation_steps):
-        loss = batch_loss() / cfg.gradient_accumulation_steps
-        scaler.scale(loss).backward()
-        loss_sum += loss.detach()
-    scaler.unscale_(optimizer)  # a no-op unless float16; the gradients are the true ones from here on
-    is_finite = torch.isfinite(loss_sum)
-    if cfg.grad_clip:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    elif not scaler.is_enabled():
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    if not scaler.is_enabled():  # float16's overflowing gradients are the scaler's to skip (it lowers its scale)
-        is_finite &= torch.isfinite(grad_norm)
-    is_skipped = cfg.on_nonfinite == 'skip' and not is_finite.item()  # the skip mode's one host sync per step
-    if not is_skipped:
-        scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return torch.where(is_finite, loss_sum, torch.nan), is_skipped
-
-
 def weights_finite(model):
     return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
@@ -403,7 +404,6 @@ def train(cfg, argv=None):
     args = ModelArgs(**shape, vocab_size=meta['vocab_size'], pad_id=meta['tokenizer']['special_ids'].get('pad'))
     raw_model = build_model(args).to(device)
     prepare_out_dir(cfg.out_dir, checkpoint.estimated_size(raw_model, meta['tokenizer']))
-    params = [p for p in raw_model.parameters() if p.requires_grad]
     optimizer = make_optimizer(raw_model, cfg, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     batches = batching.make_batches(args.model_type, train_tokens, cfg.batch_size, cfg.block_size, cfg.seed)
@@ -503,7 +503,7 @@ def train(cfg, argv=None):
             lr = learning_rate(iter_num, cfg)
             for group in optimizer.param_groups:
                 group['lr'] = lr
-            loss, is_skipped = optimizer_step(batch_loss, params, optimizer, scaler, cfg)
+            loss, is_skipped = train_step(batch_loss, optimizer, scaler, cfg)
             steps.record(loss)
             skipped_in_a_row = skipped_in_a_row + 1 if is_skipped else 0
             if is_skipped:

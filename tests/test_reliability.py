@@ -228,14 +228,14 @@ def test_diverging_run_stops_in_either_mode(char_data, tmp_path):
 
 def test_nonfinite_weights_are_never_evaluated_or_saved(char_data, tmp_path, monkeypatch):
     # the weights can overflow in the optimizer step after a finite loss and gradient: the last line of defence
-    real_step, steps = train.optimizer_step, itertools.count()
+    real_step, steps = train.train_step, itertools.count()
 
-    def step(batch_loss, params, *args):
-        result = real_step(batch_loss, params, *args)
+    def step(batch_loss, *args):
+        result = real_step(batch_loss, *args)
         if next(steps) == 7:
-            params[0].data[0, 0] = torch.inf
+            next(batch_loss.model.parameters()).data[0, 0] = torch.inf
         return result
-    monkeypatch.setattr(train, 'optimizer_step', step)
+    monkeypatch.setattr(train, 'train_step', step)
     with pytest.raises(UserError, match=r'non-finite weights at iteration 8: training stopped, nothing saved;'
                                         r' .*ckpt.pt \(iteration 4\) is the last good checkpoint'):
         train.main(nonfinite_args(char_data, tmp_path, '--on_nonfinite=skip'))
