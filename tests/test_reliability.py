@@ -98,9 +98,12 @@ def crash_args(char_data, max_iters):
 def test_signal_saves_a_checkpoint_and_prints_the_command_that_resumes_exactly(char_data, tmp_path, signum):
     out_dir = tmp_path / 'stopped'
     process = launch(tmp_path, 'run', 'train.py', *crash_args(char_data, 100_000), f'--out_dir={out_dir}')
-    assert wait_until(lambda: any('train_loss' in r for r in metrics(out_dir)), process)  # in the hot loop
-    process.send_signal(signum)
-    assert process.wait(timeout=300) == 128 + signum
+    try:
+        assert wait_until(lambda: any('train_loss' in r for r in metrics(out_dir)), process)  # in the hot loop
+        process.send_signal(signum)
+        assert process.wait(timeout=300) == 128 + signum
+    finally:
+        process.kill()  # a no-op once it has exited; else it would train 100,000 steps
     err = output(tmp_path, 'run', 'err')
     assert f"{signum.name}: finishing this step, then saving a checkpoint" in err
     stopped = re.fullmatch(rf"{signum.name}: stopped at iteration (\d+), saved (.+)\. Resume with: (.+)",
