@@ -115,7 +115,7 @@ def test_study_conclusion_is_computed_from_the_runs():
     (['--batch_sizes=(1, 2, 3)'], 'must be two sizes'),
     (['--model=rnn'], 'must be all or one of gpt, lstm'),
     (['--compile=maybe'], 'must be both, True or False'),
-    (['--sections=train,speed'], 'choose all or some of peak,train,study,sample'),
+    (['--sections=train,speed'], 'choose all or some of peak,train,windowing,study,sample'),
     (['--repeats=0'], 'must be positive'),
     (['--out=/nonexistent/dir/bench.json'], 'its directory does not exist'),
 ])
