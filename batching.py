@@ -140,6 +140,11 @@ class TokenWindows(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(self.tokens[start:start + self.block_size + 1], dtype=np.int64))
 
 
+def epoch_generator(seed, epoch):
+    """A torch generator seeded from (seed, epoch) alone."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """The indices of one epoch: a permutation of range(n) drawn from (seed, epoch), from index `skip` on.
 
@@ -151,9 +156,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch])
-                                                      .generate_state(1)[0]))
-        order = torch.randperm(self.n, generator=generator)[self.skip:]
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))[self.skip:]
         for chunk in order.split(1 << 16):
             yield from chunk.tolist()
 
@@ -175,7 +178,7 @@ class WindowLoader:
         self.sampler = EpochSampler(len(dataset), seed)
         self.loader = torch.utils.data.DataLoader(dataset, batch_size, sampler=self.sampler, drop_last=True,
                                                   num_workers=num_workers, pin_memory=pin_memory)
-        self.batch_size, self.position, self.iterator = batch_size, 0, None
+        self.batch_size, self.seed, self.position, self.iterator = batch_size, seed, 0, None
 
     def __iter__(self):
         return self
@@ -184,6 +187,9 @@ class WindowLoader:
         epoch, done = divmod(self.position, self.batches_per_epoch)
         if self.iterator is None or done == 0:
             self.sampler.epoch, self.sampler.skip = epoch, done * self.batch_size
+            # Starting a DataLoader draws its workers' base seed from its generator, by default the global
+            # torch RNG, which dropout draws from too: a resumed run starts one more time than the straight one.
+            self.loader.generator = epoch_generator(self.seed + 1, epoch)
             self.iterator = iter(self.loader)
         rows = next(self.iterator)  # (B, T + 1)
         self.position += 1

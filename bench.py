@@ -455,7 +455,8 @@ def check(cfg):
         cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items()
                                           if getattr(cfg, k) == getattr(defaults, k)})
     if cfg.windowing not in ('auto', *batching.WINDOWINGS):
-        raise UserError(f"unknown --windowing={cfg.windowing}: choose auto or one of {', '.join(batching.WINDOWINGS)}")
+        raise UserError(f"unknown --windowing={cfg.windowing}: choose auto or one of"
+                        f" {', '.join(batching.WINDOWINGS)}")
     if cfg.model not in ('all', *MODELS):
         raise UserError(f"--model={cfg.model} must be all or one of {', '.join(MODELS)}")
     if cfg.compile not in ('both', 'True', 'False'):

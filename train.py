@@ -48,8 +48,8 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False
     block_size: int = 128         # tokens per window (GPT context; LSTM steps of backprop through time)
-    windowing: str = 'auto'       # how windows are cut (batching.py): auto (random for the GPT, streams for the
-    #                               LSTM) | random | sliding | strided | lines_left | lines_slide | lines_full | packed | streams
+    windowing: str = 'auto'       # how batches are cut (batching.py): random, sliding, strided, lines_left/_slide/
+    #                               _full, packed, streams, or auto: random for the GPT, streams for the LSTM
     num_workers: int = 0          # sliding/strided: DataLoader worker processes (0 = load in the main process)
     # batches and optimization
     batch_size: int = 32          # windows per micro-step
@@ -249,7 +249,8 @@ def check_config(cfg):
     if cfg.on_nonfinite not in ('stop', 'skip'):
         raise UserError(f"--on_nonfinite={cfg.on_nonfinite} must be stop or skip")
     if cfg.windowing not in ('auto', *batching.WINDOWINGS):
-        raise UserError(f"unknown --windowing={cfg.windowing}: choose auto or one of {', '.join(batching.WINDOWINGS)}")
+        raise UserError(f"unknown --windowing={cfg.windowing}: choose auto or one of"
+                        f" {', '.join(batching.WINDOWINGS)}")
     if cfg.num_workers < 0:
         raise UserError(f"--num_workers={cfg.num_workers} must be 0 (load in the main process) or more")
     for f in dataclasses.fields(cfg):
