@@ -37,7 +37,7 @@ DATA_SIZE_PREPARE = {'data/tinystories_20k': ' --max_docs=20000', 'data/tinystor
 @dataclasses.dataclass
 class AblateConfig(train.TrainConfig):
     what: str = 'windowing'       # windowing (one run per --windowings) | data_size (one run per --data_dirs)
-    windowings: str = ''          # windowing: strategies to compare, comma-separated ('' = all of batching.py's)
+    windowings: str = ''          # windowing: strategies to compare, comma-separated ('' = all that suit the model)
     data_dirs: str = DATA_SIZE_DIRS  # data_size: prepared directories, scored on the first one's val split
     target_tokens: int = 0        # real target tokens per run (0 = the config's max_iters x tokens per iteration)
     points: int = 4               # scores per run, evenly spaced in its training, the last at its end
@@ -54,7 +54,9 @@ class Variant:
 def variants(cfg):
     """The runs of the ablation, checked: one per windowing strategy or per data directory."""
     if cfg.what == 'windowing':
-        names = [w.strip() for w in cfg.windowings.split(',') if w.strip()] or list(batching.WINDOWINGS)
+        # streams is the LSTM's TBPTT layout: for a GPT, strided windows in a fixed order, so left out by default
+        everything = [w for w in batching.WINDOWINGS if cfg.model_type == 'lstm' or w != 'streams']
+        names = [w.strip() for w in cfg.windowings.split(',') if w.strip()] or everything
         unknown = [w for w in names if w not in batching.WINDOWINGS]
         if unknown:
             raise UserError(f"--windowings: unknown {', '.join(unknown)}; choose from"
