@@ -37,7 +37,7 @@ DATA_SIZE_PREPARE = {'data/tinystories_20k': ' --max_docs=20000', 'data/tinystor
 @dataclasses.dataclass
 class AblateConfig(train.TrainConfig):
     what: str = 'windowing'       # windowing (one run per --windowings) | data_size (one run per --data_dirs)
-    windowings: str = ''          # windowing: strategies to compare, comma-separated ('' = all that suit the model)
+    windowings: str = ''          # windowing: strategies to compare, comma-separated ('' = all that suit a model)
     data_dirs: str = DATA_SIZE_DIRS  # data_size: prepared directories, scored on the first one's val split
     target_tokens: int = 0        # real target tokens per run (0 = the config's max_iters x tokens per iteration)
     points: int = 4               # scores per run, evenly spaced in its training, the last at its end
@@ -99,8 +99,8 @@ def score(out_dir, documents, chars, cfg):
     device = train.resolve_device(cfg.device)
     model = checkpoint.restore_model(ckpt).to(device)
     windows = batching.evaluation_windows(documents, cfg.batch_size, ckpt['model_args']['block_size'])
-    loss = train.mean_loss(model, windows, windows.batches_per_epoch, device, train.resolve_dtype(cfg.dtype, device),
-                           batching.IGNORE_INDEX)
+    dtype = train.resolve_dtype(cfg.dtype, device)
+    loss = train.mean_loss(model, windows, windows.batches_per_epoch, device, dtype, batching.IGNORE_INDEX)
     return loss, loss * float(documents.pairs.sum()) / math.log(2) / chars
 
 

@@ -235,7 +235,7 @@ def open_documents(data_dir, split, meta):
                                          meta['tokenizer']['special_ids'])
 
 
-def windowing(config):
+def resolved_windowing(config):
     """The windowing strategy a training config (as a dict) resolves to."""
     chosen = config.get('windowing', 'auto')
     return batching.default_windowing(config['model_type']) if chosen == 'auto' else chosen
@@ -428,9 +428,10 @@ def train(cfg, argv=None):
     if resumed and resumed['tokenizer'] != meta['tokenizer']:
         raise UserError(f"{ckpt_path} was trained on another vocabulary than {cfg.data_dir}:"
                         f" resume with the data_dir it was trained on")
-    if resumed and windowing(resumed['config']) != windowing(dataclasses.asdict(cfg)):
-        raise UserError(f"{ckpt_path} was trained with --windowing={windowing(resumed['config'])}: resume with"
-                        f" that windowing (where a batch source stopped means nothing to another)")
+    trained_with = resolved_windowing(resumed['config']) if resumed else None
+    if resumed and trained_with != resolved_windowing(dataclasses.asdict(cfg)):
+        raise UserError(f"{ckpt_path} was trained with --windowing={trained_with}: resume with that windowing"
+                        f" (where a batch source stopped means nothing to another)")
     train_docs, val_docs = (open_documents(cfg.data_dir, split, meta) for split in ('train', 'val'))
     batches = make_batches(cfg, train_docs, 'train', cfg.seed, device)
     make_batches(cfg, val_docs, 'val', EVAL_SEED)  # a val split too small fails now, not at the first evaluation
@@ -471,7 +472,7 @@ def train(cfg, argv=None):
     val_targets = val_docs.pairs.sum() if batches.keeps_to_documents else meta['splits']['val']['tokens']
     tokens_per_char = float(val_targets) / meta['splits']['val']['chars']
     print(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({str(dtype)[6:]});"
-          f" {tokens_per_iter:,} tokens per iteration ({windowing(dataclasses.asdict(cfg))} windows,"
+          f" {tokens_per_iter:,} tokens per iteration ({resolved_windowing(dataclasses.asdict(cfg))} windows,"
           f" {batches.target_fraction:.0%} of them targets), {cfg.max_iters} iterations")
 
     def stop_if_nonfinite(values, check_weights=False):
