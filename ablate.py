@@ -6,7 +6,8 @@
 
 Every run is train.py's own loop (train.train) from the same seed, so from the same initial weights, and learns
 the same number of real target tokens: padding and pairs across a document boundary do not count, so a
-windowing that pads runs more iterations. One metric scores every run, whatever it was trained with:
+windowing that pads runs more iterations, with the config's learning-rate schedule stretched to fit them
+(warmup the same share of every run, the cosine ending at its last iteration). One metric scores every run:
 batching.evaluation_windows cuts each held-out document into block_size chunks, and the loss is the mean over
 every real target of every document (nats per target), and the same total in bits per character of those
 documents. A run is scored at --points evenly spaced points of its training; between them it resumes its own
@@ -116,8 +117,11 @@ def run_variant(cfg, variant, documents, chars, budget):
                                run_cfg.seed).target_fraction
     tokens_per_iter = run_cfg.batch_size * run_cfg.block_size * run_cfg.gradient_accumulation_steps
     iters = max(cfg.points, round(budget / (tokens_per_iter * share)))
-    # the learning-rate schedule spans the whole run, whatever iteration a segment stops at
-    run_cfg = dataclasses.replace(run_cfg, max_iters=iters, lr_decay_iters=iters, eval_interval=iters)
+    # Every run gets the config's schedule shape: warmup for the same share of its iterations as the config's,
+    # then the cosine down to min_lr at its own end, whatever iteration a segment stops at.
+    warmup_iters = round(cfg.warmup_iters * iters / cfg.max_iters)
+    run_cfg = dataclasses.replace(run_cfg, max_iters=iters, warmup_iters=warmup_iters, lr_decay_iters=iters,
+                                  eval_interval=iters)
     settings = {'variant': variant.name, 'config': dataclasses.asdict(run_cfg), 'budget': budget,
                 'scored_on': documents.starts.size, 'points': cfg.points}
     saved = os.path.join(run_dir, 'ablation.json')
