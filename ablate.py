@@ -1,6 +1,6 @@
 """Train the same model several ways and compare the runs on the same held-out documents with the same metric.
 
-    python ablate.py config/train_akjv.py --what=windowing                # every windowing strategy, AKJV
+    python ablate.py config/train_akjv_char.py --what=windowing           # every windowing strategy, AKJV
     python ablate.py config/train_akjv.py --windowings=random,packed --target_tokens=200000
     python ablate.py config/train_tinystories_cpu.py --what=data_size     # 20K / 200K / all TinyStories stories
 
@@ -87,9 +87,9 @@ def held_out(cfg, variant_list):
     n = len(offsets) - 1 if cfg.eval_documents <= 0 else min(cfg.eval_documents, len(offsets) - 1)
     if n == len(offsets) - 1:
         chars = meta['splits']['val']['chars']
-    else:  # decoded text, in which </s> reads as the line break prepare.py counted for it
+    else:  # as prepare.py counts them: each document's text, and one for the boundary its end token stands for
         decode = tok.from_meta(meta['tokenizer']).decode
-        chars = sum(len(decode(tokens[offsets[i]:offsets[i + 1]].tolist())) for i in range(n))
+        chars = sum(len(decode(tokens[offsets[i]:offsets[i + 1] - 1].tolist())) + 1 for i in range(n))
     documents = batching.Documents.from_split(tokens, offsets[:n + 1], meta['tokenizer']['special_ids'])
     return documents, chars, data_dirs[0]
 

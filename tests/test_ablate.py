@@ -41,6 +41,7 @@ def test_every_run_is_scored_on_the_same_held_out_targets(windowing_run, char_da
         written = json.load(f)
     offsets = np.load(os.path.join(char_data, 'val.docs.npy'))
     assert written['documents'] == 20 and written['targets'] == int(offsets[20] - 20)  # each verse but its <s>
+    assert written['chars'] == written['targets']  # character level: a target per character and line break
     assert written['results'] == results
     for r in results:  # the last point of the curve is the run's final checkpoint, scored again here
         documents, chars, _ = ablate.held_out(ablate.AblateConfig(data_dir=char_data, eval_documents=20),
