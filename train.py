@@ -48,8 +48,8 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False
     block_size: int = 128         # tokens per window (GPT context; LSTM steps of backprop through time)
-    windowing: str = 'auto'       # how batches are cut (batching.py): random, sliding, strided, lines_left/_slide/
-    #                               _full, packed, streams, or auto: random for the GPT, streams for the LSTM
+    windowing: str = 'auto'       # auto|random|sliding|strided|lines_left|lines_slide|lines_full|packed|streams
+    #                               how batches are cut (batching.py); auto: random (GPT), streams (LSTM)
     num_workers: int = 0          # sliding/strided: DataLoader worker processes (0 = load in the main process)
     # batches and optimization
     batch_size: int = 32          # windows per micro-step
