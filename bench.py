@@ -63,13 +63,18 @@ class BenchConfig:
     warmup: int = 2               # untimed steps before every measurement (at least 1)
     repeats: int = 5              # timed repeats; the median is reported
     sample_tokens: int = 64       # sampling: tokens generated after the prompt
+    # generation: sample.generate with its KV cache against recomputing the window at every token, on a GPT of
+    # this shape (the character-level config's 4 x 128, at a 256-token context) whatever the shape above
+    generate_shape: tuple[int, int, int, int] = (4, 4, 128, 256)  # n_layer, n_head, n_embd, block_size
+    generate_tokens: tuple[int, ...] = (500, 2000)  # new tokens per run: the cost per token as the output grows
     threads: int = 0              # CPU threads torch uses (0 = its default, one per core)
     seed: int = 1337
     out: str = ''                 # also write the results here as JSON ('' = table only)
 
 
 QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=4, batch_sizes=(2, 20),
-             warmup=1, repeats=2, sample_tokens=8, compile='False')
+             warmup=1, repeats=2, sample_tokens=8, compile='False', generate_shape=(1, 2, 32, 16),
+             generate_tokens=(8, 40))
 
 
 class Unsupported(Exception):
@@ -399,6 +404,77 @@ def plan_sample(ctx):
             for device in ctx.devices for model_type in ctx.models]
 
 
+def conclude_generate(rows, ctx):
+    """The cache's speed-up at each output length, and how each mode's tokens/s changes as the output grows."""
+    runs = {(r['device'], r['mode'], r['new_tokens']): r for r in rows}
+    summaries, lines = [], []
+    for device in ctx.devices:
+        lengths = sorted({n for d, _, n in runs if d == device})
+        pairs = [(runs[device, 'cached', n], runs[device, 'recompute', n]) for n in lengths
+                 if (device, 'cached', n) in runs and (device, 'recompute', n) in runs]
+        if not pairs:
+            continue
+        shape = pairs[0][0]['shape']
+        for cached, full in pairs:
+            speedup = cached['tokens_per_s'] / full['tokens_per_s']
+            summaries.append({'device': device, 'new_tokens': cached['new_tokens'], 'cache_speedup': speedup,
+                              'same_tokens': full['same_tokens']})
+            lines.append(f"{device} gpt {shape}: {cached['new_tokens']} new tokens with the KV cache at"
+                         f" {cached['tokens_per_s']:,.0f} tokens/s, {speedup:.1f}x recomputing the window at"
+                         f" every token ({full['tokens_per_s']:,.0f} tokens/s)"
+                         + ('' if full['same_tokens'] else '; WARNING: the two produced different tokens'))
+        if len(pairs) > 1:
+            (first, first_full), (last, last_full) = pairs[0], pairs[-1]
+            flat = last['tokens_per_s'] / first['tokens_per_s']
+            summaries.append({'device': device, 'tokens_per_s_longest_over_shortest': flat,
+                              'recompute_longest_over_shortest': last_full['tokens_per_s'] /
+                              first_full['tokens_per_s']})
+            lines.append(f"{device} gpt {shape}: from {first['new_tokens']} to {last['new_tokens']} new tokens the"
+                         f" cached tokens/s changes {flat:.2f}x (recomputing:"
+                         f" {last_full['tokens_per_s'] / first_full['tokens_per_s']:.2f}x)")
+    return summaries, lines
+
+
+@section('generate', f'generation: sample.generate with the KV cache against recomputing the window at every'
+         f' token (the same windows and tokens), greedy, after a {PROMPT_TOKENS}-token prompt, one run each',
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('shape', 'shape', '{}'),
+          ('block_size', 'block', '{}'), ('mode', 'mode', '{}'), ('new_tokens', 'new tokens', '{:,}'),
+          ('wall_s', 'wall s', '{:.2f}'), ('tokens_per_s', 'tokens/s', '{:,.1f}'),
+          ('ms_per_token', 'ms/token', '{:.2f}'), ('peak_memory_mb', 'peak MB', '{:,.0f}')],
+         conclude=conclude_generate)
+def plan_generate(ctx):
+    cfg = ctx.cfg
+    n_layer, n_head, n_embd, block_size = cfg.generate_shape
+    args = dataclasses.replace(ctx.model_args('gpt'), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                               block_size=block_size)
+    cached_tokens = {}  # (device, new tokens) -> what the cached run generated, for the recomputing run to match
+
+    def job(device, mode, new_tokens):
+        torch.manual_seed(cfg.seed)
+        model = build_model(args).to(device).eval()
+        prompt_len = min(PROMPT_TOKENS, block_size)
+        prompt = torch.from_numpy(np.asarray(ctx.tokens[:prompt_len], dtype=np.int64))[None].to(device)
+        tokens = []
+
+        def draw(n):
+            tokens[:] = generate(model, prompt, n, temperature=0, use_cache=mode == 'cached')
+
+        draw(cfg.warmup)
+        wall_s = perf.median_seconds(lambda: draw(new_tokens), device, repeats=1)
+        generated = torch.stack(tokens).tolist()
+        row = {'model': 'gpt', 'device': device, 'shape': f'{n_layer}x{n_embd}', 'block_size': block_size,
+               'mode': mode, 'prompt_tokens': prompt_len, 'new_tokens': new_tokens, 'wall_s': wall_s,
+               'tokens_per_s': new_tokens / wall_s, 'ms_per_token': wall_s / new_tokens * 1e3}
+        if mode == 'cached':
+            cached_tokens[device, new_tokens] = generated
+        else:
+            row['same_tokens'] = cached_tokens.get((device, new_tokens)) == generated
+        return row
+
+    return [Job(f"generate {device} {mode} {n}", device, None, functools.partial(job, device, mode, n))
+            for device in ctx.devices for n in cfg.generate_tokens for mode in ('cached', 'recompute')]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the run
 
@@ -422,6 +498,12 @@ def check(cfg):
     for key in ('iters', 'repeats', 'warmup', 'sample_tokens', 'vocab_size', 'batch_size'):
         if getattr(cfg, key) <= 0:
             raise UserError(f"--{key}={getattr(cfg, key)} must be positive")
+    if len(cfg.generate_shape) != 4 or min(cfg.generate_shape) <= 0 or \
+            cfg.generate_shape[2] % cfg.generate_shape[1]:
+        raise UserError(f"--generate_shape={cfg.generate_shape} must be n_layer, n_head, n_embd, block_size,"
+                        f" positive, n_embd a multiple of n_head: e.g. 4,4,128,256")
+    if not cfg.generate_tokens or min(cfg.generate_tokens) <= 0:
+        raise UserError(f"--generate_tokens={cfg.generate_tokens} must be one or more positive counts")
     if cfg.threads < 0:
         raise UserError(f"--threads={cfg.threads} must be 0 (torch's default) or more")
     small, large = cfg.batch_sizes

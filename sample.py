@@ -180,7 +180,7 @@ def read_context(model, ids, use_cache=True, context_shift=0.25):
     return GPTContext(model, ids, use_cache, context_shift)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: tensors made here never need gradients
 def generate(model, ids, max_new_tokens, *, temperature=1.0, top_k=0, top_p=1.0, generator=None,
              use_cache=True, context_shift=0.25):
     """Yield max_new_tokens times the next token of every row of ids (B, T), as a (B,) tensor of ids.
@@ -205,7 +205,7 @@ def token_label(tokenizer, i):
     return repr(tokenizer.decode([i]))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def probability_table(model, tokenizer, ids, n, cfg):
     """The n most likely tokens to follow ids (1, T): probability and log-probability under the model, and
     the probability of being drawn at cfg's temperature, top_k and top_p. Returns the table's lines."""

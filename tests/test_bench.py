@@ -64,6 +64,10 @@ def test_quick_run_writes_every_field_positive_and_finite(quick_run):
                                                                 for f in ('samples', 'iterations', 'between')}
     assert len(summaries) == 2 and all(math.isfinite(numbers(s)[k]) for s in summaries for k in numbers(s))
     assert any('time follows' in line or 'in between' in line for line in written['conclusions'])
+    generation = {(r['mode'], r['new_tokens']): r for r in results['generate']}
+    assert sorted(generation) == [('cached', 8), ('cached', 40), ('recompute', 8), ('recompute', 40)]
+    assert all(r['shape'] == '1x32' and r['block_size'] == 16 for r in generation.values())
+    assert generation['recompute', 40]['same_tokens'] and generation['recompute', 8]['same_tokens']
     assert [r['source'] for r in results['peak']] == ['measured matmul'] * len(results['peak'])
     assert written['machine']['devices'] == {'cpu': results['peak'][0]['name']}
 
@@ -77,7 +81,8 @@ def test_quick_run_prints_a_table_per_section_and_the_conclusions(quick_run):
         assert lines[0] == section.title and len(lines) == 2 + len(written['results'][name])
         assert lines[1].split() == [w for _, header, _ in section.columns for w in header.split()]
         assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
-    assert bench.format_table('t', section.columns, []).splitlines()[1:] == lines[1:2]  # no rows: the header
+    empty = bench.format_table('t', section.columns, []).splitlines()
+    assert len(empty) == 2 and empty[1].split() == lines[1].split()  # no rows: the header alone
     assert stdout.split('conclusions:\n')[1].startswith('\n'.join(f'- {c}' for c in written['conclusions']))
 
 
@@ -109,15 +114,37 @@ def test_study_conclusion_is_computed_from_the_runs():
     assert lines[2] == 'gpt (a) batch 50: cuda trains 10.0x the tokens per second of cpu'
 
 
+def test_generation_conclusions_are_computed_from_the_runs():
+    ctx = type('Ctx', (), {'devices': ['cpu']})()
+
+    def row(mode, new_tokens, tokens_per_s):
+        return {'device': 'cpu', 'shape': '4x128', 'mode': mode, 'new_tokens': new_tokens,
+                'tokens_per_s': tokens_per_s, 'same_tokens': True}
+
+    rows = [row('cached', 500, 400.0), row('recompute', 500, 80.0), row('cached', 2000, 380.0),
+            row('recompute', 2000, 60.0)]
+    summaries, lines = bench.conclude_generate(rows, ctx)
+    assert [s.get('cache_speedup') for s in summaries[:2]] == [5.0, pytest.approx(380 / 60)]
+    assert summaries[2]['tokens_per_s_longest_over_shortest'] == pytest.approx(0.95)
+    assert lines == ['cpu gpt 4x128: 500 new tokens with the KV cache at 400 tokens/s, 5.0x recomputing the'
+                     ' window at every token (80 tokens/s)',
+                     'cpu gpt 4x128: 2000 new tokens with the KV cache at 380 tokens/s, 6.3x recomputing the'
+                     ' window at every token (60 tokens/s)',
+                     'cpu gpt 4x128: from 500 to 2000 new tokens the cached tokens/s changes 0.95x'
+                     ' (recomputing: 0.75x)']
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--iters=7'], 'iters \\* small / large whole'),
     (['--batch_sizes=(500, 50)'], 'need 0 < small < large'),
     (['--batch_sizes=(1, 2, 3)'], 'must be two sizes'),
     (['--model=rnn'], 'must be all or one of gpt, lstm'),
     (['--compile=maybe'], 'must be both, True or False'),
-    (['--sections=train,speed'], 'choose all or some of peak,train,study,sample'),
+    (['--sections=train,speed'], 'choose all or some of peak,train,study,sample,generate'),
     (['--repeats=0'], 'must be positive'),
     (['--out=/nonexistent/dir/bench.json'], 'its directory does not exist'),
+    (['--generate_shape=(4, 3, 128, 256)'], 'n_embd a multiple of n_head'),
+    (['--generate_tokens=(500, 0)'], 'one or more positive counts'),
 ])
 def test_bad_options_are_one_line_errors(argv, message):
     with pytest.raises(UserError, match=message):
