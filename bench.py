@@ -425,13 +425,17 @@ def conclude_generate(rows, ctx):
                          + ('' if full['same_tokens'] else '; WARNING: the two produced different tokens'))
         if len(pairs) > 1:
             (first, first_full), (last, last_full) = pairs[0], pairs[-1]
-            flat = last['tokens_per_s'] / first['tokens_per_s']
-            summaries.append({'device': device, 'tokens_per_s_longest_over_shortest': flat,
-                              'recompute_longest_over_shortest': last_full['tokens_per_s'] /
-                              first_full['tokens_per_s']})
+            change = {key: (last[key] / first[key], last_full[key] / first_full[key])
+                      for key in ('tokens_per_s', 'second_half_tokens_per_s')}
+            summaries.append({'device': device, 'from_tokens': first['new_tokens'],
+                              'to_tokens': last['new_tokens'],
+                              **{f'{mode}_{key}_change': change[key][i] for key in change
+                                 for i, mode in enumerate(('cached', 'recompute'))}})
             lines.append(f"{device} gpt {shape}: from {first['new_tokens']} to {last['new_tokens']} new tokens the"
-                         f" cached tokens/s changes {flat:.2f}x (recomputing:"
-                         f" {last_full['tokens_per_s'] / first_full['tokens_per_s']:.2f}x)")
+                         f" cached tokens/s changes {change['tokens_per_s'][0]:.2f}x overall and"
+                         f" {change['second_half_tokens_per_s'][0]:.2f}x over each output's second half"
+                         f" (recomputing: {change['tokens_per_s'][1]:.2f}x and"
+                         f" {change['second_half_tokens_per_s'][1]:.2f}x)")
     return summaries, lines
 
 
@@ -440,7 +444,8 @@ def conclude_generate(rows, ctx):
          [('model', 'model', '{}'), ('device', 'device', '{}'), ('shape', 'shape', '{}'),
           ('block_size', 'block', '{}'), ('mode', 'mode', '{}'), ('new_tokens', 'new tokens', '{:,}'),
           ('wall_s', 'wall s', '{:.2f}'), ('tokens_per_s', 'tokens/s', '{:,.1f}'),
-          ('ms_per_token', 'ms/token', '{:.2f}'), ('peak_memory_mb', 'peak MB', '{:,.0f}')],
+          ('ms_per_token', 'ms/token', '{:.2f}'), ('second_half_tokens_per_s', '2nd half tokens/s', '{:,.1f}'),
+          ('peak_memory_mb', 'peak MB', '{:,.0f}')],
          conclude=conclude_generate)
 def plan_generate(ctx):
     cfg = ctx.cfg
@@ -454,17 +459,25 @@ def plan_generate(ctx):
         model = build_model(args).to(device).eval()
         prompt_len = min(PROMPT_TOKENS, block_size)
         prompt = torch.from_numpy(np.asarray(ctx.tokens[:prompt_len], dtype=np.int64))[None].to(device)
-        tokens = []
-
-        def draw(n):
-            tokens[:] = generate(model, prompt, n, temperature=0, use_cache=mode == 'cached')
-
-        draw(cfg.warmup)
-        wall_s = perf.median_seconds(lambda: draw(new_tokens), device, repeats=1)
+        for _ in generate(model, prompt, cfg.warmup, temperature=0, use_cache=mode == 'cached'):
+            pass
+        # one timed run, the device synchronized at its ends and once halfway: the second half's rate is the
+        # steady cost per token, without the short contexts of the start
+        tokens, half = [], new_tokens // 2
+        perf.synchronize(device)
+        start = time.perf_counter()
+        for token in generate(model, prompt, new_tokens, temperature=0, use_cache=mode == 'cached'):
+            tokens.append(token)
+            if len(tokens) == half:
+                perf.synchronize(device)
+                halfway = time.perf_counter()
+        perf.synchronize(device)
+        wall_s = time.perf_counter() - start
         generated = torch.stack(tokens).tolist()
         row = {'model': 'gpt', 'device': device, 'shape': f'{n_layer}x{n_embd}', 'block_size': block_size,
                'mode': mode, 'prompt_tokens': prompt_len, 'new_tokens': new_tokens, 'wall_s': wall_s,
-               'tokens_per_s': new_tokens / wall_s, 'ms_per_token': wall_s / new_tokens * 1e3}
+               'tokens_per_s': new_tokens / wall_s, 'ms_per_token': wall_s / new_tokens * 1e3,
+               'second_half_tokens_per_s': (new_tokens - half) / (start + wall_s - halfway)}
         if mode == 'cached':
             cached_tokens[device, new_tokens] = generated
         else:
@@ -502,8 +515,9 @@ def check(cfg):
             cfg.generate_shape[2] % cfg.generate_shape[1]:
         raise UserError(f"--generate_shape={cfg.generate_shape} must be n_layer, n_head, n_embd, block_size,"
                         f" positive, n_embd a multiple of n_head: e.g. 4,4,128,256")
-    if not cfg.generate_tokens or min(cfg.generate_tokens) <= 0:
-        raise UserError(f"--generate_tokens={cfg.generate_tokens} must be one or more positive counts")
+    if not cfg.generate_tokens or min(cfg.generate_tokens) < 2:
+        raise UserError(f"--generate_tokens={cfg.generate_tokens} must be one or more counts of at least 2"
+                        f" (each run is timed in halves)")
     if cfg.threads < 0:
         raise UserError(f"--threads={cfg.threads} must be 0 (torch's default) or more")
     small, large = cfg.batch_sizes

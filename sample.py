@@ -57,6 +57,7 @@ class SampleConfig:
     context_shift: float = 0.25   # GPT past block_size: share of the full window dropped before it is re-read
     seed: int = 1337              # same seed and num_samples, same samples
     device: str = 'auto'          # auto | cpu | cuda | mps
+    threads: int = 0              # CPU threads torch uses (0 = its default; 1 when other work shares the cores)
     out: str = ''                 # also write the samples to this file, in order, once all are done ('' = no)
 
 
@@ -238,6 +239,8 @@ def check(cfg):
     if cfg.num_samples <= 0 or cfg.max_new_tokens < 0 or not (cfg.max_new_tokens or cfg.show_probs):
         raise UserError("--num_samples and --max_new_tokens must be positive (--max_new_tokens=0 only with"
                         " --show_probs)")
+    if cfg.threads < 0:
+        raise UserError(f"--threads={cfg.threads} must be 0 (torch's default) or more")
     if cfg.out and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.out))):
         raise UserError(f"--out={cfg.out}: its directory does not exist; create it or write elsewhere")
 
@@ -302,7 +305,10 @@ def draw(model, tokenizer, prompt, ids, cfg, out):
 
 
 def main(argv=None):
-    return sample(parse(SampleConfig, argv))
+    cfg = parse(SampleConfig, argv)
+    if cfg.threads > 0:  # for the whole process: this is the script's entry point (check() rejects < 0)
+        torch.set_num_threads(cfg.threads)
+    return sample(cfg)
 
 
 if __name__ == '__main__':

@@ -117,21 +117,24 @@ def test_study_conclusion_is_computed_from_the_runs():
 def test_generation_conclusions_are_computed_from_the_runs():
     ctx = type('Ctx', (), {'devices': ['cpu']})()
 
-    def row(mode, new_tokens, tokens_per_s):
+    def row(mode, new_tokens, tokens_per_s, second_half):
         return {'device': 'cpu', 'shape': '4x128', 'mode': mode, 'new_tokens': new_tokens,
-                'tokens_per_s': tokens_per_s, 'same_tokens': True}
+                'tokens_per_s': tokens_per_s, 'second_half_tokens_per_s': second_half, 'same_tokens': True}
 
-    rows = [row('cached', 500, 400.0), row('recompute', 500, 80.0), row('cached', 2000, 380.0),
-            row('recompute', 2000, 60.0)]
+    rows = [row('cached', 500, 400.0, 360.0), row('recompute', 500, 80.0, 64.0), row('cached', 2000, 380.0, 360.0),
+            row('recompute', 2000, 60.0, 56.0)]
     summaries, lines = bench.conclude_generate(rows, ctx)
     assert [s.get('cache_speedup') for s in summaries[:2]] == [5.0, pytest.approx(380 / 60)]
-    assert summaries[2]['tokens_per_s_longest_over_shortest'] == pytest.approx(0.95)
+    assert summaries[2] == pytest.approx({'device': 'cpu', 'from_tokens': 500, 'to_tokens': 2000,
+                                          'cached_tokens_per_s_change': 0.95, 'recompute_tokens_per_s_change': 0.75,
+                                          'cached_second_half_tokens_per_s_change': 1.0,
+                                          'recompute_second_half_tokens_per_s_change': 0.875})
     assert lines == ['cpu gpt 4x128: 500 new tokens with the KV cache at 400 tokens/s, 5.0x recomputing the'
                      ' window at every token (80 tokens/s)',
                      'cpu gpt 4x128: 2000 new tokens with the KV cache at 380 tokens/s, 6.3x recomputing the'
                      ' window at every token (60 tokens/s)',
-                     'cpu gpt 4x128: from 500 to 2000 new tokens the cached tokens/s changes 0.95x'
-                     ' (recomputing: 0.75x)']
+                     'cpu gpt 4x128: from 500 to 2000 new tokens the cached tokens/s changes 0.95x overall and'
+                     ' 1.00x over each output\'s second half (recomputing: 0.75x and 0.88x)']
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -144,7 +147,7 @@ def test_generation_conclusions_are_computed_from_the_runs():
     (['--repeats=0'], 'must be positive'),
     (['--out=/nonexistent/dir/bench.json'], 'its directory does not exist'),
     (['--generate_shape=(4, 3, 128, 256)'], 'n_embd a multiple of n_head'),
-    (['--generate_tokens=(500, 0)'], 'one or more positive counts'),
+    (['--generate_tokens=(500, 1)'], 'one or more counts of at least 2'),
 ])
 def test_bad_options_are_one_line_errors(argv, message):
     with pytest.raises(UserError, match=message):

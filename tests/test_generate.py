@@ -223,6 +223,7 @@ def test_an_empty_prompt_needs_a_start_token():
     (dict(num_samples=0), r'--num_samples and --max_new_tokens must be positive'),
     (dict(max_new_tokens=0), r'--max_new_tokens=0 only with --show_probs'),
     (dict(out='/nonexistent/dir/samples.txt'), r'its directory does not exist'),
+    (dict(threads=-1), r'--threads=-1 must be 0'),
 ])
 def test_bad_options_are_one_line_errors(options, message):
     with pytest.raises(UserError, match=message):
