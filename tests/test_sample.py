@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+import checkpoint
 import sample
 import tokenizer as tok
 from configurator import UserError
@@ -37,7 +38,6 @@ def test_lstm_samples_carry_hidden_state(char_data, tmp_path):
 
 
 def test_generate_is_reproducible_and_respects_top_k(tiny_checkpoint):
-    import checkpoint
     model = checkpoint.restore_model(checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))).eval()
     ids = torch.tensor([[tok.BOS_ID]])
     run = lambda seed, **kw: [t.item() for t in sample.generate(model, ids, 20, top_k=kw.get('top_k', 0),
@@ -80,7 +80,7 @@ def test_truncated_and_foreign_checkpoints(tiny_checkpoint, tmp_path):
     (tmp_path / 'cut.pt').write_bytes(data[:len(data) // 2])
     torch.save({'weights': torch.zeros(3)}, tmp_path / 'foreign.pt')
     ckpt = torch.load(os.path.join(tiny_checkpoint, 'ckpt.pt'), weights_only=True)
-    torch.save(dict(ckpt, model_args=dict(ckpt['model_args'], model_type='mamba')), tmp_path / 'mamba.pt')
+    checkpoint.save(tmp_path / 'mamba.pt', dict(ckpt, model_args=dict(ckpt['model_args'], model_type='mamba')))
     for name, message in [('cut.pt', 'not a readable checkpoint'), ('foreign.pt', 'not a checkpoint of this'),
                           ('mamba.pt', "unknown model type 'mamba'")]:
         with pytest.raises(UserError, match=message):
