@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 
@@ -67,6 +68,7 @@ class BenchConfig:
     # this shape (the character-level config's 4 x 128, at a 256-token context) whatever the shape above
     generate_shape: tuple[int, int, int, int] = (4, 4, 128, 256)  # n_layer, n_head, n_embd, block_size
     generate_tokens: tuple[int, ...] = (500, 2000)  # new tokens per run: the cost per token as the output grows
+    generate_repeats: int = 3     # timed runs of each mode per length, alternating; the median is reported
     threads: int = 0              # CPU threads torch uses (0 = its default, one per core)
     seed: int = 1337
     out: str = ''                 # also write the results here as JSON ('' = table only)
@@ -74,7 +76,7 @@ class BenchConfig:
 
 QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=4, batch_sizes=(2, 20),
              warmup=1, repeats=2, sample_tokens=8, compile='False', generate_shape=(1, 2, 32, 16),
-             generate_tokens=(8, 40))
+             generate_tokens=(8, 40), generate_repeats=1)
 
 
 class Unsupported(Exception):
@@ -405,46 +407,37 @@ def plan_sample(ctx):
 
 
 def conclude_generate(rows, ctx):
-    """The cache's speed-up at each output length, and how each mode's tokens/s changes as the output grows."""
-    runs = {(r['device'], r['mode'], r['new_tokens']): r for r in rows}
-    summaries, lines = [], []
+    """The cache's speed-up at each output length, and how tokens/s changes from the shortest output to the
+    longest."""
+    lines = []
     for device in ctx.devices:
-        lengths = sorted({n for d, _, n in runs if d == device})
-        pairs = [(runs[device, 'cached', n], runs[device, 'recompute', n]) for n in lengths
-                 if (device, 'cached', n) in runs and (device, 'recompute', n) in runs]
-        if not pairs:
-            continue
-        shape = pairs[0][0]['shape']
-        for cached, full in pairs:
-            speedup = cached['tokens_per_s'] / full['tokens_per_s']
-            summaries.append({'device': device, 'new_tokens': cached['new_tokens'], 'cache_speedup': speedup,
-                              'same_tokens': full['same_tokens']})
-            lines.append(f"{device} gpt {shape}: {cached['new_tokens']} new tokens with the KV cache at"
-                         f" {cached['tokens_per_s']:,.0f} tokens/s, {speedup:.1f}x recomputing the window at"
-                         f" every token ({full['tokens_per_s']:,.0f} tokens/s)"
-                         + ('' if full['same_tokens'] else '; WARNING: the two produced different tokens'))
-        if len(pairs) > 1:
-            (first, first_full), (last, last_full) = pairs[0], pairs[-1]
-            change = {key: (last[key] / first[key], last_full[key] / first_full[key])
-                      for key in ('tokens_per_s', 'second_half_tokens_per_s')}
-            summaries.append({'device': device, 'from_tokens': first['new_tokens'],
-                              'to_tokens': last['new_tokens'],
-                              **{f'{mode}_{key}_change': change[key][i] for key in change
-                                 for i, mode in enumerate(('cached', 'recompute'))}})
-            lines.append(f"{device} gpt {shape}: from {first['new_tokens']} to {last['new_tokens']} new tokens the"
-                         f" cached tokens/s changes {change['tokens_per_s'][0]:.2f}x overall and"
-                         f" {change['second_half_tokens_per_s'][0]:.2f}x over each output's second half"
-                         f" (recomputing: {change['tokens_per_s'][1]:.2f}x and"
-                         f" {change['second_half_tokens_per_s'][1]:.2f}x)")
-    return summaries, lines
+        runs = sorted((r for r in rows if r['device'] == device), key=lambda r: r['new_tokens'])
+        for r in runs:
+            lines.append(f"{device} gpt {r['shape']}: {r['new_tokens']} new tokens with the KV cache at"
+                         f" {r['cached_tokens_per_s']:,.0f} tokens/s, {r['speedup']:.1f}x recomputing the window"
+                         f" at every token ({r['recompute_tokens_per_s']:,.0f} tokens/s)"
+                         + ('' if r['same_tokens'] else '; WARNING: the two generated different tokens'))
+        if len(runs) > 1:
+            first, last = runs[0], runs[-1]
+            change = {f'{mode}_{rate}': last[f'{mode}_{rate}'] / first[f'{mode}_{rate}']
+                      for mode in ('cached', 'recompute') for rate in ('tokens_per_s', 'second_half_tokens_per_s')}
+            lines.append(f"{device} gpt {first['shape']}: from {first['new_tokens']} to {last['new_tokens']} new"
+                         f" tokens the cached tokens/s changes {change['cached_tokens_per_s']:.2f}x overall and"
+                         f" {change['cached_second_half_tokens_per_s']:.2f}x over each output's second half"
+                         f" (recomputing: {change['recompute_tokens_per_s']:.2f}x and"
+                         f" {change['recompute_second_half_tokens_per_s']:.2f}x)")
+    return [], lines
 
 
 @section('generate', f'generation: sample.generate with the KV cache against recomputing the window at every'
-         f' token (the same windows and tokens), greedy, after a {PROMPT_TOKENS}-token prompt, one run each',
+         f' token (the same windows and tokens), greedy, after a {PROMPT_TOKENS}-token prompt, median of'
+         f' --generate_repeats alternating runs',
          [('model', 'model', '{}'), ('device', 'device', '{}'), ('shape', 'shape', '{}'),
-          ('block_size', 'block', '{}'), ('mode', 'mode', '{}'), ('new_tokens', 'new tokens', '{:,}'),
-          ('wall_s', 'wall s', '{:.2f}'), ('tokens_per_s', 'tokens/s', '{:,.1f}'),
-          ('ms_per_token', 'ms/token', '{:.2f}'), ('second_half_tokens_per_s', '2nd half tokens/s', '{:,.1f}'),
+          ('block_size', 'block', '{}'), ('new_tokens', 'new tokens', '{:,}'),
+          ('cached_tokens_per_s', 'cached tokens/s', '{:,.1f}'),
+          ('recompute_tokens_per_s', 'recompute tokens/s', '{:,.1f}'), ('speedup', 'speed-up', '{:.2f}x'),
+          ('cached_second_half_tokens_per_s', 'cached 2nd half', '{:,.1f}'),
+          ('recompute_second_half_tokens_per_s', 'recompute 2nd half', '{:,.1f}'),
           ('peak_memory_mb', 'peak MB', '{:,.0f}')],
          conclude=conclude_generate)
 def plan_generate(ctx):
@@ -452,40 +445,50 @@ def plan_generate(ctx):
     n_layer, n_head, n_embd, block_size = cfg.generate_shape
     args = dataclasses.replace(ctx.model_args('gpt'), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                                block_size=block_size)
-    cached_tokens = {}  # (device, new tokens) -> what the cached run generated, for the recomputing run to match
 
-    def job(device, mode, new_tokens):
+    def job(device, new_tokens):
         torch.manual_seed(cfg.seed)
         model = build_model(args).to(device).eval()
         prompt_len = min(PROMPT_TOKENS, block_size)
         prompt = torch.from_numpy(np.asarray(ctx.tokens[:prompt_len], dtype=np.int64))[None].to(device)
-        for _ in generate(model, prompt, cfg.warmup, temperature=0, use_cache=mode == 'cached'):
-            pass
-        # one timed run, the device synchronized at its ends and once halfway: the second half's rate is the
-        # steady cost per token, without the short contexts of the start
-        tokens, half = [], new_tokens // 2
-        perf.synchronize(device)
-        start = time.perf_counter()
-        for token in generate(model, prompt, new_tokens, temperature=0, use_cache=mode == 'cached'):
-            tokens.append(token)
-            if len(tokens) == half:
-                perf.synchronize(device)
-                halfway = time.perf_counter()
-        perf.synchronize(device)
-        wall_s = time.perf_counter() - start
-        generated = torch.stack(tokens).tolist()
+
+        def timed_run(use_cache):
+            """(seconds, seconds of the second half, the tokens) of one greedy generation. The device is
+            synchronized at the ends and halfway: the second half's rate is the steady cost per token."""
+            tokens, half = [], new_tokens // 2
+            perf.synchronize(device)
+            start = time.perf_counter()
+            for token in generate(model, prompt, new_tokens, temperature=0, use_cache=use_cache):
+                tokens.append(token)
+                if len(tokens) == half:
+                    perf.synchronize(device)
+                    halfway = time.perf_counter()
+            perf.synchronize(device)
+            end = time.perf_counter()
+            return end - start, end - halfway, torch.stack(tokens).tolist()
+
+        for use_cache in (True, False):
+            for _ in generate(model, prompt, cfg.warmup, temperature=0, use_cache=use_cache):
+                pass
+        # alternating, so that other work on the machine slows both modes alike
+        runs = {'cached': [], 'recompute': []}
+        for _ in range(cfg.generate_repeats):
+            for mode in runs:
+                runs[mode].append(timed_run(use_cache=mode == 'cached'))
         row = {'model': 'gpt', 'device': device, 'shape': f'{n_layer}x{n_embd}', 'block_size': block_size,
-               'mode': mode, 'prompt_tokens': prompt_len, 'new_tokens': new_tokens, 'wall_s': wall_s,
-               'tokens_per_s': new_tokens / wall_s, 'ms_per_token': wall_s / new_tokens * 1e3,
-               'second_half_tokens_per_s': (new_tokens - half) / (start + wall_s - halfway)}
-        if mode == 'cached':
-            cached_tokens[device, new_tokens] = generated
-        else:
-            row['same_tokens'] = cached_tokens.get((device, new_tokens)) == generated
+               'prompt_tokens': prompt_len, 'new_tokens': new_tokens, 'repeats': cfg.generate_repeats,
+               'same_tokens': len({str(tokens) for mode in runs for _, _, tokens in runs[mode]}) == 1}
+        for mode, timings in runs.items():
+            seconds = statistics.median(t for t, _, _ in timings)
+            row.update({f'{mode}_s': seconds, f'{mode}_tokens_per_s': new_tokens / seconds,
+                        f'{mode}_ms_per_token': seconds / new_tokens * 1e3,
+                        f'{mode}_second_half_tokens_per_s':
+                            (new_tokens - new_tokens // 2) / statistics.median(t for _, t, _ in timings)})
+        row['speedup'] = row['cached_tokens_per_s'] / row['recompute_tokens_per_s']
         return row
 
-    return [Job(f"generate {device} {mode} {n}", device, None, functools.partial(job, device, mode, n))
-            for device in ctx.devices for n in cfg.generate_tokens for mode in ('cached', 'recompute')]
+    return [Job(f"generate {device} {n} tokens", device, None, functools.partial(job, device, n))
+            for device in ctx.devices for n in cfg.generate_tokens]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -508,7 +511,7 @@ def check(cfg):
         raise UserError(f"--sections={cfg.sections}: choose all or some of {','.join(SECTIONS)}")
     if len(cfg.batch_sizes) != 2:
         raise UserError(f"--batch_sizes={cfg.batch_sizes} must be two sizes, small and large: e.g. 50,500")
-    for key in ('iters', 'repeats', 'warmup', 'sample_tokens', 'vocab_size', 'batch_size'):
+    for key in ('iters', 'repeats', 'warmup', 'sample_tokens', 'vocab_size', 'batch_size', 'generate_repeats'):
         if getattr(cfg, key) <= 0:
             raise UserError(f"--{key}={getattr(cfg, key)} must be positive")
     if len(cfg.generate_shape) != 4 or min(cfg.generate_shape) <= 0 or \

@@ -48,12 +48,12 @@ class SampleConfig:
     start: str = ''               # the prompt, or FILE:path to read it from a file
     num_samples: int = 1          # samples drawn together, in one batch
     max_new_tokens: int = 200     # tokens generated per sample (0: only print --show_probs's table)
-    temperature: float = 0.8      # 0 = greedy (the most likely token); < 1 sharpens the distribution, > 1 flattens
+    temperature: float = 0.8      # 0 = greedy (the most likely token); < 1 sharpens the distribution, > 1 widens
     top_k: int = 0                # sample only among the k most likely tokens (0 = all)
-    top_p: float = 1.0            # nucleus: only among the fewest most likely tokens whose probability reaches top_p
+    top_p: float = 1.0            # nucleus: only among the fewest most likely tokens whose probabilities reach it
     stop_at_eos: bool = False     # end a sample at the end-of-document token (</s>; GPT-2 BPE: end of text)
     show_probs: int = 0           # first print the N most likely tokens to follow the prompt, with probabilities
-    kv_cache: bool = True         # GPT: keep earlier tokens' keys and values (False: recompute; same output, slower)
+    kv_cache: bool = True         # GPT: keep earlier keys and values (False: recompute them; same output, slower)
     context_shift: float = 0.25   # GPT past block_size: share of the full window dropped before it is re-read
     seed: int = 1337              # same seed and num_samples, same samples
     device: str = 'auto'          # auto | cpu | cuda | mps
@@ -275,7 +275,8 @@ def draw(model, tokenizer, prompt, ids, cfg, out):
     """Generate from every row of ids (B, T) at once; print as the module docstring says; return the texts."""
     generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
     tokens = generate(model, ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                      top_p=cfg.top_p, generator=generator, use_cache=cfg.kv_cache, context_shift=cfg.context_shift)
+                      top_p=cfg.top_p, generator=generator, use_cache=cfg.kv_cache,
+                      context_shift=cfg.context_shift)
     is_streamed = len(ids) == 1
     new, samples = [[] for _ in ids], [None] * len(ids)
     shown = ''  # of the streamed sample's new text

@@ -64,10 +64,11 @@ def test_quick_run_writes_every_field_positive_and_finite(quick_run):
                                                                 for f in ('samples', 'iterations', 'between')}
     assert len(summaries) == 2 and all(math.isfinite(numbers(s)[k]) for s in summaries for k in numbers(s))
     assert any('time follows' in line or 'in between' in line for line in written['conclusions'])
-    generation = {(r['mode'], r['new_tokens']): r for r in results['generate']}
-    assert sorted(generation) == [('cached', 8), ('cached', 40), ('recompute', 8), ('recompute', 40)]
-    assert all(r['shape'] == '1x32' and r['block_size'] == 16 for r in generation.values())
-    assert generation['recompute', 40]['same_tokens'] and generation['recompute', 8]['same_tokens']
+    generation = results['generate']  # --quick: a 1 x 32 GPT at block_size 16, 8 and 40 new tokens, one run each
+    assert [(r['shape'], r['block_size'], r['new_tokens'], r['repeats']) for r in generation] == \
+        [('1x32', 16, 8, 1), ('1x32', 16, 40, 1)]
+    assert all(r['same_tokens'] for r in generation)  # past block_size too: 16 + 40 tokens
+    assert all(r['speedup'] == pytest.approx(r['recompute_s'] / r['cached_s']) for r in generation)
     assert [r['source'] for r in results['peak']] == ['measured matmul'] * len(results['peak'])
     assert written['machine']['devices'] == {'cpu': results['peak'][0]['name']}
 
@@ -117,24 +118,20 @@ def test_study_conclusion_is_computed_from_the_runs():
 def test_generation_conclusions_are_computed_from_the_runs():
     ctx = type('Ctx', (), {'devices': ['cpu']})()
 
-    def row(mode, new_tokens, tokens_per_s, second_half):
-        return {'device': 'cpu', 'shape': '4x128', 'mode': mode, 'new_tokens': new_tokens,
-                'tokens_per_s': tokens_per_s, 'second_half_tokens_per_s': second_half, 'same_tokens': True}
+    def row(new_tokens, cached, recompute, cached_half, recompute_half):
+        return {'device': 'cpu', 'shape': '4x128', 'new_tokens': new_tokens, 'cached_tokens_per_s': cached,
+                'recompute_tokens_per_s': recompute, 'speedup': cached / recompute, 'same_tokens': True,
+                'cached_second_half_tokens_per_s': cached_half,
+                'recompute_second_half_tokens_per_s': recompute_half}
 
-    rows = [row('cached', 500, 400.0, 360.0), row('recompute', 500, 80.0, 64.0), row('cached', 2000, 380.0, 360.0),
-            row('recompute', 2000, 60.0, 56.0)]
-    summaries, lines = bench.conclude_generate(rows, ctx)
-    assert [s.get('cache_speedup') for s in summaries[:2]] == [5.0, pytest.approx(380 / 60)]
-    assert summaries[2] == pytest.approx({'device': 'cpu', 'from_tokens': 500, 'to_tokens': 2000,
-                                          'cached_tokens_per_s_change': 0.95, 'recompute_tokens_per_s_change': 0.75,
-                                          'cached_second_half_tokens_per_s_change': 1.0,
-                                          'recompute_second_half_tokens_per_s_change': 0.875})
-    assert lines == ['cpu gpt 4x128: 500 new tokens with the KV cache at 400 tokens/s, 5.0x recomputing the'
-                     ' window at every token (80 tokens/s)',
-                     'cpu gpt 4x128: 2000 new tokens with the KV cache at 380 tokens/s, 6.3x recomputing the'
-                     ' window at every token (60 tokens/s)',
-                     'cpu gpt 4x128: from 500 to 2000 new tokens the cached tokens/s changes 0.95x overall and'
-                     ' 1.00x over each output\'s second half (recomputing: 0.75x and 0.88x)']
+    rows = [row(2000, 380.0, 60.0, 360.0, 56.0), row(500, 400.0, 80.0, 360.0, 64.0)]
+    assert bench.conclude_generate(rows, ctx) == ([], [
+        'cpu gpt 4x128: 500 new tokens with the KV cache at 400 tokens/s, 5.0x recomputing the window at every'
+        ' token (80 tokens/s)',
+        'cpu gpt 4x128: 2000 new tokens with the KV cache at 380 tokens/s, 6.3x recomputing the window at every'
+        ' token (60 tokens/s)',
+        "cpu gpt 4x128: from 500 to 2000 new tokens the cached tokens/s changes 0.95x overall and 1.00x over each"
+        " output's second half (recomputing: 0.75x and 0.88x)"])
 
 
 @pytest.mark.parametrize('argv, message', [
