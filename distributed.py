@@ -30,10 +30,11 @@ class World:
     size: int = 1                 # number of processes (the world size)
     local_size: int = 1           # number of processes on this machine
     is_distributed: bool = False  # started by torchrun: a process group, and the model in DDP
-    cpu_group: object = None      # gloo group for host-side flags (beside NCCL's, they make nobody wait for a GPU)
+    cpu_group: object = None      # gloo group for host-side flags: agreeing on them never waits for a GPU
 
     @classmethod
     def from_environment(cls):
+        """The World that torchrun's environment variables describe; World() when they are absent."""
         if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
             return cls()
         env = {key: int(os.environ[key]) for key in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE')

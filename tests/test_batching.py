@@ -105,7 +105,8 @@ def test_processes_share_out_the_single_process_streams_by_row():
     for _ in range(single.batches_per_epoch + 1):  # into a second epoch
         x, y = next(single)
         parts = [next(share) for share in shares]
-        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+        assert torch.equal(torch.cat([p[0] for p in parts]), x)  # process 0's rows, then process 1's
+        assert torch.equal(torch.cat([p[1] for p in parts]), y)
         assert shares[1].is_epoch_start == single.is_epoch_start and shares[1].state() == single.state()
     with pytest.raises(ValueError, match='batch_size 4 streams cannot be shared evenly by 3 processes'):
         batching.Streams(stream(401), 4, 5, rank=0, world_size=3)

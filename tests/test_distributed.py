@@ -1,14 +1,17 @@
-"""Training in several processes: real torchrun launches (2 CPU processes over gloo) against single-process runs."""
+"""Training in several processes: real torchrun launches (2 CPU processes, gloo) against single-process runs."""
 import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
+import batching
 import checkpoint
 import distributed
 import sample
@@ -135,7 +138,8 @@ def test_world_from_torchrun_environment(monkeypatch):
     for key, value in dict(RANK='5', LOCAL_RANK='1', WORLD_SIZE='8', LOCAL_WORLD_SIZE='4').items():
         monkeypatch.setenv(key, value)
     world = distributed.World.from_environment()
-    assert (world.rank, world.local_rank, world.size, world.is_distributed, world.is_main) == (5, 1, 8, True, False)
+    assert (world.rank, world.local_rank, world.size, world.is_distributed) == (5, 1, 8, True)
+    assert not world.is_main
     assert world.launcher().startswith('torchrun --nnodes=2 --nproc_per_node=4 ')
     assert world.device_for('cpu') == 'cpu'
     with pytest.raises(UserError, match=r'--device=cuda:1 cannot be shared by torchrun\'s processes'):
@@ -143,3 +147,32 @@ def test_world_from_torchrun_environment(monkeypatch):
     single_node = distributed.World(rank=1, local_rank=1, size=2, local_size=2, is_distributed=True)
     assert train.resume_command(train.TrainConfig(), ['--max_iters=5'], single_node.launcher()) == \
         'torchrun --standalone --nproc_per_node=2 train.py --max_iters=5 --init_from=resume'
+
+
+def test_gradients_are_averaged_once_per_step_in_the_last_micro_step(monkeypatch):
+    # a process group of one process, in this process: DDP still runs its all-reduce, through a hook we count
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    for key, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', LOCAL_WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    world = distributed.World.from_environment()
+    with world.join('cpu'):
+        model = build_model(ModelArgs(vocab_size=50, n_layer=1, n_head=2, n_embd=8, block_size=8))
+        ddp = world.wrap(model)
+        synced_backwards = []
+
+        def count_and_average(state, bucket):
+            synced_backwards.append(bucket.index())
+            return allreduce_hook(state, bucket)
+        ddp.register_comm_hook(None, count_and_average)
+        tokens = torch.randint(0, 50, (1000,)).numpy()
+        batch_loss = train.BatchLoss(ddp, batching.RandomWindows(tokens, 2, 8, seed=0), 'cpu', torch.float32, -100)
+        cfg = train.TrainConfig(gradient_accumulation_steps=3)
+        optimizer, scaler = train.make_optimizer(model, cfg, 'cpu'), torch.amp.GradScaler(enabled=False)
+        for _ in range(2):
+            train.train_step(batch_loss, optimizer, scaler, cfg, 3)
+        assert synced_backwards == [0, 0]  # one bucket, once per step of 3 micro-steps
+        assert train.unwrap(ddp) is model
+    assert not torch.distributed.is_initialized()  # left on the way out
