@@ -15,6 +15,13 @@ How the windows are cut changes what the model learns; `--windowing` picks the s
 
 Every source yields Batch(x, y, doc_ids, positions) and keeps its place in a plain-value state(), so that a
 resumed run draws exactly the batches the uninterrupted run would have drawn.
+
+In a run of world_size processes (torchrun), process `rank` takes its share of the batches the single process
+would take, so that together they train on exactly those batches, and the state() is the same in every
+process: a checkpoint of either resumes in any number of processes. The sources whose rows continue from batch
+to batch (streams, packed: is_contiguous) are shared out by row, since a row's batches must follow each other
+through one process that carries its LSTM state; the others by whole batch (micro-step): process r takes
+batches r, r + W, r + 2W, ... of the single process's sequence (W = world_size).
 """
 import dataclasses
 import typing
@@ -32,17 +39,45 @@ class Batch(typing.NamedTuple):
     y: torch.Tensor                        # (B, T) target ids, IGNORE_INDEX where nothing is to be learned
     doc_ids: torch.Tensor | None = None    # (B, T) segment of each position: attention stays inside one
     positions: torch.Tensor | None = None  # (B, T) position ids, 0 at the first token of each segment
+    # When processes share a batch by rows, their rows may hold different numbers of targets: each process's mean
+    # loss times its weight (its targets x processes / the whole batch's targets) averages, over the processes,
+    # to the single process's mean over the whole batch, as DDP averages the gradients. 1 for a whole batch.
+    weight: float = 1.0
 
 
 def to_device(batch, device):
     """Move a CPU batch to device; on CUDA through pinned memory so the copy overlaps compute."""
     if torch.device(device).type == 'cuda':
-        return Batch(*(t if t is None else t.pin_memory().to(device, non_blocking=True) for t in batch))
-    return Batch(*(t if t is None else t.to(device) for t in batch))
+        return batch._replace(**{k: t.pin_memory().to(device, non_blocking=True) for k, t in tensors(batch)})
+    return batch._replace(**{k: t.to(device) for k, t in tensors(batch)})
+
+
+def tensors(batch):
+    """(name, tensor) of the fields of a Batch that hold tensors."""
+    return [(k, t) for k, t in batch._asdict().items() if isinstance(t, torch.Tensor)]
 
 
 def default_windowing(model_type):
     return 'streams' if model_type == 'lstm' else 'random'
+
+
+def shares_rows(windowing, model_type):
+    """Whether processes share a windowing's batches by row (contiguous rows) rather than by whole batch."""
+    return (default_windowing(model_type) if windowing == 'auto' else windowing) in ('streams', 'packed')
+
+
+def process_rows(batch_size, rank, world_size):
+    """The rows of every batch that process rank of world_size takes: a contiguous block of them."""
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} streams cannot be shared evenly by {world_size} processes")
+    rows_per_process = batch_size // world_size
+    return slice(rank * rows_per_process, (rank + 1) * rows_per_process)
+
+
+def draw(rng, high, batch_size, rank, world_size):
+    """Process rank's batch_size integers below high of the world_size batches the single process draws next:
+    the other processes' draws only advance the generator, as they do there."""
+    return [rng.integers(0, high, size=batch_size) for _ in range(world_size)][rank]
 
 
 @dataclasses.dataclass
@@ -95,19 +130,19 @@ class RandomWindows:
     keeps_to_documents = False  # windows may span documents, and the token after </s> is a target
     target_fraction = 1.0       # expected share of positions with a target to learn
 
-    def __init__(self, tokens, batch_size, block_size, seed):
+    def __init__(self, tokens, batch_size, block_size, seed, rank=0, world_size=1):
         if len(tokens) <= block_size:
             raise ValueError(f"{len(tokens)} tokens are too short for block_size {block_size}")
         # Every window of block_size + 1 tokens as a view: no copy until a batch picks its rows.
         self.windows = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)
-        self.batch_size = batch_size
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.rng = np.random.default_rng(seed)
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        starts = self.rng.integers(0, len(self.windows), size=self.batch_size)
+        starts = draw(self.rng, len(self.windows), self.batch_size, self.rank, self.world_size)
         rows = torch.from_numpy(self.windows[starts].astype(np.int64))  # (B, T + 1)
         return Batch(rows[:, :-1], rows[:, 1:])
 
@@ -145,54 +180,59 @@ def epoch_generator(seed, epoch):
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """The indices of one epoch: a permutation of range(n) drawn from (seed, epoch), from index `skip` on.
+class EpochBatches(torch.utils.data.Sampler):
+    """The window indices of batches start, start + step, start + 2 step, ... for ever (a batch sampler): batch g
+    is the (g mod batches_per_epoch)-th batch_size slice of epoch g // batches_per_epoch's order, a permutation
+    of the windows drawn from (seed, epoch) alone, so that a resumed run, or another process, rebuilds it. The
+    last windows of an epoch that do not fill a batch are dropped. torch.randperm holds 8 bytes per window."""
 
-    Drawing each epoch's order from its number, rather than from a running generator, is what lets a resumed
-    run rebuild the order it stopped in. torch.randperm holds 8 bytes per window for the epoch.
-    """
-
-    def __init__(self, n, seed):
-        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+    def __init__(self, n, batch_size, seed, start=0, step=1):
+        self.n, self.batch_size, self.seed, self.start, self.step = n, batch_size, seed, start, step
+        self.batches_per_epoch = n // batch_size
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))[self.skip:]
-        for chunk in order.split(1 << 16):
-            yield from chunk.tolist()
-
-    def __len__(self):
-        return self.n - self.skip
+        epoch, order, g = None, None, self.start
+        while True:
+            if g // self.batches_per_epoch != epoch:
+                epoch = g // self.batches_per_epoch
+                order = torch.randperm(self.n, generator=epoch_generator(self.seed, epoch))
+            b = g % self.batches_per_epoch
+            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+            g += self.step
 
 
 class WindowLoader:
-    """Batches of a TokenWindows dataset through a torch DataLoader (shuffled, drop_last, optional worker
-    processes and pinned memory). Its state is the number of batches handed out: on resume the DataLoader
-    restarts at that point of the same epoch's order, and batches its workers had fetched ahead are dropped."""
+    """Batches of a TokenWindows dataset through a torch DataLoader (shuffled each epoch, drop_last, optional
+    worker processes and pinned memory). Its state is the number of batches the single process has drawn: on
+    resume the DataLoader restarts at that batch of the same epoch's order, and what its workers had fetched
+    ahead is dropped."""
     is_contiguous = keeps_to_documents = False
     target_fraction = 1.0
 
-    def __init__(self, dataset, batch_size, seed, num_workers=0, pin_memory=False):
+    def __init__(self, dataset, batch_size, seed, rank=0, world_size=1, num_workers=0, pin_memory=False):
         self.batches_per_epoch = len(dataset) // batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(f"{len(dataset)} windows are fewer than batch_size {batch_size}")
-        self.sampler = EpochSampler(len(dataset), seed)
-        self.loader = torch.utils.data.DataLoader(dataset, batch_size, sampler=self.sampler, drop_last=True,
-                                                  num_workers=num_workers, pin_memory=pin_memory)
-        self.batch_size, self.seed, self.position, self.iterator = batch_size, seed, 0, None
+        self.dataset, self.batch_size, self.seed, self.rank, self.world_size = \
+            dataset, batch_size, seed, rank, world_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.position, self.iterator = 0, None
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        epoch, done = divmod(self.position, self.batches_per_epoch)
-        if self.iterator is None or done == 0:
-            self.sampler.epoch, self.sampler.skip = epoch, done * self.batch_size
-            # Starting a DataLoader draws its workers' base seed from its generator, by default the global
-            # torch RNG, which dropout draws from too: a resumed run starts one more time than the straight one.
-            self.loader.generator = epoch_generator(self.seed + 1, epoch)
-            self.iterator = iter(self.loader)
+        if self.iterator is None:
+            batches = EpochBatches(len(self.dataset), self.batch_size, self.seed, start=self.position + self.rank,
+                                   step=self.world_size)
+            # A DataLoader draws its workers' base seed from its generator when it starts, by default from the
+            # global torch RNG that dropout draws from too: a resumed run starts one more time than a straight one.
+            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                                                 pin_memory=self.pin_memory,
+                                                 generator=torch.Generator().manual_seed(self.seed))
+            self.iterator = iter(loader)
         rows = next(self.iterator)  # (B, T + 1)
-        self.position += 1
+        self.position += self.world_size
         return Batch(rows[:, :-1], rows[:, 1:])
 
     def state(self):
@@ -222,7 +262,7 @@ class LineWindows:
     """
     is_contiguous, keeps_to_documents = False, True
 
-    def __init__(self, documents, batch_size, block_size, variant, seed, order='random'):
+    def __init__(self, documents, batch_size, block_size, variant, seed, order='random', rank=0, world_size=1):
         T, P = block_size, documents.pairs
         first, stride, count = {
             'left': (1 - T, 1, P),
@@ -237,7 +277,7 @@ class LineWindows:
             raise ValueError("no document has two tokens: nothing to learn from")
         self.documents, self.block_size, self.variant = documents, block_size, variant
         self.first, self.stride, self.pairs = first, stride, P
-        self.batch_size, self.order = batch_size, order
+        self.batch_size, self.order, self.rank, self.world_size = batch_size, order, rank, world_size
         self.batches_per_epoch = -(-self.n_windows // batch_size)
         self.rng, self.position = np.random.default_rng(seed), 0
 
@@ -255,11 +295,11 @@ class LineWindows:
     def __next__(self):
         """Random order: batch_size windows drawn uniformly. Sequential: the next windows in document order."""
         if self.order == 'random':
-            ids = self.rng.integers(0, self.n_windows, size=self.batch_size)
+            ids = draw(self.rng, self.n_windows, self.batch_size, self.rank, self.world_size)
         else:
-            start = (self.position % self.batches_per_epoch) * self.batch_size
+            start = ((self.position + self.rank) % self.batches_per_epoch) * self.batch_size
             ids = np.arange(start, min(start + self.batch_size, self.n_windows))
-        self.position += 1
+        self.position += self.world_size  # batches the single process has drawn
         return self.windows(ids)
 
     def windows(self, ids):
@@ -298,19 +338,23 @@ class Streams:
 
     `is_epoch_start` tells the trainer to reset the hidden state: row r of the first batch does not
     continue row r of the last.
+
+    Among world_size processes, each carries a contiguous block of the rows through every batch: with
+    batch_size 4 and 2 processes, process 0 has rows 0-1 and process 1 rows 2-3 above (`rows`).
     """
     is_contiguous, keeps_to_documents = True, False
     target_fraction = 1.0
 
-    def __init__(self, tokens, batch_size, block_size):
+    def __init__(self, tokens, batch_size, block_size, rank=0, world_size=1):
         self.stream_len = (len(tokens) - 1) // batch_size
         self.batches_per_epoch = self.stream_len // block_size
         if self.batches_per_epoch == 0:
             raise ValueError(f"{len(tokens)} tokens are too short for batch_size {batch_size}"
                              f" streams of block_size {block_size}")
+        self.rows = process_rows(batch_size, rank, world_size)  # this process's streams
         n = batch_size * self.stream_len
-        self.x = np.asarray(tokens[:n]).reshape(batch_size, self.stream_len)       # (B, stream_len)
-        self.y = np.asarray(tokens[1:n + 1]).reshape(batch_size, self.stream_len)  # (B, stream_len)
+        self.x = np.asarray(tokens[:n]).reshape(batch_size, self.stream_len)[self.rows]       # (rows, stream_len)
+        self.y = np.asarray(tokens[1:n + 1]).reshape(batch_size, self.stream_len)[self.rows]  # (rows, stream_len)
         self.block_size = block_size
         self.position = 0  # batches drawn so far
 
@@ -352,7 +396,7 @@ class PackedStreams(Streams):
     """
     keeps_to_documents = True
 
-    def __init__(self, documents, batch_size, block_size, seed, relative_positions=True):
+    def __init__(self, documents, batch_size, block_size, seed, relative_positions=True, rank=0, world_size=1):
         self.documents, self.seed, self.relative_positions = documents, seed, relative_positions
         self.lengths = documents.ends - documents.starts
         n = int(self.lengths.sum())
@@ -361,7 +405,9 @@ class PackedStreams(Streams):
         if self.batches_per_epoch == 0:
             raise ValueError(f"{n} tokens are too short for batch_size {batch_size} streams of block_size"
                              f" {block_size}")
-        self.batch_size, self.block_size, self.position, self.epoch = batch_size, block_size, 0, None
+        self.rows = process_rows(batch_size, rank, world_size)  # this process's rows (see Streams)
+        self.batch_size, self.world_size = batch_size, world_size
+        self.block_size, self.position, self.epoch = block_size, 0, None
         self.target_fraction = float(documents.pairs.sum()) / n
 
     def epoch_order(self, epoch):
@@ -374,35 +420,39 @@ class PackedStreams(Streams):
         if self.epoch != epoch:
             self.epoch, (self.order, self.layout_starts) = epoch, self.epoch_order(epoch)
         self.position += 1
-        B, T = self.batch_size, self.block_size
-        at = (np.arange(B) * self.stream_len)[:, None] + k * T + np.arange(T + 1)  # (B, T + 1) in the layout
-        slot = np.searchsorted(self.layout_starts, at, side='right') - 1            # (B, T + 1) document slot
-        offset = at - self.layout_starts[slot]                                     # position in the document
+        T = self.block_size
+        at = (np.arange(self.batch_size) * self.stream_len)[:, None] + k * T + np.arange(T + 1)  # (B, T + 1)
+        every_slot = np.searchsorted(self.layout_starts, at, side='right') - 1  # (B, T + 1) document slot
+        every_target = every_slot[:, 1:] == every_slot[:, :-1]  # input and target in one document
+        slot, is_target, at = every_slot[self.rows], every_target[self.rows], at[self.rows]  # this process's rows
+        offset = at - self.layout_starts[slot]                                            # position in document
         tokens = self.documents.tokens[self.documents.starts[self.order[slot]] + offset].astype(np.int64)
         doc_ids = slot[:, :-1]
-        y = np.where(slot[:, 1:] == doc_ids, tokens[:, 1:], IGNORE_INDEX)
+        y = np.where(is_target, tokens[:, 1:], IGNORE_INDEX)
         positions = segment_positions(doc_ids) if self.relative_positions else offset[:, :-1]
-        return Batch(*map(torch.from_numpy, (tokens[:, :-1], y, doc_ids, positions)))
+        weight = float(is_target.sum() * self.world_size / every_target.sum()) if self.world_size > 1 else 1.0
+        return Batch(*map(torch.from_numpy, (tokens[:, :-1], y, doc_ids, positions)), weight=weight)
 
 
-def make_batches(windowing, model_type, documents, batch_size, block_size, seed, num_workers=0, pin_memory=False):
-    """The batch source of a windowing strategy ('auto': random for the GPT, streams for the LSTM).
-
-    Raises ValueError when the split is too small for it."""
+def make_batches(windowing, model_type, documents, batch_size, block_size, seed, rank=0, world_size=1,
+                 num_workers=0, pin_memory=False):
+    """The batch source of a windowing strategy ('auto': random for the GPT, streams for the LSTM), or process
+    rank's share of it in a run of world_size processes. Raises ValueError when the split is too small for it."""
     if windowing == 'auto':
         windowing = default_windowing(model_type)
-    tokens = documents.tokens
+    tokens, share = documents.tokens, {'rank': rank, 'world_size': world_size}
     if windowing == 'random':
-        return RandomWindows(tokens, batch_size, block_size, seed)
+        return RandomWindows(tokens, batch_size, block_size, seed, **share)
     if windowing in ('sliding', 'strided'):
         dataset = TokenWindows(tokens, block_size, stride=1 if windowing == 'sliding' else block_size)
-        return WindowLoader(dataset, batch_size, seed, num_workers, pin_memory)
+        return WindowLoader(dataset, batch_size, seed, **share, num_workers=num_workers, pin_memory=pin_memory)
     if windowing in LINES:
-        return LineWindows(documents, batch_size, block_size, LINES[windowing], seed)
+        return LineWindows(documents, batch_size, block_size, LINES[windowing], seed, **share)
     if windowing == 'packed':
-        return PackedStreams(documents, batch_size, block_size, seed, relative_positions=model_type != 'lstm')
+        return PackedStreams(documents, batch_size, block_size, seed, relative_positions=model_type != 'lstm',
+                             **share)
     if windowing == 'streams':
-        return Streams(tokens, batch_size, block_size)
+        return Streams(tokens, batch_size, block_size, **share)
     raise ValueError(f"unknown windowing {windowing!r}; known: auto, {', '.join(WINDOWINGS)}")
 
 

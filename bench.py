@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 
@@ -43,7 +44,7 @@ PROMPT_TOKENS = 16  # sampling: the first tokens of the data are the prompt
 class BenchConfig:
     device: str = 'all'           # all (cpu, and cuda when present) | auto (cuda, else cpu) | cpu | cuda | cuda:N
     model: str = 'all'            # all | gpt | lstm
-    sections: str = 'all'         # all, or some of peak,train,windowing,study,sample separated by commas
+    sections: str = 'all'         # all, or some of peak,train,windowing,study,sample,generate, comma-separated
     quick: bool = False           # tiny sizes, few repeats, no compile: every section in seconds
     data_dir: str = ''            # a prepared data directory to draw batches from ('' = random tokens)
     vocab_size: int = 256         # random tokens: vocabulary size (with --data_dir, the data's)
@@ -64,13 +65,19 @@ class BenchConfig:
     warmup: int = 2               # untimed steps before every measurement (at least 1)
     repeats: int = 5              # timed repeats; the median is reported
     sample_tokens: int = 64       # sampling: tokens generated after the prompt
+    # generation: sample.generate with its KV cache against recomputing the window at every token, on a GPT of
+    # this shape (the character-level config's 4 x 128, at a 256-token context) whatever the shape above
+    generate_shape: tuple[int, int, int, int] = (4, 4, 128, 256)  # n_layer, n_head, n_embd, block_size
+    generate_tokens: tuple[int, ...] = (500, 2000)  # new tokens per run: the cost per token as the output grows
+    generate_repeats: int = 3     # timed runs of each mode per length, alternating; the median is reported
     threads: int = 0              # CPU threads torch uses (0 = its default, one per core)
     seed: int = 1337
     out: str = ''                 # also write the results here as JSON ('' = table only)
 
 
 QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=4, batch_sizes=(2, 20),
-             warmup=1, repeats=2, sample_tokens=8, compile='False')
+             warmup=1, repeats=2, sample_tokens=8, compile='False', generate_shape=(1, 2, 32, 16),
+             generate_tokens=(8, 40), generate_repeats=1)
 
 
 class Unsupported(Exception):
@@ -445,6 +452,91 @@ def plan_sample(ctx):
             for device in ctx.devices for model_type in ctx.models]
 
 
+def conclude_generate(rows, ctx):
+    """The cache's speed-up at each output length, and how tokens/s changes from the shortest output to the
+    longest."""
+    lines = []
+    for device in ctx.devices:
+        runs = sorted((r for r in rows if r['device'] == device), key=lambda r: r['new_tokens'])
+        for r in runs:
+            lines.append(f"{device} gpt {r['shape']}: {r['new_tokens']} new tokens with the KV cache at"
+                         f" {r['cached_tokens_per_s']:,.0f} tokens/s, {r['speedup']:.1f}x recomputing the window"
+                         f" at every token ({r['recompute_tokens_per_s']:,.0f} tokens/s)"
+                         + ('' if r['same_tokens'] else '; WARNING: the two generated different tokens'))
+        if len(runs) > 1:
+            first, last = runs[0], runs[-1]
+            change = {f'{mode}_{rate}': last[f'{mode}_{rate}'] / first[f'{mode}_{rate}']
+                      for mode in ('cached', 'recompute') for rate in ('tokens_per_s', 'second_half_tokens_per_s')}
+            lines.append(f"{device} gpt {first['shape']}: from {first['new_tokens']} to {last['new_tokens']} new"
+                         f" tokens the cached tokens/s changes {change['cached_tokens_per_s']:.2f}x overall and"
+                         f" {change['cached_second_half_tokens_per_s']:.2f}x over each output's second half"
+                         f" (recomputing: {change['recompute_tokens_per_s']:.2f}x and"
+                         f" {change['recompute_second_half_tokens_per_s']:.2f}x)")
+    return [], lines
+
+
+@section('generate', f'generation: sample.generate with the KV cache against recomputing the window at every'
+         f' token (the same windows and tokens), greedy, after a {PROMPT_TOKENS}-token prompt, median of'
+         f' --generate_repeats alternating runs',
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('shape', 'shape', '{}'),
+          ('block_size', 'block', '{}'), ('new_tokens', 'new tokens', '{:,}'),
+          ('cached_tokens_per_s', 'cached tokens/s', '{:,.1f}'),
+          ('recompute_tokens_per_s', 'recompute tokens/s', '{:,.1f}'), ('speedup', 'speed-up', '{:.2f}x'),
+          ('cached_second_half_tokens_per_s', 'cached 2nd half', '{:,.1f}'),
+          ('recompute_second_half_tokens_per_s', 'recompute 2nd half', '{:,.1f}'),
+          ('peak_memory_mb', 'peak MB', '{:,.0f}')],
+         conclude=conclude_generate)
+def plan_generate(ctx):
+    cfg = ctx.cfg
+    n_layer, n_head, n_embd, block_size = cfg.generate_shape
+    args = dataclasses.replace(ctx.model_args('gpt'), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                               block_size=block_size)
+
+    def job(device, new_tokens):
+        torch.manual_seed(cfg.seed)
+        model = build_model(args).to(device).eval()
+        prompt_len = min(PROMPT_TOKENS, block_size)
+        prompt = torch.from_numpy(np.asarray(ctx.tokens[:prompt_len], dtype=np.int64))[None].to(device)
+
+        def timed_run(use_cache):
+            """(seconds, seconds of the second half, the tokens) of one greedy generation. The device is
+            synchronized at the ends and halfway: the second half's rate is the steady cost per token."""
+            tokens, half = [], new_tokens // 2
+            perf.synchronize(device)
+            start = time.perf_counter()
+            for token in generate(model, prompt, new_tokens, temperature=0, use_cache=use_cache):
+                tokens.append(token)
+                if len(tokens) == half:
+                    perf.synchronize(device)
+                    halfway = time.perf_counter()
+            perf.synchronize(device)
+            end = time.perf_counter()
+            return end - start, end - halfway, torch.stack(tokens).tolist()
+
+        for use_cache in (True, False):
+            for _ in generate(model, prompt, cfg.warmup, temperature=0, use_cache=use_cache):
+                pass
+        # alternating, so that other work on the machine slows both modes alike
+        runs = {'cached': [], 'recompute': []}
+        for _ in range(cfg.generate_repeats):
+            for mode in runs:
+                runs[mode].append(timed_run(use_cache=mode == 'cached'))
+        row = {'model': 'gpt', 'device': device, 'shape': f'{n_layer}x{n_embd}', 'block_size': block_size,
+               'prompt_tokens': prompt_len, 'new_tokens': new_tokens, 'repeats': cfg.generate_repeats,
+               'same_tokens': len({str(tokens) for mode in runs for _, _, tokens in runs[mode]}) == 1}
+        for mode, timings in runs.items():
+            seconds = statistics.median(t for t, _, _ in timings)
+            row.update({f'{mode}_s': seconds, f'{mode}_tokens_per_s': new_tokens / seconds,
+                        f'{mode}_ms_per_token': seconds / new_tokens * 1e3,
+                        f'{mode}_second_half_tokens_per_s':
+                            (new_tokens - new_tokens // 2) / statistics.median(t for _, t, _ in timings)})
+        row['speedup'] = row['cached_tokens_per_s'] / row['recompute_tokens_per_s']
+        return row
+
+    return [Job(f"generate {device} {n} tokens", device, None, functools.partial(job, device, n))
+            for device in ctx.devices for n in cfg.generate_tokens]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the run
 
@@ -468,9 +560,16 @@ def check(cfg):
         raise UserError(f"--sections={cfg.sections}: choose all or some of {','.join(SECTIONS)}")
     if len(cfg.batch_sizes) != 2:
         raise UserError(f"--batch_sizes={cfg.batch_sizes} must be two sizes, small and large: e.g. 50,500")
-    for key in ('iters', 'repeats', 'warmup', 'sample_tokens', 'vocab_size', 'batch_size'):
+    for key in ('iters', 'repeats', 'warmup', 'sample_tokens', 'vocab_size', 'batch_size', 'generate_repeats'):
         if getattr(cfg, key) <= 0:
             raise UserError(f"--{key}={getattr(cfg, key)} must be positive")
+    if len(cfg.generate_shape) != 4 or min(cfg.generate_shape) <= 0 or \
+            cfg.generate_shape[2] % cfg.generate_shape[1]:
+        raise UserError(f"--generate_shape={cfg.generate_shape} must be n_layer, n_head, n_embd, block_size,"
+                        f" positive, n_embd a multiple of n_head: e.g. 4,4,128,256")
+    if not cfg.generate_tokens or min(cfg.generate_tokens) < 2:
+        raise UserError(f"--generate_tokens={cfg.generate_tokens} must be one or more counts of at least 2"
+                        f" (each run is timed in halves)")
     if cfg.threads < 0:
         raise UserError(f"--threads={cfg.threads} must be 0 (torch's default) or more")
     small, large = cfg.batch_sizes

@@ -10,8 +10,9 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
     config           dict of the training config that produced it
     tokenizer        tokenizer.to_meta(): enough to encode prompts and decode samples
     data             what evaluation needs to know of the data (tokens and characters of the val split)
-    rng              torch (CPU and accelerator), numpy and python RNG states, the batch source's position,
-                     the LSTM's hidden state
+    rng              torch (CPU and accelerator), numpy and python RNG states (under torchrun process 0's, and
+                     the others' in other_processes), the batch source's position, the LSTM's hidden state
+                     (of all its streams, whatever process carried them)
     scaler, step_losses   the float16 loss scaler's state; the losses of the steps since the last log line
     digest           sha256 of everything above, checked on load
 
@@ -54,11 +55,13 @@ def load(path, map_location='cpu'):
     except Exception as error:  # torch.load fails in many ways (a legacy-pickle KeyError among them) on bad bytes
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{path} is not a readable checkpoint (truncated, corrupted or not ours): {reason}")
-    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED):
-        raise UserError(f"{path} is a torch file but not a checkpoint of this project (keys missing)")
-    if checkpoint['format_version'] != FORMAT_VERSION:
+    if not isinstance(checkpoint, dict) or 'format_version' not in checkpoint:
+        raise UserError(f"{path} is a torch file but not a checkpoint of this project (no format_version)")
+    if checkpoint['format_version'] != FORMAT_VERSION:  # before the keys: an older format lacks newer ones
         raise UserError(f"{path} has checkpoint format {checkpoint['format_version']}, this code reads"
                         f" format {FORMAT_VERSION}: use the matching version of the code")
+    if any(key not in checkpoint for key in REQUIRED):
+        raise UserError(f"{path} is a torch file but not a checkpoint of this project (keys missing)")
     if digest(checkpoint) != checkpoint['digest']:
         raise UserError(f"{path} is corrupted (its contents do not match the sha256 saved with them):"
                         f" use another checkpoint, e.g. best.pt or ckpt.pt beside it")

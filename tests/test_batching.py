@@ -26,6 +26,11 @@ def rows(t):
     return t.tolist()
 
 
+def same_batch(one, other):
+    """Two Batches with equal tensors (or None in both) field by field, the weights aside."""
+    return all((t1 is None and t2 is None) or torch.equal(t1, t2) for t1, t2 in zip(one[:4], other[:4]))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # random, sliding, strided
 
@@ -274,9 +279,7 @@ def test_every_windowing_resumes_from_its_state(windowing):
     b = source()
     next(b)  # a different position, overwritten by load_state
     b.load_state(state)
-    for one, other in zip(expected, (next(b) for _ in expected)):
-        for t1, t2 in zip(one, other):
-            assert (t1 is None and t2 is None) or torch.equal(t1, t2)
+    assert all(same_batch(one, next(b)) and one.weight == 1 for one in expected)
 
 
 def test_window_loader_resumes_with_worker_processes():
@@ -309,3 +312,40 @@ def test_make_batches_picks_by_windowing_and_model_type():
     assert isinstance(batching.make_batches('lines_full', 'lstm', docs, 2, 4, 0), batching.LineWindows)
     with pytest.raises(ValueError, match='unknown windowing'):
         batching.make_batches('diagonal', 'gpt', docs, 2, 4, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# several processes (torchrun): together they take exactly the single process's batches
+
+@pytest.mark.parametrize('windowing', batching.WINDOWINGS)
+def test_processes_share_out_the_single_process_batches(windowing):
+    rng = np.random.default_rng(1)
+    docs = documents(*(rng.integers(4, 500, size=n).tolist() for n in rng.integers(2, 30, size=40)))
+
+    def source(rank=0, world_size=1):
+        return batching.make_batches(windowing, 'gpt', docs, 4, 8, seed=5, rank=rank, world_size=world_size)
+    single = source()
+    shares = [source(r, 2) for r in range(2)]
+    n = 2 * getattr(single, 'batches_per_epoch', 3) + 2  # into a third epoch
+    expected = [next(single) for _ in range(n)]
+    if batching.shares_rows(windowing, 'gpt'):  # every process every batch, on its block of rows
+        assert [s.rows for s in shares] == [slice(0, 2), slice(2, 4)]
+        taken = [[next(s) for s in shares] for _ in range(n)]
+        parts = [batching.Batch(*(None if t[0] is None else torch.cat(t) for t in zip(*batch[:4])))
+                 for batch in taken]
+        assert shares[1].is_epoch_start == single.is_epoch_start
+        for (a, b), whole in zip(taken, expected):  # weights that make the mean of the processes' means exact
+            counts = [int((part.y != I).sum()) for part in (a, b)]
+            assert [a.weight, b.weight] == [c * 2 / sum(counts) for c in counts] and whole.weight == 1
+    else:  # process r takes batches r, r + 2, r + 4, ...
+        taken = [[next(s) for _ in range(n // 2)] for s in shares]
+        parts = [taken[g % 2][g // 2] for g in range(n)]
+    assert all(same_batch(one, other) for one, other in zip(expected, parts))
+    # and every process's source is where the single process's is: any of them resumes in any number
+    assert shares[0].state().keys() == single.state().keys()
+    assert all(str(s.state()) == str(single.state()) for s in shares)
+
+
+def test_rows_that_cannot_be_shared_evenly_are_refused():
+    with pytest.raises(ValueError, match='batch_size 4 streams cannot be shared evenly by 3 processes'):
+        batching.Streams(stream(401), 4, 5, rank=0, world_size=3)

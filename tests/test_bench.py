@@ -64,6 +64,11 @@ def test_quick_run_writes_every_field_positive_and_finite(quick_run):
                                                                 for f in ('samples', 'iterations', 'between')}
     assert len(summaries) == 2 and all(math.isfinite(numbers(s)[k]) for s in summaries for k in numbers(s))
     assert any('time follows' in line or 'in between' in line for line in written['conclusions'])
+    generation = results['generate']  # --quick: a 1 x 32 GPT at block_size 16, 8 and 40 new tokens, one run each
+    assert [(r['shape'], r['block_size'], r['new_tokens'], r['repeats']) for r in generation] == \
+        [('1x32', 16, 8, 1), ('1x32', 16, 40, 1)]
+    assert all(r['same_tokens'] for r in generation)  # past block_size too: 16 + 40 tokens
+    assert all(r['speedup'] == pytest.approx(r['recompute_s'] / r['cached_s']) for r in generation)
     assert [r['source'] for r in results['peak']] == ['measured matmul'] * len(results['peak'])
     assert written['machine']['devices'] == {'cpu': results['peak'][0]['name']}
 
@@ -77,7 +82,8 @@ def test_quick_run_prints_a_table_per_section_and_the_conclusions(quick_run):
         assert lines[0] == section.title and len(lines) == 2 + len(written['results'][name])
         assert lines[1].split() == [w for _, header, _ in section.columns for w in header.split()]
         assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
-    assert bench.format_table('t', section.columns, []).splitlines()[1:] == lines[1:2]  # no rows: the header
+    empty = bench.format_table('t', section.columns, []).splitlines()
+    assert len(empty) == 2 and empty[1].split() == lines[1].split()  # no rows: the header alone
     assert stdout.split('conclusions:\n')[1].startswith('\n'.join(f'- {c}' for c in written['conclusions']))
 
 
@@ -109,15 +115,36 @@ def test_study_conclusion_is_computed_from_the_runs():
     assert lines[2] == 'gpt (a) batch 50: cuda trains 10.0x the tokens per second of cpu'
 
 
+def test_generation_conclusions_are_computed_from_the_runs():
+    ctx = type('Ctx', (), {'devices': ['cpu']})()
+
+    def row(new_tokens, cached, recompute, cached_half, recompute_half):
+        return {'device': 'cpu', 'shape': '4x128', 'new_tokens': new_tokens, 'cached_tokens_per_s': cached,
+                'recompute_tokens_per_s': recompute, 'speedup': cached / recompute, 'same_tokens': True,
+                'cached_second_half_tokens_per_s': cached_half,
+                'recompute_second_half_tokens_per_s': recompute_half}
+
+    rows = [row(2000, 380.0, 60.0, 360.0, 56.0), row(500, 400.0, 80.0, 360.0, 64.0)]
+    assert bench.conclude_generate(rows, ctx) == ([], [
+        'cpu gpt 4x128: 500 new tokens with the KV cache at 400 tokens/s, 5.0x recomputing the window at every'
+        ' token (80 tokens/s)',
+        'cpu gpt 4x128: 2000 new tokens with the KV cache at 380 tokens/s, 6.3x recomputing the window at every'
+        ' token (60 tokens/s)',
+        "cpu gpt 4x128: from 500 to 2000 new tokens the cached tokens/s changes 0.95x overall and 1.00x over each"
+        " output's second half (recomputing: 0.75x and 0.88x)"])
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--iters=7'], 'iters \\* small / large whole'),
     (['--batch_sizes=(500, 50)'], 'need 0 < small < large'),
     (['--batch_sizes=(1, 2, 3)'], 'must be two sizes'),
     (['--model=rnn'], 'must be all or one of gpt, lstm'),
     (['--compile=maybe'], 'must be both, True or False'),
-    (['--sections=train,speed'], 'choose all or some of peak,train,windowing,study,sample'),
+    (['--sections=train,speed'], 'choose all or some of peak,train,windowing,study,sample,generate'),
     (['--repeats=0'], 'must be positive'),
     (['--out=/nonexistent/dir/bench.json'], 'its directory does not exist'),
+    (['--generate_shape=(4, 3, 128, 256)'], 'n_embd a multiple of n_head'),
+    (['--generate_tokens=(500, 1)'], 'one or more counts of at least 2'),
 ])
 def test_bad_options_are_one_line_errors(argv, message):
     with pytest.raises(UserError, match=message):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import GPT, LSTM, ModelArgs, build_model
+from model import GPT, LSTM, KVCache, ModelArgs, build_model
 
 
 def gpt(**overrides):
@@ -75,6 +75,22 @@ def test_models_have_only_forward():
         assert public <= {'forward', 'init_hidden'}
 
 
+def test_gpt_with_a_kv_cache_equals_one_pass_over_the_whole_sequence():
+    model = gpt()
+    idx = torch.randint(0, 50, (3, 16))
+    whole = model(idx)
+    cache = KVCache(model.args)
+    # a prompt from position 0, a chunk after it (queries that see the cache and each other), single tokens
+    pieces = [model(idx[:, :5], cache), model(idx[:, 5:9], cache)] + [model(idx[:, i:i + 1], cache)
+                                                                      for i in range(9, 16)]
+    assert cache.length == 16 and tuple(cache.keys[1].shape) == (3, 2, 16, 8)
+    assert torch.allclose(torch.cat(pieces, dim=1), whole, atol=1e-5)
+    with pytest.raises(ValueError, match='17 tokens is longer than block_size 16'):
+        model(idx[:, :1], cache)
+    cache.reset()  # a new window from position 0 in the same buffers
+    assert torch.allclose(model(idx[:, 3:11], cache), model(idx[:, 3:11]), atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # several documents in one row: packing and padding (batching.py's packed and lines windowings)
 
@@ -117,6 +133,12 @@ def test_gpt_default_positions_and_one_document_are_the_plain_causal_model():
     idx = torch.randint(0, 50, (2, 9))
     explicit = model(idx, positions=torch.arange(9).expand(2, 9), doc_ids=torch.zeros(2, 9, dtype=torch.long))
     assert torch.allclose(model(idx), explicit, atol=1e-6)
+
+
+def test_gpt_refuses_document_ids_with_a_kv_cache():
+    model, idx = gpt(), torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match='not for generation with a KV cache'):
+        model(idx, KVCache(model.args), doc_ids=torch.zeros_like(idx))
 
 
 def test_document_mask_is_block_diagonal_and_causal():
