@@ -24,6 +24,7 @@ class SampleConfig:
     max_new_tokens: int = 200     # tokens generated per sample
     temperature: float = 0.8      # < 1 sharpens the distribution, > 1 flattens it
     top_k: int = 0                # sample only among the k most likely tokens (0 = all)
+    stop_at_eos: bool = False     # end a sample at the end-of-document token (GPT-2 BPE: one story per sample)
     seed: int = 1337              # same seed, same samples
     device: str = 'auto'          # auto | cpu | cuda | mps
 
@@ -46,12 +47,14 @@ def read_prompt(start):
 
 
 def prompt_ids(tokenizer, text):
-    """<s> followed by the prompt's ids; warns once if the prompt has characters the vocabulary lacks."""
+    """The document-start id (<s>; GPT-2 BPE: <|endoftext|>) and the prompt's ids after it.
+
+    Warns once if the prompt has characters the vocabulary lacks (BPE has none: it spells any byte)."""
     ids = tokenizer.encode(text)
-    if tok.UNK_ID in ids:
-        missing = sorted({c for c in text if tokenizer.encode(c) == [tok.UNK_ID]})
+    if tokenizer.unk_id is not None and tokenizer.unk_id in ids:
+        missing = sorted({c for c in text if tokenizer.encode(c) == [tokenizer.unk_id]})
         print(f"warning: the prompt has characters the vocabulary lacks ({''.join(missing)!r});"
-              f" they read as {tok.SPECIALS[tok.UNK_ID]}", file=sys.stderr)
+              f" they read as {tok.SPECIALS[tokenizer.unk_id]}", file=sys.stderr)
     return [tokenizer.bos_id, *ids]
 
 
@@ -101,6 +104,8 @@ def sample(cfg, out=sys.stdout):
         out.write(prompt)
         new, shown = [], ''
         for token in generate(model, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator):
+            if cfg.stop_at_eos and token == tokenizer.eos_id:
+                break
             new.append(token)
             text = tokenizer.decode(new)
             if not text.endswith('\ufffd'):  # a byte-level token may end inside a character: wait for the rest
