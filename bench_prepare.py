@@ -47,7 +47,8 @@ PLACES = ['park', 'garden', 'forest', 'beach', 'kitchen', 'school', 'farm', 'pon
 FEELINGS = ['happy', 'sad', 'scared', 'proud', 'sleepy', 'angry', 'curious', 'excited', 'shy', 'brave',
             'grumpy', 'surprised', 'calm', 'lonely', 'silly', 'worried', 'thankful', 'kind', 'bored', 'glad']
 ACTIONS = ['played with', 'looked for', 'found', 'shared', 'dropped', 'painted', 'carried', 'hid', 'fixed',
-           'washed', 'hugged', 'threw', 'built', 'cleaned', 'counted', 'lost', 'chased', 'showed', 'opened', 'gave']
+           'washed', 'hugged', 'threw', 'built', 'cleaned', 'counted', 'lost', 'chased', 'showed', 'opened',
+           'gave']
 SENTENCES = [
     "Once upon a time, there was a little {animal} named {name}.",
     "{name} liked to go to the {place} every day.",
@@ -152,7 +153,8 @@ def _status(pid):
     """Memory lines of /proc/PID/status in bytes."""
     try:
         with open(f'/proc/{pid}/status') as f:
-            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(':', 1) for line in f) if v.endswith('kB\n')}
+            fields = (line.split(':', 1) for line in f)
+            return {key: int(value.split()[0]) * 1024 for key, value in fields if value.endswith('kB\n')}
     except OSError:
         return {}
 

@@ -115,6 +115,7 @@ def text_documents(path):
 def load_dataset_source(source, text_column):
     """{split name: Dataset} of a hub dataset or local files, loaded by `datasets` (Arrow files on disk)."""
     import datasets
+    source = os.path.expanduser(source)
     name = HUB_NAMES.get(source, source)
     is_path = os.path.exists(source) or source.startswith(('.', '/', '~')) or any(
         source.endswith(ext) or source.endswith(ext + '.gz') for ext in FILE_BUILDERS)
@@ -133,7 +134,7 @@ def load_dataset_source(source, text_column):
         splits = dict(datasets.load_dataset(*args, **kwargs))
     except Exception as error:  # datasets raises many types (hub, network, file format): one line for all
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        hint = (" (offline? HF_DATASETS_OFFLINE=1 uses what is cached)" if not is_path and
+        hint = (" (no network? HF_DATASETS_OFFLINE=1 makes datasets use its cache)" if not is_path and
                 not os.environ.get('HF_DATASETS_OFFLINE') else "")
         raise UserError(f"cannot load dataset {name!r}: {reason}{hint}")
     if not sum(map(len, splits.values())):
@@ -142,6 +143,10 @@ def load_dataset_source(source, text_column):
         if text_column not in dataset.column_names:
             raise UserError(f"{name} split {split} has no column {text_column!r}; its columns are"
                             f" {', '.join(dataset.column_names)}: pass --text_column=NAME")
+        kind = getattr(dataset.features[text_column], 'dtype', type(dataset.features[text_column]).__name__)
+        if kind not in ('string', 'large_string'):
+            raise UserError(f"column {text_column!r} of {name} holds {kind}, not text: pass --text_column=NAME"
+                            f" of a text column ({', '.join(dataset.column_names)})")
     return splits
 
 
@@ -215,7 +220,7 @@ def tokenize(dataset, tokenizer, dtype, cfg, cache_path, split):
     num_proc = min(cfg.num_proc or len(os.sched_getaffinity(0)), n_batches)  # a worker needs a batch
     features = datasets.Features({'ids': datasets.List(datasets.Value(np.dtype(dtype).name)),
                                   'lengths': datasets.List(datasets.Value('int64')),
-                                  **{count: datasets.Value('int64') for count in ('tokens', 'documents', 'chars')}})
+                                  **{key: datasets.Value('int64') for key in ('tokens', 'documents', 'chars')}})
     return dataset.map(
         encode_batch, batched=True, batch_size=cfg.batch_size, input_columns=dataset.column_names,
         remove_columns=dataset.column_names, fn_kwargs={'tokenizer': tokenizer, 'dtype': dtype},
@@ -263,7 +268,8 @@ def write_split(tokenized, bin_path, docs_path, dtype, split):
             document += len(lengths)
             progress.update(len(ids))
     if (position, document) != (n_tokens, n_documents):
-        raise RuntimeError(f"{split}: wrote {position} tokens / {document} documents of {n_tokens} / {n_documents}")
+        raise RuntimeError(f"{split}: wrote {position} tokens in {document} documents,"
+                           f" expected {n_tokens} in {n_documents}")
     offsets.flush()
     del offsets
     return {'tokens': int(n_tokens), 'documents': int(n_documents), 'chars': int(chars)}, {bin_path: tmp_bin,

@@ -135,8 +135,9 @@ class BPETokenizer:
         try:
             self.encoding = tiktoken.get_encoding(encoding)
         except (OSError, ValueError) as error:  # requests' ConnectionError is an OSError
-            raise UserError(f"tiktoken cannot load the {encoding} BPE vocabulary ({type(error).__name__}): go online once,"
-                            f" or run `python tools/fetch_gpt2_vocab.py` and set TIKTOKEN_CACHE_DIR=.tiktoken_cache")
+            raise UserError(f"tiktoken cannot load the {encoding} BPE vocabulary ({type(error).__name__}):"
+                            f" go online once, or run `python tools/fetch_gpt2_vocab.py` and set"
+                            f" TIKTOKEN_CACHE_DIR=.tiktoken_cache")
         self.eot_id = self.bos_id = self.eos_id = self.encoding.eot_token
 
     @classmethod

@@ -11,6 +11,8 @@ import tempfile
 import pytest
 
 import prepare
+import storage
+import tokenizer as tok
 import train
 from tools import fetch_gpt2_vocab
 
@@ -28,6 +30,22 @@ def run_script(script, *args, cwd=ROOT, timeout=300):
     """Run one of the project's scripts in a fresh Python process; return the CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def documents_of(data_dir, split):
+    """Decode each document of a prepared split back to text, using only what is in the directory, after
+    checking its framing: <s> ids </s> (char, word), or ids <|endoftext|> (GPT-2 BPE)."""
+    meta = storage.load_meta(data_dir)
+    t = tok.from_meta(meta['tokenizer'])
+    has_start = t.bos_id != t.eos_id
+    tokens, offsets = storage.open_split(data_dir, split, meta)
+    docs = []
+    for start, end in zip(offsets[:-1], offsets[1:]):
+        ids = tokens[start:end].tolist()
+        body = ids[1:-1] if has_start else ids[:-1]
+        assert ids[-1] == t.eos_id and t.eos_id not in body and (not has_start or ids[0] == t.bos_id)
+        docs.append(t.decode(body))
+    return docs
 
 
 @pytest.fixture(scope='session')

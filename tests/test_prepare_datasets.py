@@ -10,22 +10,9 @@ import prepare
 import storage
 import tokenizer as tok
 from configurator import UserError
-from conftest import STORIES, run_script
+from conftest import STORIES, documents_of, run_script
 
 EOT = 50256
-
-
-def stories_of(data_dir, split):
-    """Decode each document of a prepared BPE split back to text; every document ends with one end-of-text."""
-    meta = storage.load_meta(data_dir)
-    bpe = tok.from_meta(meta['tokenizer'])
-    tokens, offsets = storage.open_split(data_dir, split, meta)
-    docs = []
-    for start, end in zip(offsets[:-1], offsets[1:]):
-        ids = tokens[start:end].tolist()
-        assert ids[-1] == EOT and EOT not in ids[:-1]
-        docs.append(bpe.decode(ids[:-1]))
-    return docs
 
 
 def files_of(data_dir):
@@ -33,7 +20,7 @@ def files_of(data_dir):
 
 
 def test_decoding_the_bins_gives_back_every_story(bpe_data, stories):
-    train, val = stories_of(bpe_data, 'train'), stories_of(bpe_data, 'val')
+    train, val = documents_of(bpe_data, 'train'), documents_of(bpe_data, 'val')
     assert collections.Counter(train + val) == collections.Counter(stories)
     assert len(val) == 9 and len(train) == 27  # 25% of 36 held out with the seeded shuffle
     assert any('\n\n' in story for story in train + val) and any('ñ' in story for story in train + val)
@@ -45,7 +32,7 @@ def test_end_of_text_between_stories_and_exact_ids(bpe_data, stories):
     assert tokens.dtype == np.uint16 and offsets[0] == 0 and offsets[-1] == len(tokens)
     assert np.all(tokens[offsets[1:] - 1] == EOT) and np.count_nonzero(tokens == EOT) == len(offsets) - 1
     bpe = tok.BPETokenizer()
-    first = stories_of(bpe_data, 'train')[0]
+    first = documents_of(bpe_data, 'train')[0]
     assert tokens[:offsets[1]].tolist() == bpe.encode(first) + [EOT]
 
 
@@ -80,8 +67,8 @@ def test_max_docs_keeps_the_first_training_stories_and_the_whole_val_split(tmp_p
     data_dir = str(tmp_path / 'few')
     meta = prepare.main([data_dir, f'--source={STORIES}', '--val_fraction=0.25', '--max_docs=5'])
     assert meta['splits']['train']['documents'] == 5
-    assert stories_of(data_dir, 'train') == stories_of(bpe_data, 'train')[:5]
-    assert stories_of(data_dir, 'val') == stories_of(bpe_data, 'val')
+    assert documents_of(data_dir, 'train') == documents_of(bpe_data, 'train')[:5]
+    assert documents_of(data_dir, 'val') == documents_of(bpe_data, 'val')
     meta = prepare.main([data_dir, f'--source={STORIES}', '--max_docs=1000'])  # more than there are: all
     assert meta['splits']['train']['documents'] == 32
 
@@ -94,8 +81,8 @@ def test_published_splits_are_used_as_they_are(tmp_path, stories, gpt2_vocab):
             f.writelines(json.dumps({'text': s, 'id': i}) + '\n' for i, s in enumerate(part))
     data_dir = str(tmp_path / 'out')
     meta = prepare.main([data_dir, f'--source={source}', '--max_docs=20'])
-    assert stories_of(data_dir, 'train') == stories[:20]  # in source order, not shuffled
-    assert stories_of(data_dir, 'val') == stories[30:]
+    assert documents_of(data_dir, 'train') == stories[:20]  # in source order, not shuffled
+    assert documents_of(data_dir, 'val') == stories[30:]
     assert meta['splits']['val']['documents'] == 6
 
 
@@ -104,7 +91,7 @@ def test_parquet_and_text_files_and_other_tokenizers(tmp_path, stories, gpt2_voc
     parquet = str(tmp_path / 'stories.parquet')
     datasets.Dataset.from_dict({'story': stories}).to_parquet(parquet)
     prepare.main([str(tmp_path / 'pq'), f'--source={parquet}', '--text_column=story'])
-    assert sorted(stories_of(str(tmp_path / 'pq'), 'train') + stories_of(str(tmp_path / 'pq'), 'val')) == \
+    assert sorted(documents_of(str(tmp_path / 'pq'), 'train') + documents_of(str(tmp_path / 'pq'), 'val')) == \
         sorted(stories)
     text = tmp_path / 'lines.txt'
     text.write_text('The cat sat.\n\n   \nThe dog ran.\nA bird sang.\n', encoding='utf-8')
@@ -135,6 +122,7 @@ def test_unknown_dataset_is_one_line_exit_2_and_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize('content, args, message', [
     ('{"story": "a", "id": 1}\n', [], "has no column 'text'; its columns are story, id: pass --text_column"),
+    ('{"text": 1}\n{"text": 2}\n', [], "column 'text' of .* holds int64, not text"),
     ('', [], 'is empty'),
     ('{"text": ""}\n{"text": "  "}\n', [], 'the train split has no text'),
     ('{"text": "a"}\n{"text": "b"}\n', ['--max_docs=0'], r'--max_docs=0 must be positive'),

