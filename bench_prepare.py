@@ -8,8 +8,9 @@ the same run measures, with the same number of workers:
   raw        tiktoken's encode_ordinary_batch(num_threads=num_proc) over the texts already in memory
   prepare    `python prepare.py DIR --source=corpus.jsonl --num_proc=N` in a fresh process with an empty
              datasets cache: JSON -> Arrow, tokenize, write the bins, checksums, everything a user waits for
-and reports MB/s and tokens/s of both, their ratio, and prepare's peak memory: the largest resident set
-summed over prepare's process and its workers, sampled every 50 ms from /proc (Linux only).
+and reports MB/s and tokens/s of both, their ratio, and prepare's peak memory: the proportional set size
+(PSS: each page shared by n processes counts 1/n in each, so forked workers sharing the parent's pages are not
+counted twice) summed over prepare's process and all its workers, sampled every 50 ms from /proc (Linux).
 """
 import dataclasses
 import json
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 
+import prepare
 from configurator import UserError, parse, run
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -109,11 +111,11 @@ def raw_tiktoken(texts, num_threads):
 
 
 class TreeMemory:
-    """Peak resident memory (total and anonymous) of a process and all its descendants, sampled from /proc."""
+    """Peak memory (PSS, total and anonymous) of a process and all its descendants, sampled from /proc."""
 
     def __init__(self, pid, interval=0.05):
         self.pid, self.interval = pid, interval
-        self.peak_rss = self.peak_anon = 0
+        self.peak_pss = self.peak_anon = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -124,12 +126,12 @@ class TreeMemory:
 
     def _watch(self):
         while not self._done.is_set():
-            rss = anon = 0
+            pss = anon = 0
             for pid in self._tree():
-                status = _status(pid)
-                rss += status.get('VmRSS', 0)
-                anon += status.get('RssAnon', 0)
-            self.peak_rss, self.peak_anon = max(self.peak_rss, rss), max(self.peak_anon, anon)
+                memory = _smaps_rollup(pid)
+                pss += memory.get('Pss', 0)
+                anon += memory.get('Pss_Anon', 0)
+            self.peak_pss, self.peak_anon = max(self.peak_pss, pss), max(self.peak_anon, anon)
             self._done.wait(self.interval)
 
     def _tree(self):
@@ -149,10 +151,10 @@ class TreeMemory:
         return tree
 
 
-def _status(pid):
-    """Memory lines of /proc/PID/status in bytes."""
+def _smaps_rollup(pid):
+    """The memory totals of /proc/PID/smaps_rollup, in bytes."""
     try:
-        with open(f'/proc/{pid}/status') as f:
+        with open(f'/proc/{pid}/smaps_rollup') as f:
             fields = (line.split(':', 1) for line in f)
             return {key: int(value.split()[0]) * 1024 for key, value in fields if value.endswith('kB\n')}
     except OSError:
@@ -177,11 +179,12 @@ def run_prepare(corpus, data_dir, num_proc, cache_dir):
 
 
 def bench(cfg):
-    num_proc = cfg.num_proc or len(os.sched_getaffinity(0))
+    num_proc = cfg.num_proc or prepare.cpu_count()
     work_dir = cfg.work_dir or os.path.join(tempfile.gettempdir(), 'bench_prepare')
     os.makedirs(work_dir, exist_ok=True)
     print(f"{num_proc} workers / threads; {os.cpu_count()} CPUs visible; load average"
-          f" {os.getloadavg()[0]:.1f} at the start (other work on the machine slows both sides alike)")
+          f" {os.getloadavg()[0]:.1f} at the start (on a shared machine timings are noisy; each ratio compares"
+          f" two runs taken back to back)")
     results = []
     for size_mb in cfg.sizes_mb:
         corpus = os.path.join(work_dir, f'stories_{size_mb}mb.jsonl')
@@ -202,13 +205,14 @@ def bench(cfg):
                   'raw_mb_s': text_mb / raw_seconds, 'raw_tokens_s': tokens / raw_seconds,
                   'prepare_mb_s': text_mb / seconds, 'prepare_tokens_s': tokens / seconds,
                   'ratio': raw_seconds / seconds, 'raw_s': raw_seconds, 'prepare_s': seconds,
-                  'peak_rss_mb': memory.peak_rss / 1e6, 'peak_anon_mb': memory.peak_anon / 1e6}
+                  'peak_pss_mb': memory.peak_pss / 1e6, 'peak_anon_mb': memory.peak_anon / 1e6}
         results.append(result)
         print(f"{text_mb:7.1f} MB of text, {tokens / 1e6:.1f}M tokens: raw tiktoken {raw_seconds:6.1f} s"
               f" ({result['raw_mb_s']:.2f} MB/s, {result['raw_tokens_s'] / 1e6:.2f}M tok/s);"
               f" prepare {seconds:6.1f} s ({result['prepare_mb_s']:.2f} MB/s,"
               f" {result['prepare_tokens_s'] / 1e6:.2f}M tok/s); ratio {result['ratio']:.2f};"
-              f" peak RSS {result['peak_rss_mb']:.0f} MB (anonymous {result['peak_anon_mb']:.0f} MB)", flush=True)
+              f" peak memory {result['peak_pss_mb']:.0f} MB PSS (anonymous {result['peak_anon_mb']:.0f} MB)",
+              flush=True)
         shutil.rmtree(data_dir, ignore_errors=True)
         if not cfg.keep:
             os.remove(corpus)

@@ -213,11 +213,16 @@ def encode_batch(texts, tokenizer, dtype):
             'chars': [sum(map(len, texts)) + len(texts)]}
 
 
+def cpu_count():
+    """CPU cores this process may run on (Linux: its affinity mask; elsewhere every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
 def tokenize(dataset, tokenizer, dtype, cfg, cache_path, split):
     """Dataset.map of encode_batch over the split in cfg.num_proc processes; rows land in Arrow files on disk."""
     import datasets
     n_batches = -(-len(dataset) // cfg.batch_size)
-    num_proc = min(cfg.num_proc or len(os.sched_getaffinity(0)), n_batches)  # a worker needs a batch
+    num_proc = min(cfg.num_proc or cpu_count(), n_batches)  # a worker needs a batch
     features = datasets.Features({'ids': datasets.List(datasets.Value(np.dtype(dtype).name)),
                                   'lengths': datasets.List(datasets.Value('int64')),
                                   **{key: datasets.Value('int64') for key in ('tokens', 'documents', 'chars')}})
