@@ -23,5 +23,6 @@ demo: setup
 gpt2-vocab: setup
 	$(PY) tools/fetch_gpt2_vocab.py
 
+# One torch thread: the tiny test models run faster so, and many times faster on a CPU shared with other work.
 test: setup gpt2-vocab
-	HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+	HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q

@@ -1,5 +1,6 @@
 """The models: a GPT and an LSTM language model. Each maps token ids to next-token logits and nothing more:
-the loss and optimizer live in train.py, generation in sample.py.
+the loss and optimizer live in train.py, generation in sample.py. For generation the GPT can read and extend a
+KVCache that the caller owns, so that each new token costs one position instead of the whole context.
 
 Shapes: B batch, T time (tokens), C n_embd, H n_hidden, V vocab_size, L n_layer.
 """
@@ -36,12 +37,18 @@ class CausalSelfAttention(nn.Module):
         self.proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(args.dropout)
 
-    def forward(self, x):
+    def forward(self, x, cache=None, layer=0):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, C // n_head)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        start, mask = (cache.length if cache is not None else 0), None
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, n_head, start + T, C // n_head)
+            if start and T > 1:  # query i sits at position start + i: it sees every cached key and itself
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
+        # From position 0 this is exactly the cache-less computation; one new query needs no mask.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=start == 0 and T > 1,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
@@ -69,8 +76,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(args.n_embd, bias=args.bias)
         self.mlp = MLP(args)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -99,16 +106,56 @@ class GPT(nn.Module):
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
 
-    def forward(self, idx):
-        """idx (B, T) token ids, T <= block_size -> logits (B, T, V)."""
+    def forward(self, idx, cache=None):
+        """idx (B, T) token ids -> logits (B, T, V).
+
+        Without a cache idx is the whole context, T <= block_size. With a KVCache idx continues the tokens the
+        cache holds: they sit at positions cache.length ... cache.length + T - 1 (< block_size), their keys and
+        values are added to the cache, and cache.length grows by T.
+        """
         B, T = idx.shape
-        if T > self.args.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.args.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        start = cache.length if cache is not None else 0
+        if start + T > self.args.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.args.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
         return self.lm_head(self.ln_f(x))
+
+
+class KVCache:
+    """The keys and values of the tokens a GPT has read, per layer, for generation one token at a time.
+
+    The caller creates one per batch of sequences and passes it to every GPT.forward of that batch; the model
+    writes each layer's new keys and values at positions length, length + 1, ... and attends over all of them.
+    It lives here, beside the attention, because its layout is the attention's: per layer a (B, n_head,
+    block_size, C // n_head) buffer of keys and one of values, allocated at the first write with the batch
+    size, dtype and device of what is written.
+    """
+
+    def __init__(self, args):
+        self.block_size = args.block_size
+        self.keys, self.values = [None] * args.n_layer, [None] * args.n_layer
+        self.length = 0  # positions filled: the next token read sits at this position
+
+    def reset(self):
+        """Forget every token (the buffers stay allocated for the next ones)."""
+        self.length = 0
+
+    def update(self, layer, k, v):
+        """Store one layer's k, v (B, n_head, T, head_size) at positions length ... length + T - 1; return the
+        layer's keys and values of positions 0 ... length + T - 1."""
+        if self.keys[layer] is None:
+            B, n_head, _, head_size = k.shape
+            self.keys[layer] = k.new_empty(B, n_head, self.block_size, head_size)
+            self.values[layer] = v.new_empty(B, n_head, self.block_size, head_size)
+        end = self.length + k.size(2)
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
 class LSTM(nn.Module):

@@ -1,18 +1,44 @@
 """Generate text from a trained checkpoint; the model and tokenizer both come from the checkpoint alone.
 
     python sample.py --out_dir=out-akjv --start="In the beginning" --num_samples=3 --max_new_tokens=200
-    python sample.py --checkpoint=out-akjv/ckpt.pt --start=FILE:prompt.txt --temperature=0.6 --top_k=40
+    python sample.py --checkpoint=out-akjv/ckpt.pt --start=FILE:prompt.txt --temperature=0.6 --top_p=0.9
+    python sample.py --out_dir=out-akjv --start="And God said" --show_probs=10 --max_new_tokens=0
+
+The GPT reads the prompt once into a KV cache (model.KVCache), then one token per step. Its positions are
+learned and absolute, so a token's keys and values depend on where it sits in the window, and the window
+cannot slide under the cache one token at a time. When the window of block_size tokens is full, the oldest
+s = int(context_shift * block_size) tokens are dropped and the rest are read again in one pass; then tokens
+are added one at a time until it is full again. After n tokens (the start token and the prompt included)
+the model therefore sees the last W(n) of them:
+
+    W(n) = n                                                  while n <= block_size
+    W(n) = block_size - s + (n - block_size - 1) mod (s + 1)  after: block_size - s ... block_size, in turn
+
+A re-read costs about block_size - s positions and is shared by the s + 1 tokens that follow, so the cost per
+token stays flat however long the output. --kv_cache=False runs the model over the whole window W(n) at every
+token instead: the same output (the tests compare them token for token), at the cost of a cache-less sampler.
+--context_shift=0 slides the window one token at a time as nanoGPT's sampler does (W = block_size), which
+re-reads it at every token. The LSTM carries its hidden state from token to token: O(1) per token already.
+
+All --num_samples samples are drawn together, one batch row each. A single sample streams to stdout token by
+token; with several, each is printed whole as it completes (at the end-of-document token with --stop_at_eos,
+else after max_new_tokens), so ones that stop early come first.
 """
 import dataclasses
 import os
 import sys
 
 import torch
+from tqdm import tqdm
 
 import checkpoint
+import storage
 import tokenizer as tok
 from configurator import UserError, parse, run
+from model import KVCache
 from train import resolve_device
+
+SEPARATOR = '\n' + '-' * 40 + '\n'  # printed after every sample
 
 
 @dataclasses.dataclass
@@ -20,13 +46,19 @@ class SampleConfig:
     out_dir: str = 'out'          # where train.py wrote its checkpoints
     checkpoint: str = ''          # a checkpoint file ('' = out_dir/best.pt, else out_dir/ckpt.pt)
     start: str = ''               # the prompt, or FILE:path to read it from a file
-    num_samples: int = 1          # how many samples to draw
-    max_new_tokens: int = 200     # tokens generated per sample
-    temperature: float = 0.8      # < 1 sharpens the distribution, > 1 flattens it
+    num_samples: int = 1          # samples drawn together, in one batch
+    max_new_tokens: int = 200     # tokens generated per sample (0: only print --show_probs's table)
+    temperature: float = 0.8      # 0 = greedy (the most likely token); < 1 sharpens the distribution, > 1 widens
     top_k: int = 0                # sample only among the k most likely tokens (0 = all)
-    stop_at_eos: bool = False     # end a sample at the end-of-document token (GPT-2 BPE: one story per sample)
-    seed: int = 1337              # same seed, same samples
+    top_p: float = 1.0            # nucleus: only among the fewest most likely tokens whose probabilities reach it
+    stop_at_eos: bool = False     # end a sample at the end-of-document token (</s>; GPT-2 BPE: end of text)
+    show_probs: int = 0           # first print the N most likely tokens to follow the prompt, with probabilities
+    kv_cache: bool = True         # GPT: keep earlier keys and values (False: recompute them; same output, slower)
+    context_shift: float = 0.25   # GPT past block_size: share of the full window dropped before it is re-read
+    seed: int = 1337              # same seed and num_samples, same samples
     device: str = 'auto'          # auto | cpu | cuda | mps
+    threads: int = 0              # CPU threads torch uses (0 = its default; 1 when other work shares the cores)
+    out: str = ''                 # also write the samples to this file, in order, once all are done ('' = no)
 
 
 def checkpoint_path(cfg):
@@ -55,70 +87,231 @@ def prompt_ids(tokenizer, text):
         missing = sorted({c for c in text if tokenizer.encode(c) == [tokenizer.unk_id]})
         print(f"warning: the prompt has characters the vocabulary lacks ({''.join(missing)!r});"
               f" they read as {tok.SPECIALS[tokenizer.unk_id]}", file=sys.stderr)
+    if tokenizer.bos_id is None:
+        if not ids:
+            raise UserError("the prompt is empty and this tokenizer has no start-of-document token to begin"
+                            " from: give one with --start=TEXT")
+        return ids
     return [tokenizer.bos_id, *ids]
 
 
-def next_token(logits, temperature, top_k, generator):
-    """Draw one id per row from logits (B, V) at the given temperature among the top_k most likely."""
-    logits = logits.float() / temperature
+# ---------------------------------------------------------------------------------------------------------
+# the next token: from logits to a choice
+
+def sampling_probs(logits, temperature, top_k=0, top_p=1.0):
+    """The distribution the next token is drawn from, (B, V), given the model's logits (B, V).
+
+    temperature 0 puts all the mass on the most likely token. top_k keeps the k most likely tokens; top_p
+    then keeps the fewest most likely tokens whose probability reaches top_p (a token is kept when the
+    tokens more likely than it hold less than top_p), and the kept probabilities are renormalized.
+    """
+    logits = logits.float()
+    if temperature == 0:
+        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+    logits = logits / temperature
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float('-inf'))
     probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # of the tokens more likely than each
+        drop = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, mass_before >= top_p)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
 
 
-@torch.no_grad()
-def generate(model, ids, max_new_tokens, temperature, top_k, generator):
-    """Yield max_new_tokens ids following ids (1, T). The GPT sees at most block_size tokens of context;
-    the LSTM reads the prompt once and then carries its hidden state from token to token."""
+def next_token(logits, temperature, top_k=0, top_p=1.0, generator=None):
+    """One id per row, (B, 1), drawn from logits (B, V); temperature 0 takes the most likely (greedy)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), 1, generator=generator)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# what the model has read: the context, and the logits of the token that follows it
+
+class GPTContext:
+    """The window of at most block_size tokens a GPT conditions on, and the logits of the token after it.
+
+    With use_cache the window's keys and values are kept in a KVCache, so a new token costs one position;
+    without, the model reads the whole window again for every token. Both see the same windows (see W(n) in
+    the module docstring): when the window is full, the oldest int(context_shift * block_size) tokens go.
+    """
+
+    def __init__(self, model, ids, use_cache=True, context_shift=0.25):
+        self.model, self.block_size = model, model.args.block_size
+        self.keep = self.block_size - int(context_shift * self.block_size)  # tokens re-read when it is full
+        self.cache = KVCache(model.args) if use_cache else None
+        self.window = ids[:, -self.block_size:]  # (B, W)
+        self.logits = self._read()
+
+    def _read(self):
+        """Logits after the whole window, read from position 0."""
+        if self.cache is not None:
+            self.cache.reset()
+        return self.model(self.window, self.cache)[:, -1]
+
+    def append(self, token):
+        """Add token (B, 1) to the window and compute the logits of the token after it."""
+        if self.window.size(1) == self.block_size:  # full: keep the last `keep` tokens, the new one included
+            self.window = torch.cat([self.window[:, self.block_size - self.keep + 1:], token], dim=1)
+            self.logits = self._read()
+        else:
+            self.window = torch.cat([self.window, token], dim=1)
+            self.logits = self.model(token, self.cache)[:, -1] if self.cache is not None else self._read()
+
+
+class LSTMContext:
+    """What an LSTM has read is its hidden state: each token is one step from it, whatever came before."""
+
+    def __init__(self, model, ids):
+        self.model = model
+        logits, self.hidden = model(ids, model.init_hidden(ids.size(0), ids.device))
+        self.logits = logits[:, -1]
+
+    def append(self, token):
+        logits, self.hidden = self.model(token, self.hidden)
+        self.logits = logits[:, -1]
+
+
+def read_context(model, ids, use_cache=True, context_shift=0.25):
+    """The model's context after reading ids (B, T): .logits (B, V) of the next token, .append(token (B, 1))."""
     if model.args.model_type == 'lstm':
-        logits, hidden = model(ids, model.init_hidden(1, ids.device))
-        for _ in range(max_new_tokens):
-            token = next_token(logits[:, -1], temperature, top_k, generator)
-            yield token.item()
-            logits, hidden = model(token, hidden)
-    else:
-        for _ in range(max_new_tokens):
-            logits = model(ids[:, -model.args.block_size:])
-            token = next_token(logits[:, -1], temperature, top_k, generator)
-            yield token.item()
-            ids = torch.cat([ids, token], dim=1)
+        return LSTMContext(model, ids)
+    return GPTContext(model, ids, use_cache, context_shift)
+
+
+@torch.inference_mode()  # no autograd bookkeeping at all: tensors made here never need gradients
+def generate(model, ids, max_new_tokens, *, temperature=1.0, top_k=0, top_p=1.0, generator=None,
+             use_cache=True, context_shift=0.25):
+    """Yield max_new_tokens times the next token of every row of ids (B, T), as a (B,) tensor of ids.
+
+    The rows are generated together, one forward pass per token for the whole batch.
+    """
+    context = read_context(model, ids, use_cache, context_shift)
+    for step in range(max_new_tokens):
+        if step:
+            context.append(token)
+        token = next_token(context.logits, temperature, top_k, top_p, generator)  # (B, 1)
+        yield token[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the script
+
+def token_label(tokenizer, i):
+    """How a token reads in a table: a special by its name, any other as its text in quotes."""
+    if isinstance(tokenizer, tok.VocabTokenizer) and i < len(tok.SPECIALS):
+        return tok.SPECIALS[i]
+    return repr(tokenizer.decode([i]))
+
+
+@torch.inference_mode()
+def probability_table(model, tokenizer, ids, n, cfg):
+    """The n most likely tokens to follow ids (1, T): probability and log-probability under the model, and
+    the probability of being drawn at cfg's temperature, top_k and top_p. Returns the table's lines."""
+    logits = read_context(model, ids, cfg.kv_cache, cfg.context_shift).logits  # (1, V)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)[0]
+    drawn = sampling_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p)[0]
+    top = torch.topk(log_probs, min(n, log_probs.numel()))
+    labels = [token_label(tokenizer, i) for i in top.indices.tolist()]
+    width = max(len('token'), *map(len, labels))
+    lines = [f"next token: the {len(labels)} most likely of {log_probs.numel():,}"
+             f" (drawn: at temperature {cfg.temperature:g}, top_k {cfg.top_k}, top_p {cfg.top_p:g})",
+             f"rank  {'token':<{width}}      id  probability  log-prob   drawn"]
+    rows = zip(labels, top.indices.tolist(), top.values.exp().tolist(), top.values.tolist())
+    for rank, (label, i, p, log_p) in enumerate(rows, 1):
+        lines.append(f"{rank:>4}  {label:<{width}}  {i:>6}  {p:>11.4f}  {log_p:>8.4f}  {drawn[i].item():>6.4f}")
+    return lines
+
+
+def check(cfg):
+    """One-line errors for options that cannot work, before anything is loaded."""
+    if cfg.temperature < 0:
+        raise UserError(f"--temperature={cfg.temperature} is negative: use 0 for greedy, or a positive value")
+    if not 0 < cfg.top_p <= 1:
+        raise UserError(f"--top_p={cfg.top_p} must be in (0, 1]: the share of probability to sample from")
+    if cfg.top_k < 0 or cfg.show_probs < 0:
+        raise UserError("--top_k and --show_probs must be 0 (off) or positive")
+    if not 0 <= cfg.context_shift < 1:
+        raise UserError(f"--context_shift={cfg.context_shift} must be in [0, 1): the share of a full window"
+                        f" dropped before it is re-read")
+    if cfg.num_samples <= 0 or cfg.max_new_tokens < 0 or not (cfg.max_new_tokens or cfg.show_probs):
+        raise UserError("--num_samples and --max_new_tokens must be positive (--max_new_tokens=0 only with"
+                        " --show_probs)")
+    if cfg.threads < 0:
+        raise UserError(f"--threads={cfg.threads} must be 0 (torch's default) or more")
+    if cfg.out and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.out))):
+        raise UserError(f"--out={cfg.out}: its directory does not exist; create it or write elsewhere")
 
 
 def sample(cfg, out=sys.stdout):
-    """Write cfg.num_samples samples to out as they are generated; return them as a list of strings."""
-    if cfg.temperature <= 0:
-        raise UserError(f"--temperature={cfg.temperature} must be positive")
-    if cfg.max_new_tokens <= 0 or cfg.num_samples <= 0:
-        raise UserError("--max_new_tokens and --num_samples must be positive")
+    """Write cfg.num_samples samples to out (see the module docstring); return them, in order, as strings."""
+    check(cfg)
     device = resolve_device(cfg.device)
     ckpt = checkpoint.load(checkpoint_path(cfg))
     model = checkpoint.restore_model(ckpt).to(device).eval()
     tokenizer = tok.from_meta(ckpt['tokenizer'])
     prompt = read_prompt(cfg.start)
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    samples = []
-    for _ in range(cfg.num_samples):
+    ids = prompt_ids(tokenizer, prompt)
+    block_size = model.args.block_size
+    if model.args.model_type == 'gpt' and len(ids) > block_size:
+        print(f"warning: the prompt is {len(ids)} tokens, more than block_size {block_size}: the model sees"
+              f" its last {block_size}", file=sys.stderr)
+        ids = ids[-block_size:]
+    ids = torch.tensor([ids], device=device)
+    if cfg.show_probs:
+        out.write('\n'.join(probability_table(model, tokenizer, ids, cfg.show_probs, cfg)) + '\n\n')
+    if not cfg.max_new_tokens:
+        return []
+    samples = draw(model, tokenizer, prompt, ids.repeat(cfg.num_samples, 1), cfg, out)
+    if cfg.out:
+        with storage.atomic_write(cfg.out) as f:
+            f.write(''.join(text + SEPARATOR for text in samples).encode('utf-8'))
+    return samples
+
+
+def draw(model, tokenizer, prompt, ids, cfg, out):
+    """Generate from every row of ids (B, T) at once; print as the module docstring says; return the texts."""
+    generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
+    tokens = generate(model, ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                      top_p=cfg.top_p, generator=generator, use_cache=cfg.kv_cache,
+                      context_shift=cfg.context_shift)
+    is_streamed = len(ids) == 1
+    new, samples = [[] for _ in ids], [None] * len(ids)
+    shown = ''  # of the streamed sample's new text
+    if is_streamed:
         out.write(prompt)
-        new, shown = [], ''
-        for token in generate(model, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator):
-            if cfg.stop_at_eos and token == tokenizer.eos_id:
+    with tqdm(tokens, total=cfg.max_new_tokens, unit='token', leave=False, disable=is_streamed) as progress:
+        for step, row_tokens in enumerate(progress, 1):
+            for row, token in enumerate(row_tokens.tolist()):
+                if samples[row] is not None:
+                    continue  # stopped at end of document already: the batch goes on for the others
+                is_end = cfg.stop_at_eos and token == tokenizer.eos_id
+                if not is_end:
+                    new[row].append(token)
+                if is_end or step == cfg.max_new_tokens:
+                    samples[row] = prompt + tokenizer.decode(new[row])
+                    out.write((samples[row][len(prompt) + len(shown):] if is_streamed else samples[row])
+                              + SEPARATOR)
+                elif is_streamed:
+                    text = tokenizer.decode(new[row])
+                    if not text.endswith('\ufffd'):  # a byte-level token may end inside a character: wait
+                        out.write(text[len(shown):])
+                        shown = text
+            out.flush()
+            if all(s is not None for s in samples):
                 break
-            new.append(token)
-            text = tokenizer.decode(new)
-            if not text.endswith('\ufffd'):  # a byte-level token may end inside a character: wait for the rest
-                out.write(text[len(shown):])
-                out.flush()
-                shown = text
-        samples.append(prompt + tokenizer.decode(new))
-        out.write('\n' + '-' * 40 + '\n')
     return samples
 
 
 def main(argv=None):
-    return sample(parse(SampleConfig, argv))
+    cfg = parse(SampleConfig, argv)
+    if cfg.threads > 0:  # for the whole process: this is the script's entry point (check() rejects < 0)
+        torch.set_num_threads(cfg.threads)
+    return sample(cfg)
 
 
 if __name__ == '__main__':

@@ -7,14 +7,17 @@ A prepared data directory holds
     train.docs.npy, ...  int64 document start offsets into the .bin, plus the total length at the end
 
 meta.json is published last and removed first, so a directory has either a complete set of files that agree
-with its meta, or no meta.json (never prepared, or a prepare interrupted before it finished).
+with its meta, or no meta.json (never prepared, or a prepare interrupted before it finished). Opening the data
+checks every file's size against meta.json, and its sha256 too when asked (train.py does by default).
 """
 import contextlib
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
+from tqdm import tqdm
 
 from configurator import UserError
 
@@ -63,19 +66,22 @@ def split_paths(data_dir, split):
     return os.path.join(data_dir, f'{split}.bin'), os.path.join(data_dir, f'{split}.docs.npy')
 
 
-def file_digest(path):
-    """{'bytes': size, 'sha256': hex digest} of a file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
+def file_digest(path, name=None):
+    """{'bytes': size, 'sha256': hex digest} of a file, read in 1 MiB pieces (a progress bar after a second)."""
+    digest, size = hashlib.sha256(), os.path.getsize(path)
+    with open(path, 'rb') as f, tqdm(total=size, desc=f'sha256 {name or os.path.basename(path)}', unit='B',
+                                     unit_scale=True, delay=1, leave=False) as progress:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    return {'bytes': os.path.getsize(path), 'sha256': digest.hexdigest()}
+            progress.update(len(chunk))
+    return {'bytes': size, 'sha256': digest.hexdigest()}
 
 
 def publish_dataset(data_dir, meta, written):
     """Move freshly written files into place, meta.json last. written maps final path -> temporary path."""
     meta_path = os.path.join(data_dir, META)
-    meta = dict(meta, files={os.path.basename(p): file_digest(tmp) for p, tmp in written.items()})
+    names = {p: os.path.basename(p) for p in written}
+    meta = dict(meta, files={names[p]: file_digest(tmp, names[p]) for p, tmp in written.items()})
     tmp_meta = temporary_path(meta_path)
     with open(tmp_meta, 'w') as f:
         json.dump(meta, f, indent=1)
@@ -84,6 +90,7 @@ def publish_dataset(data_dir, meta, written):
             os.fsync(f.fileno())
     if os.path.exists(meta_path):
         os.remove(meta_path)  # from here until meta.json is renamed into place the directory is "not prepared"
+        _fsync_dir(data_dir)  # and that must reach the disk before any file it vouched for is replaced
     for final, tmp in [*written.items(), (meta_path, tmp_meta)]:
         os.replace(tmp, final)
     _fsync_dir(data_dir)
@@ -109,12 +116,33 @@ def load_meta(data_dir):
     return meta
 
 
+def verify_checksums(data_dir, meta):
+    """Check every file meta.json lists against its sha256: catches bytes changed since prepare, size kept."""
+    for name, expected in meta.get('files', {}).items():
+        path = os.path.join(data_dir, name)
+        if file_digest(path)['sha256'] != expected['sha256']:
+            raise UserError(f"{path} is corrupted (its sha256 differs from the one in {META}):"
+                            f" run `python prepare.py {data_dir}` again")
+
+
 def open_split(data_dir, split, meta=None):
     """(tokens, document offsets) of one split as read-only memory maps; nothing is read into memory."""
     meta = meta or load_meta(data_dir)
     bin_path, docs_path = split_paths(data_dir, split)
     tokens = np.memmap(bin_path, dtype=np.dtype(meta['dtype']), mode='r')
     return tokens, np.load(docs_path, mmap_mode='r')
+
+
+def check_free_space(directory, need_bytes, what):
+    """Raise a UserError now if directory's file system has less than need_bytes free for what will go there."""
+    free = shutil.disk_usage(directory).free
+    if free < need_bytes:
+        raise UserError(f"{directory} has {_mib(free)} free but {what} need about {_mib(need_bytes)}:"
+                        f" free some space or choose another directory")
+
+
+def _mib(n):
+    return f'{n / 2**20:,.1f} MiB'
 
 
 def _fsync_dir(directory):

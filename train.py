@@ -5,14 +5,21 @@
     python train.py config/train_akjv.py --init_from=resume      # continue out_dir/ckpt.pt
 
 Writes to out_dir: ckpt.pt (latest), best.pt (lowest val loss), metrics.jsonl, loss.png.
+Ctrl-C or SIGTERM finishes the current step, saves ckpt.pt and prints the command that resumes the run.
 """
 import contextlib
 import dataclasses
 import json
 import math
 import os
+import random
+import shlex
+import signal
+import sys
+import threading
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -62,6 +69,9 @@ class TrainConfig:
     dtype: str = 'auto'           # auto | float32 | bfloat16 | float16 (autocast; auto picks per device)
     compile: bool = False         # torch.compile the model
     seed: int = 1337
+    # reliability
+    on_nonfinite: str = 'stop'    # stop | skip: a step with a NaN/inf loss or gradient stops the run or is skipped
+    verify_data: bool = True      # check the data files' sha256 against meta.json at start (about 1 s per GB)
 
 
 def resolve_device(name):
@@ -147,6 +157,35 @@ class BatchLoss:
             return lm_loss(logits, y, self.ignore_index)
 
 
+def train_step(batch_loss, optimizer, scaler, cfg):
+    """One optimizer step: forward and backward over gradient_accumulation_steps batches, clip, update (unless
+    the step is not finite and cfg.on_nonfinite is skip). bench.py times this.
+
+    Returns (the step's loss as a device tensor, NaN when its loss or gradients were not finite, whether the
+    step was skipped). Reading the loss waits for the device; see StepLosses for why the loop waits rarely.
+    """
+    params = [p for p in unwrap(batch_loss.model).parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), device=params[0].device)
+    for _ in range(cfg.gradient_accumulation_steps):
+        loss = batch_loss() / cfg.gradient_accumulation_steps
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    scaler.unscale_(optimizer)  # a no-op unless float16; the gradients are the true ones from here on
+    is_finite = torch.isfinite(loss_sum)
+    if cfg.grad_clip:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    elif not scaler.is_enabled():
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if not scaler.is_enabled():  # float16's overflowing gradients are the scaler's to skip (it lowers its scale)
+        is_finite &= torch.isfinite(grad_norm)
+    is_skipped = cfg.on_nonfinite == 'skip' and not is_finite.item()  # the skip mode's one host sync per step
+    if not is_skipped:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return torch.where(is_finite, loss_sum, torch.nan), is_skipped
+
+
 def unwrap(model):
     """The plain module behind a torch.compile wrapper."""
     return getattr(model, '_orig_mod', model)
@@ -178,6 +217,12 @@ def check_config(cfg):
         raise UserError(f"unknown --model_type={cfg.model_type}: choose one of {', '.join(MODELS)}")
     if cfg.init_from not in ('scratch', 'resume'):
         raise UserError(f"--init_from={cfg.init_from} must be scratch or resume")
+    if cfg.on_nonfinite not in ('stop', 'skip'):
+        raise UserError(f"--on_nonfinite={cfg.on_nonfinite} must be stop or skip")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{f.name}={value} must be a finite number")
     for key in ('batch_size', 'block_size', 'n_layer', 'n_embd', 'n_head', 'eval_iters', 'eval_interval',
                 'log_interval', 'gradient_accumulation_steps'):
         if getattr(cfg, key) <= 0:
@@ -186,8 +231,9 @@ def check_config(cfg):
         raise UserError(f"--n_embd={cfg.n_embd} must be a multiple of --n_head={cfg.n_head}")
 
 
-def prepare_out_dir(out_dir):
-    """Create out_dir and prove it is writable now, rather than at the first checkpoint an hour from now."""
+def prepare_out_dir(out_dir, checkpoint_bytes):
+    """Create out_dir and prove it is writable and has room for the checkpoints now, rather than at the first
+    checkpoint an hour from now."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         with storage.atomic_write(os.path.join(out_dir, '.write-test')) as f:
@@ -196,6 +242,10 @@ def prepare_out_dir(out_dir):
     except OSError as error:
         raise UserError(f"cannot write to out_dir {out_dir}: {error.strerror}; choose another --out_dir")
     storage.remove_stray_temporaries(out_dir)
+    # ckpt.pt, best.pt, and the temporary file of the one being replaced; files there now make room as replaced
+    present = sum(os.path.getsize(p) for name in ('ckpt.pt', 'best.pt')
+                  if os.path.exists(p := os.path.join(out_dir, name)))
+    storage.check_free_space(out_dir, 3 * checkpoint_bytes - present, 'the checkpoints (ckpt.pt, best.pt)')
 
 
 class MetricsLog:
@@ -207,7 +257,7 @@ class MetricsLog:
         self.records = []
         if resume_iter is not None and os.path.exists(self.path):
             with open(self.path) as f:  # keep what led up to the checkpoint; later lines were lost work
-                self.records = [r for r in map(json.loads, f) if r['iter'] <= resume_iter]
+                self.records = [r for r in map(_json_or_none, f) if r and r['iter'] <= resume_iter]
         with storage.atomic_write(self.path, 'w') as f:
             f.writelines(json.dumps(r) + '\n' for r in self.records)
 
@@ -235,9 +285,103 @@ class MetricsLog:
         plt.close(fig)
 
 
-def train(cfg):
-    """Run training as configured; return the last evaluation's metrics."""
-    ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt')
+def _json_or_none(line):
+    """A metrics.jsonl line as a dict, or None for a line that a crash cut short."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and 'iter' in record else None
+
+
+def seed_everything(seed):
+    """Seed every global RNG a run may draw from, so that a run is a function of its seed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # the CPU's and every accelerator's
+
+
+class StopOnSignal:
+    """While active, SIGINT (Ctrl-C) and SIGTERM only ask the training loop to stop: it finishes the step it is
+    in, saves a checkpoint and exits. A second signal stops at once (the atomic writes keep the files whole)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
+            self.previous = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _request(self, signum, frame):
+        if self.signum is not None:
+            self.__exit__()
+            signal.raise_signal(signum)  # to the previous handler: KeyboardInterrupt, or the default death
+            return
+        self.signum = signum
+        # os.write, not print: this handler may run while the main code is inside a print to the same stream
+        os.write(2, f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint"
+                    f" (send it again to stop at once)\n".encode())
+
+
+class StepLosses:
+    """The loss of each step since the last log line, left on the device so that the hot loop never waits.
+
+    Why not check every loss for NaN at once: reading a value from the GPU makes the CPU wait for the GPU to
+    finish all the work queued so far, which stops it from queuing the next steps ahead, and that idle time is
+    a real share of a small model's step. So a step whose loss or gradients were not finite is recorded as NaN
+    here, and the loop reads the record where it waits anyway (log lines, evaluations, checkpoints). With
+    --on_nonfinite=stop, that means up to log_interval steps run on from a non-finite step before the run
+    stops; their weights are never saved, since every checkpoint reads this record (and checks the weights)
+    first. --on_nonfinite=skip must decide before the optimizer step, so it pays one wait per step.
+    """
+
+    def __init__(self, device, first_iter, values=()):
+        self.first_iter = first_iter  # iteration of the first step recorded
+        self.losses = [torch.tensor(v, device=device) for v in values]
+
+    def record(self, loss):
+        self.losses.append(loss)
+
+    def values(self):
+        """The recorded losses as floats (a host sync)."""
+        return torch.stack(self.losses).tolist() if self.losses else []
+
+    def first_nonfinite(self, values):
+        """The iteration of the first step of values (as read from this record) that was not finite, or None."""
+        return next((self.first_iter + i for i, v in enumerate(values) if not math.isfinite(v)), None)
+
+
+MAX_SKIPPED_IN_A_ROW = 20  # --on_nonfinite=skip gives up after this many: the run is diverging, not unlucky
+
+
+def weights_finite(model):
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
+def resume_command(cfg, argv=None):
+    """The command that continues this run from its ckpt.pt: the arguments it was started with (or, when they
+    are unknown, the settings that differ from the defaults), then --init_from=resume."""
+    if argv is None:
+        defaults = dataclasses.asdict(TrainConfig())
+        argv = [f'--{k}={v}' for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]]
+    kept = [arg for arg in argv if not arg.startswith('--init_from=')]
+    return shlex.join(['python', 'train.py', *kept, '--init_from=resume'])
+
+
+def train(cfg, argv=None):
+    """Run training as configured; return the last evaluation's metrics.
+
+    argv, the command-line arguments it was started with, goes into the resume command printed on a signal.
+    """
+    ckpt_path, best_path = os.path.join(cfg.out_dir, 'ckpt.pt'), os.path.join(cfg.out_dir, 'best.pt')
     resumed = checkpoint.load(ckpt_path) if cfg.init_from == 'resume' else None
     if resumed:  # the model's shape is the checkpoint's, whatever the config says
         cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
@@ -245,6 +389,8 @@ def train(cfg):
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     meta = storage.load_meta(cfg.data_dir)
+    if cfg.verify_data:
+        storage.verify_checksums(cfg.data_dir, meta)
     if resumed and resumed['tokenizer'] != meta['tokenizer']:
         raise UserError(f"{ckpt_path} was trained on another vocabulary than {cfg.data_dir}:"
                         f" resume with the data_dir it was trained on")
@@ -252,31 +398,37 @@ def train(cfg):
     val_tokens, _ = storage.open_split(cfg.data_dir, 'val', meta)
     check_data_fits(cfg, 'train', train_tokens)
     check_data_fits(cfg, 'val', val_tokens)
-    prepare_out_dir(cfg.out_dir)
 
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     shape = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelArgs) if hasattr(cfg, f.name)}
     args = ModelArgs(**shape, vocab_size=meta['vocab_size'], pad_id=meta['tokenizer']['special_ids'].get('pad'))
     raw_model = build_model(args).to(device)
+    prepare_out_dir(cfg.out_dir, checkpoint.estimated_size(raw_model, meta['tokenizer']))
     optimizer = make_optimizer(raw_model, cfg, device)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     batches = batching.make_batches(args.model_type, train_tokens, cfg.batch_size, cfg.block_size, cfg.seed)
-    iter_num, best_val_loss = 0, float('inf')
+    iter_num, best_val_loss, hidden, step_losses = 0, float('inf'), None, ()
     if resumed:
         raw_model.load_state_dict(resumed['model'])
         optimizer.load_state_dict(resumed['optimizer'])
+        if resumed['scaler']:  # empty when saved without float16
+            scaler.load_state_dict(resumed['scaler'])
         iter_num, best_val_loss = resumed['iter_num'], resumed['best_val_loss']
         batches.load_state(resumed['rng']['batches'])
-        torch.set_rng_state(resumed['rng']['torch'])
-        if resumed['rng'].get('hidden') is not None:
-            resumed['rng']['hidden'] = tuple(h.to(device) for h in resumed['rng']['hidden'])
+        checkpoint.restore_global_rng_state(resumed['rng'], device)
+        if resumed['rng']['hidden'] is not None:
+            hidden = tuple(h.to(device) for h in resumed['rng']['hidden'])
+        step_losses = resumed['step_losses']
         print(f"resuming {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
+    # a checkpoint saved on a signal between evaluations was not evaluated; one saved at an evaluation was
+    evaluated_iter = iter_num if resumed and resumed['val_loss'] is not None else None
+    saved_iter = iter_num if resumed else None
     model = torch.compile(raw_model) if cfg.compile else raw_model
     special = meta['tokenizer']['special_ids']
     ignore_index = special['pad'] if special.get('pad') is not None else -100
-    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index,
-                           hidden=resumed and resumed['rng'].get('hidden'))
+    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index, hidden)
     log = MetricsLog(cfg.out_dir, resume_iter=iter_num if resumed else None)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    steps = StepLosses(device, iter_num - len(step_losses), step_losses)
 
     n_params = sum(p.numel() for p in raw_model.parameters())
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
@@ -284,70 +436,111 @@ def train(cfg):
     print(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({str(dtype)[6:]});"
           f" {tokens_per_iter:,} tokens per iteration, {cfg.max_iters} iterations")
 
-    def save(path, val_loss):
-        checkpoint.save(path, {
+    def stop_if_nonfinite(values, check_weights=False):
+        """Raise, saving nothing, if a recorded step was not finite (stop mode) or the weights are not."""
+        bad_iter = steps.first_nonfinite(values) if cfg.on_nonfinite == 'stop' else None
+        if bad_iter is None and not (check_weights and not weights_finite(raw_model)):
+            return
+        what = f"loss or gradients at iteration {bad_iter}" if bad_iter is not None else \
+            f"weights at iteration {iter_num}"
+        raise UserError(f"non-finite {what}: training stopped, nothing saved; {last_good()}")
+
+    def last_good():
+        if saved_iter is None:
+            return "no checkpoint was written: start again with a lower --learning_rate"
+        return (f"{ckpt_path} (iteration {saved_iter}) is the last good checkpoint: resume it with a lower"
+                f" --learning_rate or --on_nonfinite=skip ({resume_command(cfg, argv)})")
+
+    def save_checkpoints(val_loss, is_best=False):
+        """best.pt first, then ckpt.pt: a crash between the two leaves ckpt.pt the older, and resuming it
+        redoes the evaluation that wrote best.pt, so best.pt never lags behind ckpt.pt's best_val_loss."""
+        nonlocal saved_iter
+        values = steps.values()
+        stop_if_nonfinite(values, check_weights=True)  # never replace a good checkpoint with a non-finite one
+        state = {
             'model_args': dataclasses.asdict(args), 'model': raw_model.state_dict(),
-            'optimizer': optimizer.state_dict(), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-            'val_loss': val_loss, 'config': dataclasses.asdict(cfg), 'tokenizer': meta['tokenizer'],
+            'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(), 'iter_num': iter_num,
+            'best_val_loss': best_val_loss, 'val_loss': val_loss, 'config': dataclasses.asdict(cfg),
+            'tokenizer': meta['tokenizer'],
             'data': {'data_dir': cfg.data_dir, 'val_tokens_per_char': tokens_per_char},
-            'rng': {'torch': torch.get_rng_state(), 'batches': batches.state(),
-                    'hidden': [h.cpu() for h in batch_loss.hidden] if batch_loss.hidden else None}})
+            'rng': {**checkpoint.global_rng_state(device), 'batches': batches.state(),
+                    'hidden': list(batch_loss.hidden) if batch_loss.hidden else None},
+            'step_losses': values}
+        for path in ([best_path] if is_best else []) + [ckpt_path]:
+            try:
+                checkpoint.save(path, state)
+            except OSError as error:  # a disk that filled up during the run, say: the old file is still whole
+                raise UserError(f"cannot write {path} at iteration {iter_num}: {error.strerror}; {last_good()}")
+        saved_iter = iter_num
 
     result = {}
-    start_iter = iter_num
-    progress = tqdm(total=cfg.max_iters, initial=iter_num, desc='train', unit='it', dynamic_ncols=True)
-    window_start, window_loss, window_steps = time.perf_counter(), torch.zeros((), device=device), 0
-    while True:
-        is_eval_step = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
-        if is_eval_step and not (resumed and iter_num == start_iter):  # a resumed checkpoint was evaluated
-            val_loss = evaluate(model, val_tokens, cfg, device, dtype, ignore_index)
-            bits = val_loss / math.log(2)
-            result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
-                      'val_bits_per_token': bits, 'val_bits_per_char': bits * tokens_per_char,
-                      'eval_train_loss': evaluate(model, train_tokens, cfg, device, dtype, ignore_index)}
-            log.write(**result)
-            tqdm.write(f"iter {iter_num}: val loss {val_loss:.4f}, perplexity {result['val_perplexity']:.2f},"
-                       f" {result['val_bits_per_char']:.3f} bits/char (train {result['eval_train_loss']:.4f})")
-            is_best = val_loss < best_val_loss
-            best_val_loss = min(best_val_loss, val_loss)
-            save(ckpt_path, val_loss)
-            if is_best:
-                save(os.path.join(cfg.out_dir, 'best.pt'), val_loss)
-            log.plot()
-            window_start = time.perf_counter()  # evaluation time is not training throughput
-        if iter_num >= cfg.max_iters:
-            break
+    timer_start, timed_steps, skipped_in_a_row = time.perf_counter(), 0, 0
+    with (StopOnSignal() as stop,
+          tqdm(total=cfg.max_iters, initial=iter_num, desc='train', unit='it', dynamic_ncols=True) as progress):
+        while not stop.signum:  # a signal during a step stops before the next evaluation, not after it
+            is_eval_step = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
+            if is_eval_step and iter_num != evaluated_iter:
+                stop_if_nonfinite(steps.values(), check_weights=True)  # evaluate, log and save nothing non-finite
+                val_loss = evaluate(model, val_tokens, cfg, device, dtype, ignore_index)
+                if not math.isfinite(val_loss):  # finite weights can still be garbage (1e30s), in either mode
+                    raise UserError(f"non-finite validation loss at iteration {iter_num}: training stopped,"
+                                    f" nothing saved; {last_good()}")
+                bits = val_loss / math.log(2)
+                result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
+                          'val_bits_per_token': bits, 'val_bits_per_char': bits * tokens_per_char,
+                          'eval_train_loss': evaluate(model, train_tokens, cfg, device, dtype, ignore_index)}
+                log.write(**result)
+                tqdm.write(f"iter {iter_num}: val loss {val_loss:.4f}, perplexity {result['val_perplexity']:.2f},"
+                           f" {result['val_bits_per_char']:.3f} bits/char (train {result['eval_train_loss']:.4f})")
+                is_best = val_loss < best_val_loss
+                best_val_loss = min(best_val_loss, val_loss)
+                save_checkpoints(val_loss, is_best)
+                log.plot()
+                timer_start, timed_steps = time.perf_counter(), 0  # evaluation time is not training throughput
+            if iter_num >= cfg.max_iters or stop.signum:
+                break
 
-        lr = learning_rate(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        for _ in range(cfg.gradient_accumulation_steps):
-            loss = batch_loss() / cfg.gradient_accumulation_steps
-            scaler.scale(loss).backward()
-            window_loss += loss.detach()
-        if cfg.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
-        window_steps += 1
-        progress.update()
+            lr = learning_rate(iter_num, cfg)
+            for group in optimizer.param_groups:
+                group['lr'] = lr
+            loss, is_skipped = train_step(batch_loss, optimizer, scaler, cfg)
+            steps.record(loss)
+            skipped_in_a_row = skipped_in_a_row + 1 if is_skipped else 0
+            if is_skipped:
+                tqdm.write(f"iteration {iter_num}: non-finite loss or gradients, step skipped")
+                if skipped_in_a_row == MAX_SKIPPED_IN_A_ROW:
+                    raise UserError(f"{skipped_in_a_row} steps in a row had non-finite losses or gradients"
+                                    f" (iterations {iter_num + 1 - skipped_in_a_row}-{iter_num}): training"
+                                    f" stopped; {last_good()}")
+            iter_num += 1
+            timed_steps += 1
+            progress.update()
 
-        if iter_num % cfg.log_interval == 0:
-            train_loss = window_loss.item() / window_steps  # the only host sync of the hot loop
-            elapsed = time.perf_counter() - window_start
-            tokens_per_sec = window_steps * tokens_per_iter / elapsed
-            log.write(iter=iter_num, train_loss=train_loss, lr=lr, tokens_per_sec=tokens_per_sec)
-            progress.set_postfix(loss=f'{train_loss:.4f}', tok_s=f'{tokens_per_sec:,.0f}')
-            window_start, window_loss, window_steps = time.perf_counter(), torch.zeros((), device=device), 0
-    progress.close()
+            if iter_num % cfg.log_interval == 0:
+                values = steps.values()  # the only host sync of the hot loop (but for --on_nonfinite=skip)
+                stop_if_nonfinite(values)
+                finite = [v for v in values if math.isfinite(v)]
+                tokens_per_sec = timed_steps * tokens_per_iter / (time.perf_counter() - timer_start)
+                record = {'iter': iter_num, 'lr': lr, 'tokens_per_sec': tokens_per_sec}
+                if finite:
+                    record['train_loss'] = sum(finite) / len(finite)
+                    progress.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f'{tokens_per_sec:,.0f}')
+                if len(finite) < len(values):
+                    record['skipped_steps'] = len(values) - len(finite)
+                log.write(**record)
+                timer_start, timed_steps, steps = time.perf_counter(), 0, StepLosses(device, iter_num)
+    if stop.signum and iter_num < cfg.max_iters:
+        if saved_iter != iter_num:
+            save_checkpoints(None)
+        print(f"{signal.Signals(stop.signum).name}: stopped at iteration {iter_num}, saved {ckpt_path}."
+              f" Resume with: {resume_command(cfg, argv)}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum)
     return result
 
 
 def main(argv=None):
-    return train(parse(TrainConfig, argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return train(parse(TrainConfig, argv), argv)
 
 
 if __name__ == '__main__':

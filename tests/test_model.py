@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import GPT, LSTM, ModelArgs, build_model
+from model import GPT, LSTM, KVCache, ModelArgs, build_model
 
 
 def gpt(**overrides):
@@ -73,3 +73,19 @@ def test_models_have_only_forward():
     for model in (gpt(), lstm()):
         public = {name for name in type(model).__dict__ if not name.startswith('_')}
         assert public <= {'forward', 'init_hidden'}
+
+
+def test_gpt_with_a_kv_cache_equals_one_pass_over_the_whole_sequence():
+    model = gpt()
+    idx = torch.randint(0, 50, (3, 16))
+    whole = model(idx)
+    cache = KVCache(model.args)
+    # a prompt from position 0, a chunk after it (queries that see the cache and each other), single tokens
+    pieces = [model(idx[:, :5], cache), model(idx[:, 5:9], cache)] + [model(idx[:, i:i + 1], cache)
+                                                                      for i in range(9, 16)]
+    assert cache.length == 16 and tuple(cache.keys[1].shape) == (3, 2, 16, 8)
+    assert torch.allclose(torch.cat(pieces, dim=1), whole, atol=1e-5)
+    with pytest.raises(ValueError, match='17 tokens is longer than block_size 16'):
+        model(idx[:, :1], cache)
+    cache.reset()  # a new window from position 0 in the same buffers
+    assert torch.allclose(model(idx[:, 3:11], cache), model(idx[:, 3:11]), atol=1e-5)

@@ -1,6 +1,8 @@
 import json
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,7 +52,12 @@ def test_checkpoint_is_self_contained_and_loads_weights_only(tiny_checkpoint):
 
 
 @pytest.mark.parametrize('model_args', [TINY_GPT, TINY_LSTM], ids=['gpt', 'lstm'])
-def test_resume_continues_exactly(char_data, tmp_path, model_args):
+def test_resume_continues_exactly(char_data, tmp_path, model_args, monkeypatch):
+    # Code that draws from the global python and numpy RNGs (here a jittered learning rate; dropout draws
+    # from torch's) resumes exactly only if the checkpoint carries their states.
+    schedule = train.learning_rate
+    monkeypatch.setattr(train, 'learning_rate', lambda it, cfg: schedule(it, cfg) * (0.5 + random.random()) *
+                        (0.5 + np.random.rand()))
     # the same schedule in both: the first run of the split pair stops at 10 of its 20 planned steps
     common = [f'--data_dir={char_data}', '--eval_interval=10', '--dropout=0.1', '--lr_decay_iters=20',
               *model_args]
