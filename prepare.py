@@ -21,6 +21,7 @@ files, in memory bounded by --batch_size documents whatever the corpus size:
 import dataclasses
 import itertools
 import os
+import shutil
 import uuid
 
 import numpy as np
@@ -218,6 +219,19 @@ def cpu_count():
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
+def token_cache_dir():
+    """A new directory for this run's tokenized Arrow files, in datasets' cache (where large files are expected),
+    not in the data directory: datasets writes temporary files of its own beside them, which a killed run
+    would leave behind. Directories of runs that were killed are removed first."""
+    import datasets
+    root = os.path.join(datasets.config.HF_DATASETS_CACHE, 'prepare-tokens')
+    os.makedirs(root, exist_ok=True)
+    storage.remove_stray_temporaries(root)
+    path = storage.temporary_path(os.path.join(root, 'tokens'))
+    os.makedirs(path)
+    return path
+
+
 def tokenize(dataset, tokenizer, dtype, cfg, cache_path, split):
     """Dataset.map of encode_batch over the split in cfg.num_proc processes; rows land in Arrow files on disk."""
     import datasets
@@ -288,10 +302,10 @@ def prepare(cfg):
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     os.makedirs(cfg.data_dir, exist_ok=True)
     storage.remove_stray_temporaries(cfg.data_dir)
-    counts, written = {}, {}
+    counts, written, cache_dir = {}, {}, token_cache_dir()
     try:
         for split, dataset in splits.items():
-            cache_path = storage.temporary_path(os.path.join(cfg.data_dir, f'{split}.arrow'))
+            cache_path = os.path.join(cache_dir, f'{split}.arrow')
             tokenized = tokenize(dataset, tokenizer, dtype, cfg, cache_path, split)
             counts[split], files = write_split(tokenized, *storage.split_paths(cfg.data_dir, split), dtype, split)
             written.update(files)
@@ -300,6 +314,7 @@ def prepare(cfg):
                 'dtype': np.dtype(dtype).name, 'splits': counts}
         storage.publish_dataset(cfg.data_dir, meta, written)
     finally:  # whatever happened, no temporary of this process stays: token caches, unpublished files
+        shutil.rmtree(cache_dir, ignore_errors=True)
         mine = f'.tmp-{os.getpid()}'
         for name in os.listdir(cfg.data_dir):
             if name.startswith('.') and name.endswith(mine):

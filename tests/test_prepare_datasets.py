@@ -141,3 +141,15 @@ def test_bad_dataset_source_is_a_user_error_and_leaves_the_previous_files(tmp_pa
     with pytest.raises(UserError, match=message):
         prepare.main([str(data_dir), f'--source={source}', *args])
     assert files_of(str(data_dir)) == files_of(bpe_data)  # same files, same bytes, no partial bins
+
+
+def test_token_caches_live_outside_the_data_directory_and_a_killed_runs_are_removed(tmp_path, gpt2_vocab):
+    import datasets
+    root = os.path.join(datasets.config.HF_DATASETS_CACHE, 'prepare-tokens')
+    stale = os.path.join(root, '.tokens.tmp-999999999')  # no such process: a run that was killed
+    os.makedirs(stale, exist_ok=True)
+    open(os.path.join(stale, 'tmpabcdefgh'), 'wb').close()
+    data_dir = str(tmp_path / 'out')
+    prepare.main([data_dir, f'--source={STORIES}'])
+    assert not os.path.exists(stale) and os.listdir(root) == []  # and this run's own directory is gone too
+    assert sorted(os.listdir(data_dir)) == ['meta.json', 'train.bin', 'train.docs.npy', 'val.bin', 'val.docs.npy']
