@@ -10,8 +10,9 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
     config           dict of the training config that produced it
     tokenizer        tokenizer.to_meta(): enough to encode prompts and decode samples
     data             what evaluation needs to know of the data (tokens and characters of the val split)
-    rng              torch (CPU and accelerator), numpy and python RNG states, the batch source's position,
-                     the LSTM's hidden state
+    rng              torch (CPU and accelerator), numpy and python RNG states (under torchrun process 0's, and
+                     the others' in other_processes), the batch source's position, the LSTM's hidden state
+                     (of all its streams, whatever process carried them)
     scaler, step_losses   the float16 loss scaler's state; the losses of the steps since the last log line
     digest           sha256 of everything above, checked on load
 

@@ -3,9 +3,11 @@
     python train.py config/train_akjv.py --batch_size=500
     python train.py config/train_akjv_lstm.py
     python train.py config/train_akjv.py --init_from=resume      # continue out_dir/ckpt.pt
+    torchrun --standalone --nproc_per_node=4 train.py config/train_akjv.py --gradient_accumulation_steps=4
 
 Writes to out_dir: ckpt.pt (latest), best.pt (lowest val loss), metrics.jsonl, loss.png.
 Ctrl-C or SIGTERM finishes the current step, saves ckpt.pt and prints the command that resumes the run.
+Under torchrun (see distributed.py) the processes share each optimizer step's batches and process 0 writes.
 """
 import contextlib
 import dataclasses
@@ -21,11 +23,14 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import batching
 import checkpoint
+import distributed
 import storage
 from configurator import UserError, parse, run
 from model import MODELS, ModelArgs, build_model
@@ -157,19 +162,31 @@ class BatchLoss:
             return lm_loss(logits, y, self.ignore_index)
 
 
-def train_step(batch_loss, optimizer, scaler, cfg):
+def train_step(batch_loss, optimizer, scaler, cfg, micro_steps=None):
     """One optimizer step: forward and backward over gradient_accumulation_steps batches, clip, update (unless
     the step is not finite and cfg.on_nonfinite is skip). bench.py times this.
 
+    micro_steps: how many of those batches this process runs when several share the step (see
+    micro_steps_per_process); their gradients are averaged over the processes in the last one's backward pass.
     Returns (the step's loss as a device tensor, NaN when its loss or gradients were not finite, whether the
     step was skipped). Reading the loss waits for the device; see StepLosses for why the loop waits rarely.
     """
+    micro_steps = micro_steps or cfg.gradient_accumulation_steps
+    ddp = batch_loss.model if isinstance(batch_loss.model, DistributedDataParallel) else None
     params = [p for p in unwrap(batch_loss.model).parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=params[0].device)
-    for _ in range(cfg.gradient_accumulation_steps):
-        loss = batch_loss() / cfg.gradient_accumulation_steps
+    for micro_step in range(micro_steps):
+        if ddp:
+            # Average the gradients over the processes in the last micro-step's backward only: the others just
+            # accumulate. DDP's no_sync() context manager does this by setting this flag for its block; setting
+            # it here keeps one forward-backward line for both cases instead of two copies of it.
+            ddp.require_backward_grad_sync = micro_step == micro_steps - 1
+        loss = batch_loss() / micro_steps
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
+    if ddp:  # the mean of all processes' losses: each must decide alike below, or one would wait for the others
+        dist.all_reduce(loss_sum, group=ddp.process_group)
+        loss_sum /= ddp.process_group.size()
     scaler.unscale_(optimizer)  # a no-op unless float16; the gradients are the true ones from here on
     is_finite = torch.isfinite(loss_sum)
     if cfg.grad_clip:
@@ -187,21 +204,29 @@ def train_step(batch_loss, optimizer, scaler, cfg):
 
 
 def unwrap(model):
-    """The plain module behind a torch.compile wrapper."""
+    """The plain module behind a DistributedDataParallel and a torch.compile wrapper."""
+    model = getattr(model, 'module', model)
     return getattr(model, '_orig_mod', model)
 
 
 @torch.no_grad()
-def evaluate(model, tokens, cfg, device, dtype, ignore_index):
-    """Mean loss over the same eval_iters batches of tokens every time."""
-    batches = batching.make_batches(unwrap(model).args.model_type, tokens, cfg.batch_size, cfg.block_size,
-                                    EVAL_SEED)
+def evaluate(model, tokens, cfg, device, dtype, ignore_index, world=None):
+    """Mean loss over the same eval_iters batches of tokens every time; shared out among the processes of a
+    run as training is (whole GPT batches, LSTM rows), every process gets the single process's figure."""
+    world = world or distributed.World()
+    model_type = unwrap(model).args.model_type
+    batches = batching.make_batches(model_type, tokens, cfg.batch_size, cfg.block_size, EVAL_SEED, world.rank,
+                                    world.size)
     batch_loss = BatchLoss(model, batches, device, dtype, ignore_index)
     n = min(cfg.eval_iters, getattr(batches, 'batches_per_epoch', cfg.eval_iters))
+    if model_type == 'lstm':  # every process runs every batch on its rows: the mean of their means
+        mine, parts = n, world.size
+    else:  # process r runs batches r, r + size, ...
+        mine, parts = len(range(world.rank, n, world.size)), 1
     model.eval()
-    total = sum(batch_loss() for _ in range(n))
+    total = sum((batch_loss() for _ in range(mine)), torch.zeros((), device=device))
     model.train()
-    return total.item() / n
+    return world.sum(total).item() / (n * parts)
 
 
 def check_data_fits(cfg, name, tokens):
@@ -229,6 +254,23 @@ def check_config(cfg):
             raise UserError(f"--{key}={getattr(cfg, key)} must be positive")
     if cfg.model_type == 'gpt' and cfg.n_embd % cfg.n_head:
         raise UserError(f"--n_embd={cfg.n_embd} must be a multiple of --n_head={cfg.n_head}")
+
+
+def micro_steps_per_process(cfg, world_size):
+    """How many micro-steps of each optimizer step one of world_size processes runs, so that together they run
+    the single process's step on the same batches. A GPT's micro-steps are shared out; an LSTM's streams are
+    (each process runs every micro-step on its rows of the batch), because a stream's batches must follow each
+    other through one hidden state. Either way a step trains on batch_size x block_size x
+    gradient_accumulation_steps tokens, however many processes share it."""
+    if cfg.model_type == 'lstm':
+        if cfg.batch_size % world_size:
+            raise UserError(f"--batch_size={cfg.batch_size} LSTM streams cannot be shared evenly by {world_size}"
+                            f" processes: make it a multiple of {world_size}")
+        return cfg.gradient_accumulation_steps
+    if cfg.gradient_accumulation_steps % world_size:
+        raise UserError(f"--gradient_accumulation_steps={cfg.gradient_accumulation_steps} cannot be shared"
+                        f" evenly by {world_size} processes: make it a multiple of {world_size}")
+    return cfg.gradient_accumulation_steps // world_size
 
 
 def prepare_out_dir(out_dir, checkpoint_bytes):
@@ -366,27 +408,36 @@ def weights_finite(model):
     return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
-def resume_command(cfg, argv=None):
+def resume_command(cfg, argv=None, launcher='python'):
     """The command that continues this run from its ckpt.pt: the arguments it was started with (or, when they
     are unknown, the settings that differ from the defaults), then --init_from=resume."""
     if argv is None:
         defaults = dataclasses.asdict(TrainConfig())
         argv = [f'--{k}={v}' for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]]
     kept = [arg for arg in argv if not arg.startswith('--init_from=')]
-    return shlex.join(['python', 'train.py', *kept, '--init_from=resume'])
+    return f"{launcher} {shlex.join(['train.py', *kept, '--init_from=resume'])}"
 
 
 def train(cfg, argv=None):
-    """Run training as configured; return the last evaluation's metrics.
+    """Run training as configured, in this process or, under torchrun, in each of its processes; return the last
+    evaluation's metrics.
 
     argv, the command-line arguments it was started with, goes into the resume command printed on a signal.
     """
+    world = distributed.World.from_environment()
+    device = world.device_for(resolve_device(cfg.device))
+    with world.join(device):
+        return train_process(cfg, argv, world, device)
+
+
+def train_process(cfg, argv, world, device):
+    """What train() runs in each process of world, on device."""
     ckpt_path, best_path = os.path.join(cfg.out_dir, 'ckpt.pt'), os.path.join(cfg.out_dir, 'best.pt')
     resumed = checkpoint.load(ckpt_path) if cfg.init_from == 'resume' else None
     if resumed:  # the model's shape is the checkpoint's, whatever the config says
         cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
     check_config(cfg)
-    device = resolve_device(cfg.device)
+    micro_steps = micro_steps_per_process(cfg, world.size)
     dtype = resolve_dtype(cfg.dtype, device)
     meta = storage.load_meta(cfg.data_dir)
     if cfg.verify_data:
@@ -399,14 +450,15 @@ def train(cfg, argv=None):
     check_data_fits(cfg, 'train', train_tokens)
     check_data_fits(cfg, 'val', val_tokens)
 
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed + world.rank)  # each process its own dropout masks; DDP gives all process 0's weights
     shape = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelArgs) if hasattr(cfg, f.name)}
     args = ModelArgs(**shape, vocab_size=meta['vocab_size'], pad_id=meta['tokenizer']['special_ids'].get('pad'))
     raw_model = build_model(args).to(device)
-    prepare_out_dir(cfg.out_dir, checkpoint.estimated_size(raw_model, meta['tokenizer']))
+    world.on_main(prepare_out_dir, cfg.out_dir, checkpoint.estimated_size(raw_model, meta['tokenizer']))
     optimizer = make_optimizer(raw_model, cfg, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
-    batches = batching.make_batches(args.model_type, train_tokens, cfg.batch_size, cfg.block_size, cfg.seed)
+    batches = batching.make_batches(args.model_type, train_tokens, cfg.batch_size, cfg.block_size, cfg.seed,
+                                    world.rank, world.size)
     iter_num, best_val_loss, hidden, step_losses = 0, float('inf'), None, ()
     if resumed:
         raw_model.load_state_dict(resumed['model'])
@@ -414,27 +466,33 @@ def train(cfg, argv=None):
         if resumed['scaler']:  # empty when saved without float16
             scaler.load_state_dict(resumed['scaler'])
         iter_num, best_val_loss = resumed['iter_num'], resumed['best_val_loss']
-        batches.load_state(resumed['rng']['batches'])
-        checkpoint.restore_global_rng_state(resumed['rng'], device)
-        if resumed['rng']['hidden'] is not None:
-            hidden = tuple(h.to(device) for h in resumed['rng']['hidden'])
+        batches.load_state(resumed['rng']['batches'])  # the same in every process, whatever their number
+        saved_rng = [resumed['rng'], *resumed['rng'].get('other_processes', [])]
+        if world.rank < len(saved_rng):  # a process the saved run did not have keeps its seed + rank
+            checkpoint.restore_global_rng_state(saved_rng[world.rank], device)
+        if resumed['rng']['hidden'] is not None:  # all the streams' states: this process takes its rows
+            hidden = tuple(h[:, batches.rows].to(device) for h in resumed['rng']['hidden'])
         step_losses = resumed['step_losses']
-        print(f"resuming {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
+        message = f"resuming {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})"
+        if len(saved_rng) != world.size:
+            message += f", saved by {len(saved_rng)} processes, continued by {world.size}"
+        world.say(message)
     # a checkpoint saved on a signal between evaluations was not evaluated; one saved at an evaluation was
     evaluated_iter = iter_num if resumed and resumed['val_loss'] is not None else None
     saved_iter = iter_num if resumed else None
     model = torch.compile(raw_model) if cfg.compile else raw_model
     special = meta['tokenizer']['special_ids']
     ignore_index = special['pad'] if special.get('pad') is not None else -100
-    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index, hidden)
-    log = MetricsLog(cfg.out_dir, resume_iter=iter_num if resumed else None)
+    batch_loss = BatchLoss(world.wrap(model), batches, device, dtype, ignore_index, hidden)
+    log = MetricsLog(cfg.out_dir, resume_iter=iter_num if resumed else None) if world.is_main else None
     steps = StepLosses(device, iter_num - len(step_losses), step_losses)
 
     n_params = sum(p.numel() for p in raw_model.parameters())
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     tokens_per_char = meta['splits']['val']['tokens'] / meta['splits']['val']['chars']
-    print(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({str(dtype)[6:]});"
-          f" {tokens_per_iter:,} tokens per iteration, {cfg.max_iters} iterations")
+    processes = f" in each of {world.size} processes" if world.is_distributed else ''
+    world.say(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({str(dtype)[6:]}){processes};"
+              f" {tokens_per_iter:,} tokens per iteration, {cfg.max_iters} iterations")
 
     def stop_if_nonfinite(values, check_weights=False):
         """Raise, saving nothing, if a recorded step was not finite (stop mode) or the weights are not."""
@@ -449,7 +507,7 @@ def train(cfg, argv=None):
         if saved_iter is None:
             return "no checkpoint was written: start again with a lower --learning_rate"
         return (f"{ckpt_path} (iteration {saved_iter}) is the last good checkpoint: resume it with a lower"
-                f" --learning_rate or --on_nonfinite=skip ({resume_command(cfg, argv)})")
+                f" --learning_rate or --on_nonfinite=skip ({resume_command(cfg, argv, world.launcher())})")
 
     def save_checkpoints(val_loss, is_best=False):
         """best.pt first, then ckpt.pt: a crash between the two leaves ckpt.pt the older, and resuming it
@@ -457,57 +515,69 @@ def train(cfg, argv=None):
         nonlocal saved_iter
         values = steps.values()
         stop_if_nonfinite(values, check_weights=True)  # never replace a good checkpoint with a non-finite one
+        # every process's RNG states, and the LSTM state of all the streams, whatever process carries them
+        rng_states = world.gather(checkpoint.global_rng_state(device))
+        hidden = [world.gather_rows(h, dim=1) for h in batch_loss.hidden] if batch_loss.hidden else None
         state = {
             'model_args': dataclasses.asdict(args), 'model': raw_model.state_dict(),
             'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(), 'iter_num': iter_num,
             'best_val_loss': best_val_loss, 'val_loss': val_loss, 'config': dataclasses.asdict(cfg),
             'tokenizer': meta['tokenizer'],
             'data': {'data_dir': cfg.data_dir, 'val_tokens_per_char': tokens_per_char},
-            'rng': {**checkpoint.global_rng_state(device), 'batches': batches.state(),
-                    'hidden': list(batch_loss.hidden) if batch_loss.hidden else None},
+            'rng': {**rng_states[0], 'other_processes': rng_states[1:], 'batches': batches.state(),
+                    'hidden': hidden},
             'step_losses': values}
+        world.on_main(write_checkpoints, state, is_best)
+        saved_iter = iter_num
+
+    def write_checkpoints(state, is_best):
         for path in ([best_path] if is_best else []) + [ckpt_path]:
             try:
                 checkpoint.save(path, state)
             except OSError as error:  # a disk that filled up during the run, say: the old file is still whole
                 raise UserError(f"cannot write {path} at iteration {iter_num}: {error.strerror}; {last_good()}")
-        saved_iter = iter_num
 
     result = {}
     timer_start, timed_steps, skipped_in_a_row = time.perf_counter(), 0, 0
     with (StopOnSignal() as stop,
-          tqdm(total=cfg.max_iters, initial=iter_num, desc='train', unit='it', dynamic_ncols=True) as progress):
-        while not stop.signum:  # a signal during a step stops before the next evaluation, not after it
+          tqdm(total=cfg.max_iters, initial=iter_num, desc='train', unit='it', dynamic_ncols=True,
+               disable=not world.is_main) as progress):
+        # a signal during a step stops before the next evaluation, not after it; all processes after the same step
+        while not (signum := world.agreed_signal(stop.signum)):
             is_eval_step = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
             if is_eval_step and iter_num != evaluated_iter:
                 stop_if_nonfinite(steps.values(), check_weights=True)  # evaluate, log and save nothing non-finite
-                val_loss = evaluate(model, val_tokens, cfg, device, dtype, ignore_index)
+                val_loss = evaluate(model, val_tokens, cfg, device, dtype, ignore_index, world)
                 if not math.isfinite(val_loss):  # finite weights can still be garbage (1e30s), in either mode
                     raise UserError(f"non-finite validation loss at iteration {iter_num}: training stopped,"
                                     f" nothing saved; {last_good()}")
                 bits = val_loss / math.log(2)
+                train_loss = evaluate(model, train_tokens, cfg, device, dtype, ignore_index, world)
                 result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
                           'val_bits_per_token': bits, 'val_bits_per_char': bits * tokens_per_char,
-                          'eval_train_loss': evaluate(model, train_tokens, cfg, device, dtype, ignore_index)}
-                log.write(**result)
-                tqdm.write(f"iter {iter_num}: val loss {val_loss:.4f}, perplexity {result['val_perplexity']:.2f},"
-                           f" {result['val_bits_per_char']:.3f} bits/char (train {result['eval_train_loss']:.4f})")
+                          'eval_train_loss': train_loss}
+                if log:
+                    log.write(**result)
+                world.say(f"iter {iter_num}: val loss {val_loss:.4f}, perplexity {result['val_perplexity']:.2f},"
+                          f" {result['val_bits_per_char']:.3f} bits/char (train {train_loss:.4f})")
                 is_best = val_loss < best_val_loss
                 best_val_loss = min(best_val_loss, val_loss)
                 save_checkpoints(val_loss, is_best)
-                log.plot()
+                if log:
+                    log.plot()
                 timer_start, timed_steps = time.perf_counter(), 0  # evaluation time is not training throughput
-            if iter_num >= cfg.max_iters or stop.signum:
+                signum = world.agreed_signal(stop.signum)  # a signal that came during the evaluation
+            if iter_num >= cfg.max_iters or signum:
                 break
 
             lr = learning_rate(iter_num, cfg)
             for group in optimizer.param_groups:
                 group['lr'] = lr
-            loss, is_skipped = train_step(batch_loss, optimizer, scaler, cfg)
+            loss, is_skipped = train_step(batch_loss, optimizer, scaler, cfg, micro_steps)
             steps.record(loss)
             skipped_in_a_row = skipped_in_a_row + 1 if is_skipped else 0
             if is_skipped:
-                tqdm.write(f"iteration {iter_num}: non-finite loss or gradients, step skipped")
+                world.say(f"iteration {iter_num}: non-finite loss or gradients, step skipped")
                 if skipped_in_a_row == MAX_SKIPPED_IN_A_ROW:
                     raise UserError(f"{skipped_in_a_row} steps in a row had non-finite losses or gradients"
                                     f" (iterations {iter_num + 1 - skipped_in_a_row}-{iter_num}): training"
@@ -527,14 +597,16 @@ def train(cfg, argv=None):
                     progress.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f'{tokens_per_sec:,.0f}')
                 if len(finite) < len(values):
                     record['skipped_steps'] = len(values) - len(finite)
-                log.write(**record)
+                if log:
+                    log.write(**record)
                 timer_start, timed_steps, steps = time.perf_counter(), 0, StepLosses(device, iter_num)
-    if stop.signum and iter_num < cfg.max_iters:
+    if signum and iter_num < cfg.max_iters:
         if saved_iter != iter_num:
             save_checkpoints(None)
-        print(f"{signal.Signals(stop.signum).name}: stopped at iteration {iter_num}, saved {ckpt_path}."
-              f" Resume with: {resume_command(cfg, argv)}", file=sys.stderr)
-        raise SystemExit(128 + stop.signum)
+        if world.is_main:
+            print(f"{signal.Signals(signum).name}: stopped at iteration {iter_num}, saved {ckpt_path}."
+                  f" Resume with: {resume_command(cfg, argv, world.launcher())}", file=sys.stderr)
+        raise SystemExit(128 + signum)
     return result
 
 

@@ -85,3 +85,28 @@ def test_too_short_splits_are_refused():
 def test_make_batches_picks_by_model_type():
     assert isinstance(batching.make_batches('gpt', stream(100), 2, 4, 0), batching.RandomWindows)
     assert isinstance(batching.make_batches('lstm', stream(100), 2, 4, 0), batching.Streams)
+
+
+def test_processes_share_out_the_single_process_windows_by_micro_step():
+    single = batching.RandomWindows(stream(1000), 4, 8, seed=5)
+    expected = [next(single)[0] for _ in range(6)]
+    shares = [batching.RandomWindows(stream(1000), 4, 8, seed=5, rank=r, world_size=3) for r in range(3)]
+    taken = [[next(share)[0] for _ in range(2)] for share in shares]
+    # process r takes batches r, r + 3 of the single process's six
+    assert all(torch.equal(taken[r][m], expected[r + 3 * m]) for r in range(3) for m in range(2))
+    # and every process's sampler is where the single process's is: any of them resumes in any number
+    assert shares[0].state() == shares[2].state() == single.state()
+
+
+def test_processes_share_out_the_single_process_streams_by_row():
+    single = batching.Streams(stream(401), 4, 5)
+    shares = [batching.Streams(stream(401), 4, 5, rank=r, world_size=2) for r in range(2)]
+    assert shares[0].rows == slice(0, 2) and shares[1].rows == slice(2, 4)
+    for _ in range(single.batches_per_epoch + 1):  # into a second epoch
+        x, y = next(single)
+        parts = [next(share) for share in shares]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x)  # process 0's rows, then process 1's
+        assert torch.equal(torch.cat([p[1] for p in parts]), y)
+        assert shares[1].is_epoch_start == single.is_epoch_start and shares[1].state() == single.state()
+    with pytest.raises(ValueError, match='batch_size 4 streams cannot be shared evenly by 3 processes'):
+        batching.Streams(stream(401), 4, 5, rank=0, world_size=3)
