@@ -3,7 +3,8 @@
 # Prepare a subset first: python prepare.py data/tinystories --max_docs=20000
 # 8 x 128 = 1,024 tokens per iteration; 500 iterations read ~0.5M tokens, about a fifth of 20,000 stories.
 # Most of each step is the 50,257-way output layer, so even this small model is slow on a CPU: on 2 cores
-# shared with other work, 500 iterations took 26 minutes (~300 tokens/s).
+# shared with other work, 500 iterations took 16 minutes with OMP_NUM_THREADS=1 (~720 tokens/s), 26 with
+# torch's default threads.
 # The GPU-sized model is config/train_tinystories.py.
 data_dir = 'data/tinystories'
 out_dir = 'out-tinystories-cpu'
