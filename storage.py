@@ -51,14 +51,15 @@ def temporary_path(path):
 
 
 def remove_stray_temporaries(directory):
-    """Delete temporary files that an interrupted atomic_write left behind (their process is gone)."""
+    """Delete temporary files (and directories) that an interrupted process left behind (it is gone)."""
     if not os.path.isdir(directory):
         return
     for name in os.listdir(directory):
         if name.startswith('.') and '.tmp-' in name:
             pid = name.rsplit('.tmp-', 1)[1]
             if not (pid.isdigit() and _process_alive(int(pid))):
-                os.remove(os.path.join(directory, name))
+                path = os.path.join(directory, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def split_paths(data_dir, split):

@@ -1,14 +1,25 @@
 """Tokenizers: text <-> token ids. The model never sees text, only the ids made here.
 
-Every vocabulary tokenizer puts its special tokens at fixed indices:
+Three kinds share one interface (build, encode, encode_lines, decode, to_meta, vocab_size and the special ids
+unk_id, bos_id, eos_id, pad_id). The character and word tokenizers learn their vocabulary from the corpus and
+put their special tokens at fixed indices:
 
     0 <?>  unknown      1 <s>  start of a document      2 </s>  end of a document      3 <>  padding
+
+The bpe tokenizer is GPT-2's byte-level BPE through tiktoken: a fixed vocabulary of 50,257 ids whose last,
+50256 <|endoftext|>, ends every document. Bytes cannot be unknown and nothing is padded, so unk_id and
+pad_id are None; bos_id is the end-of-text id too, so a prompt starts the way every document after the
+first does in training: right after the previous document's <|endoftext|>.
 
 A tokenizer serializes to a plain dict (to_meta) that prepare.py writes into meta.json and train.py into
 every checkpoint; from_meta rebuilds it with nothing else at hand.
 """
 import collections
 import re
+
+import tiktoken
+
+from configurator import UserError
 
 SPECIALS = ('<?>', '<s>', '</s>', '<>')
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = range(len(SPECIALS))
@@ -47,8 +58,11 @@ class VocabTokenizer:
         return ''.join(self._text[i] for i in ids)
 
     def to_meta(self):
-        return {'kind': self.kind, 'vocab': self.vocab,
-                'special_ids': {'unk': self.unk_id, 'bos': self.bos_id, 'eos': self.eos_id, 'pad': self.pad_id}}
+        return {'kind': self.kind, 'vocab': self.vocab, 'special_ids': special_ids(self)}
+
+    @classmethod
+    def from_meta(cls, meta):
+        return cls(meta['vocab'])
 
 
 class CharTokenizer(VocabTokenizer):
@@ -108,7 +122,70 @@ class WordTokenizer(VocabTokenizer):
         return out
 
 
-TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer)}
+class BPETokenizer:
+    """GPT-2's byte-level BPE (tiktoken's `gpt2` encoding): every string encodes, decode(encode(s)) == s.
+
+    Text is encoded with encode_ordinary, so "<|endoftext|>" written in a document is plain text, never the
+    special token; encode_lines puts the real one (eot_id, 50256) after every document.
+    """
+    kind = 'bpe'
+    unk_id = pad_id = None
+
+    def __init__(self, encoding='gpt2'):
+        try:
+            self.encoding = tiktoken.get_encoding(encoding)
+        except (OSError, ValueError) as error:  # requests' ConnectionError is an OSError
+            raise UserError(f"tiktoken cannot load the {encoding} BPE vocabulary ({type(error).__name__}):"
+                            f" go online once, or run `python tools/fetch_gpt2_vocab.py` and set"
+                            f" TIKTOKEN_CACHE_DIR=.tiktoken_cache")
+        self.eot_id = self.bos_id = self.eos_id = self.encoding.eot_token
+
+    @classmethod
+    def build(cls, texts=()):
+        """The vocabulary is GPT-2's, whatever the corpus: texts are not read."""
+        return cls()
+
+    @property
+    def vocab_size(self):
+        return self.encoding.n_vocab
+
+    def encode(self, text):
+        """Token ids of a string, or a list of id lists for a list of strings. No specials are added."""
+        if isinstance(text, str):
+            return self.encoding.encode_ordinary(text)
+        return [self.encoding.encode_ordinary(t) for t in text]
+
+    def encode_lines(self, lines):
+        """Each text (a whole document, line breaks and all) as ids... <|endoftext|>: one id list per text."""
+        documents = [self.encoding.encode_ordinary(line) for line in lines]
+        for ids in documents:
+            ids.append(self.eot_id)
+        return documents
+
+    def decode(self, ids):
+        """The text of a sequence of ids. Bytes that stop inside a UTF-8 character read as U+FFFD."""
+        return self.encoding.decode(list(ids))
+
+    def to_meta(self):
+        return {'kind': self.kind, 'encoding': self.encoding.name, 'vocab_size': self.vocab_size,
+                'eot_id': self.eot_id, 'special_ids': special_ids(self)}
+
+    @classmethod
+    def from_meta(cls, meta):
+        return cls(meta['encoding'])
+
+    def __getstate__(self):  # worker processes of prepare.py rebuild the encoding from tiktoken's registry
+        return {'encoding': self.encoding.name}
+
+    def __setstate__(self, state):
+        self.__init__(state['encoding'])
+
+
+TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer, BPETokenizer)}
+
+
+def special_ids(tokenizer):
+    return {'unk': tokenizer.unk_id, 'bos': tokenizer.bos_id, 'eos': tokenizer.eos_id, 'pad': tokenizer.pad_id}
 
 
 def from_meta(meta):
@@ -116,4 +193,4 @@ def from_meta(meta):
     kind = meta.get('kind')
     if kind not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer kind {kind!r}; known: {', '.join(TOKENIZERS)}")
-    return TOKENIZERS[kind](meta['vocab'])
+    return TOKENIZERS[kind].from_meta(meta)

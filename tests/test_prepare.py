@@ -9,19 +9,7 @@ import prepare
 import storage
 import tokenizer as tok
 from configurator import UserError
-
-
-def documents_of(data_dir, split):
-    """Decode each document of a prepared split back to text, using only what is in the directory."""
-    meta = storage.load_meta(data_dir)
-    t = tok.from_meta(meta['tokenizer'])
-    tokens, offsets = storage.open_split(data_dir, split, meta)
-    docs = []
-    for start, end in zip(offsets[:-1], offsets[1:]):
-        ids = tokens[start:end].tolist()
-        assert ids[0] == tok.BOS_ID and ids[-1] == tok.EOS_ID
-        docs.append(t.decode(ids[1:-1]))
-    return docs
+from conftest import documents_of
 
 
 @pytest.mark.parametrize('data', ['char_data', 'word_data'])

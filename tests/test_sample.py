@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import os
 import shutil
@@ -90,3 +91,57 @@ def test_truncated_and_foreign_checkpoints(tiny_checkpoint, tmp_path):
 def test_bad_sampling_options(tiny_checkpoint):
     with pytest.raises(UserError, match='temperature'):
         sample.sample(sample.SampleConfig(out_dir=tiny_checkpoint, temperature=-1), io.StringIO())
+
+
+class Writes(io.StringIO):
+    """A text stream that remembers every piece written to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.pieces = []
+
+    def write(self, text):
+        self.pieces.append(text)
+        return super().write(text)
+
+
+def scripted(ids):
+    """A stand-in for sample.generate that yields fixed ids, whatever the model would have drawn."""
+    return lambda model, prompt, *args, **kwargs: (torch.full((len(prompt),), i) for i in ids)
+
+
+def test_bpe_samples_stream_only_whole_characters(bpe_checkpoint, monkeypatch):
+    bpe = tok.BPETokenizer()
+    text = ' a dragon 🐉 said “héllo” to Zoë'
+    ids = bpe.encode(text)
+    assert any(bpe.decode(ids[:i]).endswith('\ufffd') for i in range(len(ids)))  # some tokens cut a character
+    monkeypatch.setattr(sample, 'generate', scripted(ids))
+    out = Writes()
+    cfg = sample.SampleConfig(out_dir=bpe_checkpoint, start='Once', max_new_tokens=len(ids), device='cpu')
+    assert sample.sample(cfg, out) == ['Once' + text]
+    assert out.getvalue() == 'Once' + text + '\n' + '-' * 40 + '\n'
+    assert not any('\ufffd' in piece for piece in out.pieces) and len(out.pieces) > 5  # streamed, never cut
+
+
+def test_bpe_stop_at_eos_ends_the_story(bpe_checkpoint, monkeypatch):
+    bpe = tok.BPETokenizer()
+    monkeypatch.setattr(sample, 'generate', scripted(bpe.encode(' The end.') + [50256] + bpe.encode('Once')))
+    cfg = sample.SampleConfig(out_dir=bpe_checkpoint, start='Hi!', max_new_tokens=5, device='cpu')
+    assert sample.sample(cfg, io.StringIO()) == ['Hi! The end.<|endoftext|>Once']
+    cfg = dataclasses.replace(cfg, stop_at_eos=True)
+    assert sample.sample(cfg, io.StringIO()) == ['Hi! The end.']
+
+
+def test_bpe_prompt_starts_after_end_of_text_and_never_warns(bpe_checkpoint, capsys):
+    bpe = tok.BPETokenizer()
+    assert sample.prompt_ids(bpe, 'Hi!') == [50256, 17250, 0]  # id 0 is '!', not an unknown token
+    assert capsys.readouterr().err == ''
+
+
+def test_bpe_sample_in_a_fresh_process(bpe_checkpoint, tmp_path):
+    args = ['sample.py', f'--out_dir={bpe_checkpoint}', '--start=Once upon a time', '--max_new_tokens=20',
+            '--device=cpu', '--top_k=50']
+    result = run_script(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [story, rest] = result.stdout.split('\n' + '-' * 40 + '\n')
+    assert story.startswith('Once upon a time') and len(story) > len('Once upon a time') + 20 and rest == ''

@@ -1,14 +1,17 @@
 import json
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import tokenizer as tok
 
 CORPUS = ["Hello? You're here.", "In the beginning God created  the heaven\tand the earth!"]
+VOCAB_KINDS = {kind: cls for kind, cls in tok.TOKENIZERS.items() if issubclass(cls, tok.VocabTokenizer)}
 
 
-def test_special_ids_are_fixed_for_every_kind():
-    for kind, cls in tok.TOKENIZERS.items():
+def test_special_ids_are_fixed_for_every_vocabulary_kind():
+    assert set(VOCAB_KINDS) == {'char', 'word'}
+    for kind, cls in VOCAB_KINDS.items():
         t = cls.build(CORPUS)
         assert t.vocab[:4] == ['<?>', '<s>', '</s>', '<>'], kind
         assert (t.unk_id, t.bos_id, t.eos_id, t.pad_id) == (0, 1, 2, 3)
@@ -64,7 +67,7 @@ def test_decode_reads_document_boundaries_as_line_breaks():
 
 
 def test_meta_round_trip_through_json():
-    for cls in tok.TOKENIZERS.values():
+    for cls in VOCAB_KINDS.values():
         t = cls.build(CORPUS)
         again = tok.from_meta(json.loads(json.dumps(t.to_meta())))
         assert type(again) is cls and again.vocab == t.vocab
@@ -95,3 +98,46 @@ def test_char_round_trip_any_text_when_built_from_it(text):
     t = tok.CharTokenizer.build([text])
     assert t.decode(t.encode(text)) == text
     assert len(t.encode(text)) == len(text)
+
+
+@pytest.fixture(scope='module')
+def bpe(gpt2_vocab):
+    return tok.BPETokenizer.build(CORPUS)
+
+
+def test_bpe_is_gpt2_with_exact_ids(bpe):
+    # ids checked against tiktoken.get_encoding('gpt2') and GPT-2's encoder.json
+    assert bpe.encode('Hello world') == [15496, 995]
+    assert bpe.encode('Once upon a time, there was a little dog.') == [
+        7454, 2402, 257, 640, 11, 612, 373, 257, 1310, 3290, 13]
+    assert bpe.encode(['Hello', ' world']) == [[15496], [995]]
+    assert bpe.vocab_size == 50257 and bpe.eot_id == 50256
+
+
+def test_bpe_ends_every_document_with_end_of_text_and_has_no_unknown_or_padding(bpe):
+    assert bpe.encode_lines(['Hello world', 'The end.\n\nBye']) == [[15496, 995, 50256],
+                                                                     [464, 886, 13, 198, 198, 3886, 68, 50256]]
+    assert (bpe.unk_id, bpe.bos_id, bpe.eos_id, bpe.pad_id) == (None, 50256, 50256, None)
+    # the special token's text inside a document is ordinary text, not a document boundary
+    assert 50256 not in bpe.encode('<|endoftext|>') and bpe.decode(bpe.encode('<|endoftext|>')) == '<|endoftext|>'
+    assert bpe.decode([15496, 50256]) == 'Hello<|endoftext|>'
+
+
+def test_bpe_meta_records_the_encoding_and_round_trips(bpe):
+    meta = json.loads(json.dumps(bpe.to_meta()))
+    assert meta == {'kind': 'bpe', 'encoding': 'gpt2', 'vocab_size': 50257, 'eot_id': 50256,
+                    'special_ids': {'unk': None, 'bos': 50256, 'eos': 50256, 'pad': None}}
+    again = tok.from_meta(meta)
+    assert type(again) is tok.BPETokenizer and again.encode(CORPUS[1]) == bpe.encode(CORPUS[1])
+
+
+def test_bpe_decode_of_a_cut_character_is_a_replacement_until_it_is_whole(bpe):
+    ids = bpe.encode('é🐉')
+    assert bpe.decode(ids) == 'é🐉' and len(ids) > 2  # the dragon takes more than one byte-level token
+    assert bpe.decode(ids[:-1]).endswith('\ufffd')
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_bpe_round_trip_any_text(bpe, text):
+    assert bpe.decode(bpe.encode(text)) == text

@@ -131,3 +131,14 @@ def test_weight_decay_only_on_matrices(char_data):
     decay, no_decay = train.make_optimizer(model, train.TrainConfig(), 'cpu').param_groups
     assert all(p.dim() == 2 for p in decay['params']) and decay['weight_decay'] == 0.1
     assert all(p.dim() == 1 for p in no_decay['params']) and no_decay['weight_decay'] == 0.0
+
+
+def test_bpe_model_trains_and_checkpoints_the_gpt2_tokenizer(bpe_checkpoint):
+    evals = [r for r in metrics(bpe_checkpoint) if 'val_loss' in r]
+    # from uniform over GPT-2's 50,257 ids (ln 50257 = 10.8 nats) to well below it
+    assert [r['iter'] for r in evals] == [0, 15]
+    assert evals[0]['val_loss'] > 10 and evals[1]['val_loss'] < evals[0]['val_loss'] - 1.5
+    ckpt = torch.load(os.path.join(bpe_checkpoint, 'ckpt.pt'), weights_only=True)
+    assert ckpt['tokenizer']['kind'] == 'bpe' and ckpt['model_args']['vocab_size'] == 50257
+    assert ckpt['model_args']['pad_id'] is None  # GPT-2 has no padding token: every target counts
+    assert 0.1 < ckpt['data']['val_tokens_per_char'] < 0.5  # a GPT-2 token spans a few characters of a story

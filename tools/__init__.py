@@ -1,0 +1,1 @@
+"""Helper scripts run by hand or by the Makefile, not imported by the pipeline."""
