@@ -37,7 +37,7 @@ def same_batch(one, other):
 def test_random_windows_shapes_and_shift_by_one():
     tokens = stream(1000)
     batches = batching.RandomWindows(tokens, batch_size=16, block_size=8, seed=0)
-    x, y, doc_ids, positions = next(batches)
+    x, y, doc_ids, positions = next(batches)[:4]
     assert x.shape == y.shape == (16, 8) and x.dtype == torch.int64
     assert doc_ids is None and positions is None  # one causal sequence per row
     assert torch.equal(x[:, 1:], y[:, :-1])  # the target is the input shifted by one
@@ -47,7 +47,7 @@ def test_random_windows_shapes_and_shift_by_one():
 
 def test_random_windows_reach_both_ends_of_the_stream():
     batches = batching.RandomWindows(stream(10), batch_size=200, block_size=4, seed=0)
-    x, y, _, _ = next(batches)
+    x, y = next(batches)[:2]
     starts = set(x[:, 0].tolist())
     assert starts == set(range(6))  # every start from 0 to N - block_size - 1, nothing past the end
     assert int(y.max()) == 9
@@ -203,10 +203,10 @@ def test_packed_exact_windows(model_type):
                                     seed=2)
     assert batches.batches_per_epoch == 2  # 12 tokens: one row of 11 inputs, two windows of 4
     assert batches.epoch_order(0)[0].tolist() == [2, 0, 1]  # the seed's shuffle: C, A, B
-    x, y, doc_ids, positions = next(batches)
+    x, y, doc_ids, positions = next(batches)[:4]
     assert rows(x) == [[1, 30, 31, 32]] and rows(y) == [[30, 31, 32, 2]]
     assert rows(doc_ids) == [[0, 0, 0, 0]] and rows(positions) == [[0, 1, 2, 3]]
-    x, y, doc_ids, positions = next(batches)
+    x, y, doc_ids, positions = next(batches)[:4]
     assert rows(x) == [[2, 1, 10, 11]]
     assert rows(y) == [[I, 10, 11, 2]]  # </s> -> <s> crosses into the next document: not a target
     assert rows(doc_ids) == [[0, 1, 1, 1]]
@@ -237,11 +237,11 @@ def test_streams_exact_layout():
     # 25 tokens, 3 streams of (25 - 1) // 3 = 8 tokens, 2 batches of 4 per epoch
     batches = batching.Streams(stream(25), batch_size=3, block_size=4)
     assert batches.batches_per_epoch == 2 and batches.is_epoch_start
-    x, y, _, _ = next(batches)
+    x, y = next(batches)[:2]
     assert x.tolist() == [[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18, 19]]
     assert y.tolist() == [[1, 2, 3, 4], [9, 10, 11, 12], [17, 18, 19, 20]]
     assert not batches.is_epoch_start
-    x, y, _, _ = next(batches)
+    x, y = next(batches)[:2]
     assert x.tolist() == [[4, 5, 6, 7], [12, 13, 14, 15], [20, 21, 22, 23]]
     assert y.tolist() == [[5, 6, 7, 8], [13, 14, 15, 16], [21, 22, 23, 24]]
     assert batches.is_epoch_start
@@ -254,7 +254,7 @@ def test_streams_row_continues_row():
     batches = batching.Streams(tokens, batch_size=7, block_size=9)
     previous = next(batches)
     for _ in range(batches.batches_per_epoch - 1):
-        x, y, _, _ = next(batches)
+        x, y = next(batches)[:2]
         # row r of batch k+1 continues row r of batch k: its first input is batch k's last target
         assert torch.equal(x[:, 0], previous.y[:, -1])
         assert torch.equal(x[:, 1:], y[:, :-1])
@@ -331,7 +331,7 @@ def test_processes_share_out_the_single_process_batches(windowing):
     if batching.shares_rows(windowing, 'gpt'):  # every process every batch, on its block of rows
         assert [s.rows for s in shares] == [slice(0, 2), slice(2, 4)]
         taken = [[next(s) for s in shares] for _ in range(n)]
-        parts = [batching.Batch(*(None if t[0] is None else torch.cat(t) for t in zip(*batch[:4])))
+        parts = [batching.Batch(*(None if t[0] is None else torch.cat(t) for t in zip(*(part[:4] for part in batch))))
                  for batch in taken]
         assert shares[1].is_epoch_start == single.is_epoch_start
         for (a, b), whole in zip(taken, expected):  # weights that make the mean of the processes' means exact
