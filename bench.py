@@ -44,7 +44,7 @@ PROMPT_TOKENS = 16  # sampling: the first tokens of the data are the prompt
 class BenchConfig:
     device: str = 'all'           # all (cpu, and cuda when present) | auto (cuda, else cpu) | cpu | cuda | cuda:N
     model: str = 'all'            # all | gpt | lstm
-    sections: str = 'all'         # all, or some of peak,train,study,sample separated by commas
+    sections: str = 'all'         # all, or some of peak,train,windowing,study,sample,generate, comma-separated
     quick: bool = False           # tiny sizes, few repeats, no compile: every section in seconds
     data_dir: str = ''            # a prepared data directory to draw batches from ('' = random tokens)
     vocab_size: int = 256         # random tokens: vocabulary size (with --data_dir, the data's)
@@ -53,6 +53,7 @@ class BenchConfig:
     n_head: int = 4               # GPT only
     n_embd: int = 128
     block_size: int = 32          # tokens per sequence
+    windowing: str = 'auto'       # how the train and study sections cut batches (train.py --windowing)
     # training step
     batch_size: int = 16          # sequences per step in the training-step section
     dtype: str = 'both'           # both (float32, and bfloat16 where supported) | float32 | bfloat16 | float16
@@ -93,9 +94,9 @@ def dtype_name(dtype):
 class Context:
     """The resolved run: devices, models, dtypes, the token memmap, and the peaks measured so far."""
 
-    def __init__(self, cfg, tokens, vocab_size, pad_id):
-        self.cfg, self.tokens, self.vocab_size, self.pad_id = cfg, tokens, vocab_size, pad_id
-        self.ignore_index = pad_id if pad_id is not None else -100
+    def __init__(self, cfg, documents, vocab_size, pad_id):
+        self.cfg, self.documents, self.vocab_size, self.pad_id = cfg, documents, vocab_size, pad_id
+        self.tokens, self.ignore_index = documents.tokens, batching.IGNORE_INDEX
         self.devices = resolve_devices(cfg.device)
         self.models = list(MODELS) if cfg.model == 'all' else [cfg.model]
         self.compile_modes = {'both': [False, True], 'True': [True], 'False': [False]}[cfg.compile]
@@ -114,13 +115,13 @@ class Context:
         auto = train.resolve_dtype('auto', device)
         return auto if auto in self.dtypes(device) else self.dtypes(device)[0]
 
-    def train_config(self, model_type, batch_size):
+    def train_config(self, model_type, batch_size, windowing=None):
         """The train.py config of a measurement: its optimizer settings and clipping are what is timed."""
         cfg = train.TrainConfig(data_dir=self.cfg.data_dir or 'random tokens', model_type=model_type,
                                 n_layer=self.cfg.n_layer, n_head=self.cfg.n_head, n_embd=self.cfg.n_embd,
-                                block_size=self.cfg.block_size, batch_size=batch_size, seed=self.cfg.seed)
+                                block_size=self.cfg.block_size, batch_size=batch_size, seed=self.cfg.seed,
+                                windowing=windowing or self.cfg.windowing)
         train.check_config(cfg)
-        train.check_data_fits(cfg, 'train', self.tokens)
         return cfg
 
     def model_args(self, model_type):
@@ -156,14 +157,13 @@ def resolve_devices(name):
 class Trainer:
     """A fresh model, AdamW and batch source built as train.py builds them; step() is one train.train_step."""
 
-    def __init__(self, ctx, model_type, device, dtype, batch_size, compiled):
-        self.tcfg = ctx.train_config(model_type, batch_size)
+    def __init__(self, ctx, model_type, device, dtype, batch_size, compiled, windowing=None):
+        self.tcfg = ctx.train_config(model_type, batch_size, windowing)
+        self.batches = train.make_batches(self.tcfg, ctx.documents, 'train', self.tcfg.seed, device)
         torch.manual_seed(ctx.cfg.seed)
         self.raw_model = build_model(ctx.model_args(model_type)).to(device)
         self.optimizer = train.make_optimizer(self.raw_model, self.tcfg, device)
         model = torch.compile(self.raw_model) if compiled else self.raw_model
-        self.batches = batching.make_batches(model_type, ctx.tokens, batch_size, self.tcfg.block_size,
-                                             self.tcfg.seed)
         self.batch_loss = train.BatchLoss(model, self.batches, device, dtype, ctx.ignore_index)
         self.scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
         self.device, self.dtype, self.compiled, self.batch_size = device, dtype, compiled, batch_size
@@ -281,8 +281,8 @@ def plan_train(ctx):
             first_step_s = trainer.warm_up(cfg.warmup)
             step_s = perf.median_seconds(trainer.step, device, cfg.repeats)
             # the part of a step in which train.BatchLoss draws a batch and moves it to the device
-            data_s = perf.median_seconds(lambda: batching.to_device(*next(trainer.batches), device), device,
-                                    4 * cfg.repeats)
+            data_s = perf.median_seconds(lambda: batching.to_device(next(trainer.batches), device), device,
+                                         4 * cfg.repeats)
         finally:
             trainer.close()
         return {'model': model_type, 'device': device, 'dtype': dtype_name(dtype), 'compiled': compiled,
@@ -300,6 +300,52 @@ def plan_train(ctx):
                     jobs.append(Job(label, device, dtype,
                                     functools.partial(job, model_type, device, dtype, compiled)))
     return jobs
+
+
+def conclude_windowing(rows, ctx):
+    """Each windowing's step time and targets per second against the first one timed (random)."""
+    lines = []
+    base = {}
+    for row in rows:
+        base.setdefault((row['model'], row['device']), row)  # the first windowing timed: random
+    for row in rows:
+        first = base[row['model'], row['device']]
+        if row is not first:
+            lines.append(f"{row['device']} {row['model']} {row['windowing']}: a step takes"
+                         f" {row['ms_per_iter'] / first['ms_per_iter']:.2f}x the time of {first['windowing']}'s"
+                         f" and learns {row['target_tokens_per_s'] / first['target_tokens_per_s']:.2f}x the"
+                         f" targets per second ({row['target_share']:.0%} of its positions are targets)")
+    return [], lines
+
+
+@section('windowing', 'windowing strategies (batching.py): drawing a batch and a training step, float32, at'
+         ' --batch_size, median of --repeats',
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('windowing', 'windowing', '{}'),
+          ('target_share', 'targets', '{:.0%}'), ('data_ms', 'data ms', '{:.3f}'),
+          ('ms_per_iter', 'ms/iter', '{:.1f}'), ('tokens_per_s', 'tokens/s', '{:,.0f}'),
+          ('target_tokens_per_s', 'targets/s', '{:,.0f}')],
+         conclude=conclude_windowing)
+def plan_windowing(ctx):
+    cfg = ctx.cfg
+
+    def job(model_type, device, windowing):
+        trainer = Trainer(ctx, model_type, device, torch.float32, cfg.batch_size, False, windowing)
+        try:
+            trainer.warm_up(cfg.warmup)
+            step_s = perf.median_seconds(trainer.step, device, cfg.repeats)
+            data_s = perf.median_seconds(lambda: batching.to_device(next(trainer.batches), device), device,
+                                         4 * cfg.repeats)
+        finally:
+            trainer.close()
+        throughput = trainer.throughput(step_s)
+        share = trainer.batches.target_fraction
+        return {'model': model_type, 'device': device, 'windowing': windowing, 'batch_size': cfg.batch_size,
+                'block_size': cfg.block_size, 'target_share': share, 'data_ms': data_s * 1e3, **throughput,
+                'target_tokens_per_s': throughput['tokens_per_s'] * share}
+
+    return [Job(f"windowing {model_type} {device} {windowing}", device, torch.float32,
+                functools.partial(job, model_type, device, windowing))
+            for device in ctx.devices for model_type in ctx.models for windowing in batching.WINDOWINGS]
 
 
 def study_verdict(wall_a, wall_b, small, large):
@@ -500,6 +546,9 @@ def check(cfg):
         defaults = BenchConfig()
         cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items()
                                           if getattr(cfg, k) == getattr(defaults, k)})
+    if cfg.windowing not in ('auto', *batching.WINDOWINGS):
+        raise UserError(f"unknown --windowing={cfg.windowing}: choose auto or one of"
+                        f" {', '.join(batching.WINDOWINGS)}")
     if cfg.model not in ('all', *MODELS):
         raise UserError(f"--model={cfg.model} must be all or one of {', '.join(MODELS)}")
     if cfg.compile not in ('both', 'True', 'False'):
@@ -537,20 +586,25 @@ def selected_sections(cfg):
     return list(SECTIONS) if cfg.sections == 'all' else [s.strip() for s in cfg.sections.split(',') if s.strip()]
 
 
-def open_tokens(cfg, directory):
-    """(train tokens as a memmap, vocab_size, pad id): the prepared split, or random tokens written to directory
-    and opened by storage.open_split like a prepared split, so that the same loading path is timed."""
+def open_documents(cfg, directory):
+    """(train split as batching.Documents over a memmap, vocab_size, pad id): the prepared split, or random tokens
+    written to directory and opened by storage.open_split like a prepared split, so that the same loading path
+    is timed. Random tokens come in documents of random lengths from block_size / 2 to 2 x block_size, so that
+    the windowings that keep to documents pad and mask as they would on text."""
     if cfg.data_dir:
         meta = storage.load_meta(cfg.data_dir)
-        tokens, _ = storage.open_split(cfg.data_dir, 'train', meta)
-        return tokens, meta['vocab_size'], meta['tokenizer']['special_ids'].get('pad')
+        return train.open_documents(cfg.data_dir, 'train', meta), meta['vocab_size'], \
+            meta['tokenizer']['special_ids'].get('pad')
     n = max(1 << 20, 4 * max(cfg.batch_sizes) * cfg.block_size + 1)
     dtype = np.uint16 if cfg.vocab_size <= 1 << 16 else np.uint32
     bin_path, docs_path = storage.split_paths(directory, 'train')
-    np.random.default_rng(cfg.seed).integers(0, cfg.vocab_size, size=n, dtype=dtype).tofile(bin_path)
-    np.save(docs_path, np.array([0, n], dtype=np.int64))
-    tokens, _ = storage.open_split(directory, 'train', {'dtype': np.dtype(dtype).name})
-    return tokens, cfg.vocab_size, None
+    rng = np.random.default_rng(cfg.seed)
+    rng.integers(0, cfg.vocab_size, size=n, dtype=dtype).tofile(bin_path)
+    lengths = rng.integers(max(2, cfg.block_size // 2), 2 * cfg.block_size + 1, size=n // cfg.block_size)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    np.save(docs_path, np.append(offsets[offsets < n], n))
+    tokens, offsets = storage.open_split(directory, 'train', {'dtype': np.dtype(dtype).name})
+    return batching.Documents.from_split(tokens, offsets, {}), cfg.vocab_size, None
 
 
 def format_table(title, columns, rows):
@@ -597,7 +651,7 @@ def bench(cfg):
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         with tempfile.TemporaryDirectory(prefix='bench-') as directory:
-            ctx = Context(cfg, *open_tokens(cfg, directory))
+            ctx = Context(cfg, *open_documents(cfg, directory))
             machine = {'torch': torch.__version__, 'python': platform.python_version(),
                        'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
                        'load_average': os.getloadavg()[0],  # other work on the machine as the run starts

@@ -53,6 +53,9 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False
     block_size: int = 128         # tokens per window (GPT context; LSTM steps of backprop through time)
+    windowing: str = 'auto'       # auto|random|sliding|strided|lines_left|lines_slide|lines_full|packed|streams
+    #                               how batches are cut (batching.py); auto: random (GPT), streams (LSTM)
+    num_workers: int = 0          # sliding/strided: DataLoader worker processes (0 = load in the main process)
     # batches and optimization
     batch_size: int = 32          # windows per micro-step
     gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
@@ -137,29 +140,35 @@ def detach_hidden(hidden):
 
 
 class BatchLoss:
-    """Calling it runs the model on the next batch of one batch source and returns the mean loss.
+    """Calling it runs the model on the next batch of one batch source and returns the mean loss over the
+    batch's real targets; target_count holds how many there were (a device tensor: reading it waits), and
+    weight the batch's weight in a training step (batching.Batch.weight).
 
-    For the LSTM it carries the hidden state from batch to batch of its source: detached between batches,
-    reset to zeros where the source starts its streams over.
+    For the LSTM it carries the hidden state from batch to batch of a contiguous source (streams, packed):
+    detached between batches, reset to zeros where the source starts its streams over. With any other source
+    every batch starts from zeros, and there is no state to carry (hidden stays None).
     """
 
     def __init__(self, model, batches, device, dtype, ignore_index, hidden=None):
         self.model, self.batches = model, batches
         self.device, self.dtype, self.ignore_index = device, dtype, ignore_index
-        self.is_recurrent = isinstance(batches, batching.Streams)
-        self.hidden = hidden
+        self.is_recurrent = unwrap(model).args.model_type == 'lstm'
+        self.hidden, self.target_count, self.weight = hidden, None, 1.0
 
     def __call__(self):
-        if self.is_recurrent and (self.hidden is None or self.batches.is_epoch_start):
-            self.hidden = unwrap(self.model).init_hidden(self.batches.x.shape[0], self.device)
-        x, y = batching.to_device(*next(self.batches), self.device)
+        is_fresh = self.hidden is None or self.batches.is_epoch_start
+        batch = batching.to_device(next(self.batches), self.device)
+        hidden = self.hidden
+        if self.is_recurrent and is_fresh:
+            hidden = unwrap(self.model).init_hidden(batch.x.shape[0], self.device)
+        self.target_count, self.weight = (batch.y != self.ignore_index).sum(), batch.weight
         with autocast(self.device, self.dtype):
             if self.is_recurrent:
-                logits, hidden = self.model(x, self.hidden)
-                self.hidden = detach_hidden(hidden)
+                logits, hidden = self.model(batch.x, hidden, positions=batch.positions)
+                self.hidden = detach_hidden(hidden) if self.batches.is_contiguous else None
             else:
-                logits = self.model(x)
-            return lm_loss(logits, y, self.ignore_index)
+                logits = self.model(batch.x, positions=batch.positions, doc_ids=batch.doc_ids)
+            return lm_loss(logits, batch.y, self.ignore_index)
 
 
 def train_step(batch_loss, optimizer, scaler, cfg, micro_steps=None):
@@ -181,7 +190,7 @@ def train_step(batch_loss, optimizer, scaler, cfg, micro_steps=None):
             # accumulate. DDP's no_sync() context manager does this by setting this flag for its block; setting
             # it here keeps one forward-backward line for both cases instead of two copies of it.
             ddp.require_backward_grad_sync = micro_step == micro_steps - 1
-        loss = batch_loss() / micro_steps
+        loss = batch_loss() * batch_loss.weight / micro_steps  # weight: see batching.Batch (1 but for shared rows)
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if ddp:  # the mean of all processes' losses: each must decide alike below, or one would wait for the others
@@ -209,32 +218,55 @@ def unwrap(model):
     return getattr(model, '_orig_mod', model)
 
 
-@torch.no_grad()
-def evaluate(model, tokens, cfg, device, dtype, ignore_index, world=None):
-    """Mean loss over the same eval_iters batches of tokens every time; shared out among the processes of a
-    run as training is (whole GPT batches, LSTM rows), every process gets the single process's figure."""
+def evaluate(model, documents, cfg, device, dtype, ignore_index, world=None):
+    """Loss per real target over the same eval_iters batches of a split every time, cut as training cuts them;
+    shared out among the processes of a run as training is, every process gets the single process's figure."""
     world = world or distributed.World()
-    model_type = unwrap(model).args.model_type
-    batches = batching.make_batches(model_type, tokens, cfg.batch_size, cfg.block_size, EVAL_SEED, world.rank,
-                                    world.size)
-    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index)
+    batches = make_batches(cfg, documents, 'evaluation', EVAL_SEED, world=world)
     n = min(cfg.eval_iters, getattr(batches, 'batches_per_epoch', cfg.eval_iters))
-    if model_type == 'lstm':  # every process runs every batch on its rows: the mean of their means
-        mine, parts = n, world.size
-    else:  # process r runs batches r, r + size, ...
-        mine, parts = len(range(world.rank, n, world.size)), 1
+    return mean_loss(model, batches, n, device, dtype, ignore_index, world)
+
+
+@torch.no_grad()
+def mean_loss(model, batches, n, device, dtype, ignore_index, world=None):
+    """Loss per real target token over the single process's next n batches of batches (batches with more
+    padding weigh less). In a run of several processes each runs its share of them (every batch on its rows,
+    or batches rank, rank + size, ...; see batching.py), and every process gets the whole figure."""
+    world = world or distributed.World()
+    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index)
+    mine = n if batches.is_contiguous else len(range(world.rank, n, world.size))
+    total, count = torch.zeros((), device=device), torch.zeros((), device=device)
     model.eval()
-    total = sum((batch_loss() for _ in range(mine)), torch.zeros((), device=device))
+    for _ in range(mine):
+        loss = batch_loss()
+        total, count = total + loss * batch_loss.target_count, count + batch_loss.target_count
     model.train()
-    return world.sum(total).item() / (n * parts)
+    return (world.sum(total) / world.sum(count)).item()
 
 
-def check_data_fits(cfg, name, tokens):
-    need = cfg.block_size + 1 if cfg.model_type == 'gpt' else cfg.batch_size * cfg.block_size + 1
-    if len(tokens) < need:
-        what = "block_size" if cfg.model_type == 'gpt' else "batch_size x block_size"
-        raise UserError(f"{what} needs {need} tokens but the {name} split of {cfg.data_dir} has {len(tokens)}:"
-                        f" lower --block_size/--batch_size or prepare with a larger --val_fraction")
+def make_batches(cfg, documents, name, seed, device='cpu', world=None):
+    """The batch source cfg.windowing cuts from one split's documents (this process's share of it in a run of
+    several); a split too small for it is a UserError."""
+    world = world or distributed.World()
+    try:
+        return batching.make_batches(cfg.windowing, cfg.model_type, documents, cfg.batch_size, cfg.block_size,
+                                     seed, world.rank, world.size, pin_memory=torch.device(device).type == 'cuda',
+                                     num_workers=cfg.num_workers if name == 'train' else 0)
+    except ValueError as error:
+        raise UserError(f"the {name} split of {cfg.data_dir} is too small for --windowing={cfg.windowing}"
+                        f" ({error}): lower --block_size/--batch_size or prepare with a larger --val_fraction")
+
+
+def open_documents(data_dir, split, meta):
+    """A prepared split as batching.Documents: its tokens, document spans and padding id."""
+    return batching.Documents.from_split(*storage.open_split(data_dir, split, meta),
+                                         meta['tokenizer']['special_ids'])
+
+
+def resolved_windowing(config):
+    """The windowing strategy a training config (as a dict) resolves to."""
+    chosen = config.get('windowing', 'auto')
+    return batching.default_windowing(config['model_type']) if chosen == 'auto' else chosen
 
 
 def check_config(cfg):
@@ -244,6 +276,11 @@ def check_config(cfg):
         raise UserError(f"--init_from={cfg.init_from} must be scratch or resume")
     if cfg.on_nonfinite not in ('stop', 'skip'):
         raise UserError(f"--on_nonfinite={cfg.on_nonfinite} must be stop or skip")
+    if cfg.windowing not in ('auto', *batching.WINDOWINGS):
+        raise UserError(f"unknown --windowing={cfg.windowing}: choose auto or one of"
+                        f" {', '.join(batching.WINDOWINGS)}")
+    if cfg.num_workers < 0:
+        raise UserError(f"--num_workers={cfg.num_workers} must be 0 (load in the main process) or more")
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -258,14 +295,16 @@ def check_config(cfg):
 
 def micro_steps_per_process(cfg, world_size):
     """How many micro-steps of each optimizer step one of world_size processes runs, so that together they run
-    the single process's step on the same batches. A GPT's micro-steps are shared out; an LSTM's streams are
-    (each process runs every micro-step on its rows of the batch), because a stream's batches must follow each
-    other through one hidden state. Either way a step trains on batch_size x block_size x
-    gradient_accumulation_steps tokens, however many processes share it."""
-    if cfg.model_type == 'lstm':
+    the single process's step on the same batches. The rows of the windowings whose rows continue from batch
+    to batch (streams, packed) are shared out (each process runs every micro-step on its rows of the batch),
+    because a row's batches must follow each other through one LSTM state; the other windowings' micro-steps
+    are. Either way a step trains on batch_size x block_size x gradient_accumulation_steps tokens, however many
+    processes share it."""
+    if batching.shares_rows(cfg.windowing, cfg.model_type):
         if cfg.batch_size % world_size:
-            raise UserError(f"--batch_size={cfg.batch_size} LSTM streams cannot be shared evenly by {world_size}"
-                            f" processes: make it a multiple of {world_size}")
+            raise UserError(f"--batch_size={cfg.batch_size} rows of {resolved_windowing(dataclasses.asdict(cfg))}"
+                            f" batches cannot be shared evenly by {world_size} processes: make it a multiple of"
+                            f" {world_size}")
         return cfg.gradient_accumulation_steps
     if cfg.gradient_accumulation_steps % world_size:
         raise UserError(f"--gradient_accumulation_steps={cfg.gradient_accumulation_steps} cannot be shared"
@@ -445,10 +484,13 @@ def train_process(cfg, argv, world, device):
     if resumed and resumed['tokenizer'] != meta['tokenizer']:
         raise UserError(f"{ckpt_path} was trained on another vocabulary than {cfg.data_dir}:"
                         f" resume with the data_dir it was trained on")
-    train_tokens, _ = storage.open_split(cfg.data_dir, 'train', meta)
-    val_tokens, _ = storage.open_split(cfg.data_dir, 'val', meta)
-    check_data_fits(cfg, 'train', train_tokens)
-    check_data_fits(cfg, 'val', val_tokens)
+    trained_with = resolved_windowing(resumed['config']) if resumed else None
+    if resumed and trained_with != resolved_windowing(dataclasses.asdict(cfg)):
+        raise UserError(f"{ckpt_path} was trained with --windowing={trained_with}: resume with that windowing"
+                        f" (where a batch source stopped means nothing to another)")
+    train_docs, val_docs = (open_documents(cfg.data_dir, split, meta) for split in ('train', 'val'))
+    batches = make_batches(cfg, train_docs, 'train', cfg.seed, device, world)
+    make_batches(cfg, val_docs, 'val', EVAL_SEED, world=world)  # a val split too small fails now, not later
 
     seed_everything(cfg.seed + world.rank)  # each process its own dropout masks; DDP gives all process 0's weights
     shape = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelArgs) if hasattr(cfg, f.name)}
@@ -457,8 +499,6 @@ def train_process(cfg, argv, world, device):
     world.on_main(prepare_out_dir, cfg.out_dir, checkpoint.estimated_size(raw_model, meta['tokenizer']))
     optimizer = make_optimizer(raw_model, cfg, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
-    batches = batching.make_batches(args.model_type, train_tokens, cfg.batch_size, cfg.block_size, cfg.seed,
-                                    world.rank, world.size)
     iter_num, best_val_loss, hidden, step_losses = 0, float('inf'), None, ()
     if resumed:
         raw_model.load_state_dict(resumed['model'])
@@ -481,18 +521,21 @@ def train_process(cfg, argv, world, device):
     evaluated_iter = iter_num if resumed and resumed['val_loss'] is not None else None
     saved_iter = iter_num if resumed else None
     model = torch.compile(raw_model) if cfg.compile else raw_model
-    special = meta['tokenizer']['special_ids']
-    ignore_index = special['pad'] if special.get('pad') is not None else -100
+    ignore_index = batching.IGNORE_INDEX
     batch_loss = BatchLoss(world.wrap(model), batches, device, dtype, ignore_index, hidden)
     log = MetricsLog(cfg.out_dir, resume_iter=iter_num if resumed else None) if world.is_main else None
     steps = StepLosses(device, iter_num - len(step_losses), step_losses)
 
     n_params = sum(p.numel() for p in raw_model.parameters())
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    tokens_per_char = meta['splits']['val']['tokens'] / meta['splits']['val']['chars']
+    # bits per character = nats per target x targets per character; windowings that keep to documents learn no
+    # target across a boundary (no <s> after </s>), so for them only the pairs inside the documents count
+    val_targets = val_docs.pairs.sum() if batches.keeps_to_documents else meta['splits']['val']['tokens']
+    tokens_per_char = float(val_targets) / meta['splits']['val']['chars']
     processes = f" in each of {world.size} processes" if world.is_distributed else ''
     world.say(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({str(dtype)[6:]}){processes};"
-              f" {tokens_per_iter:,} tokens per iteration, {cfg.max_iters} iterations")
+              f" {tokens_per_iter:,} tokens per iteration ({resolved_windowing(dataclasses.asdict(cfg))} windows,"
+              f" {batches.target_fraction:.0%} of them targets), {cfg.max_iters} iterations")
 
     def stop_if_nonfinite(values, check_weights=False):
         """Raise, saving nothing, if a recorded step was not finite (stop mode) or the weights are not."""
@@ -547,12 +590,12 @@ def train_process(cfg, argv, world, device):
             is_eval_step = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
             if is_eval_step and iter_num != evaluated_iter:
                 stop_if_nonfinite(steps.values(), check_weights=True)  # evaluate, log and save nothing non-finite
-                val_loss = evaluate(model, val_tokens, cfg, device, dtype, ignore_index, world)
+                val_loss = evaluate(model, val_docs, cfg, device, dtype, ignore_index, world)
                 if not math.isfinite(val_loss):  # finite weights can still be garbage (1e30s), in either mode
                     raise UserError(f"non-finite validation loss at iteration {iter_num}: training stopped,"
                                     f" nothing saved; {last_good()}")
                 bits = val_loss / math.log(2)
-                train_loss = evaluate(model, train_tokens, cfg, device, dtype, ignore_index, world)
+                train_loss = evaluate(model, train_docs, cfg, device, dtype, ignore_index, world)
                 result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
                           'val_bits_per_token': bits, 'val_bits_per_char': bits * tokens_per_char,
                           'eval_train_loss': train_loss}
