@@ -3,6 +3,7 @@
     python ablate.py config/train_akjv_char.py --what=windowing           # every windowing strategy, AKJV
     python ablate.py config/train_akjv.py --windowings=random,packed --target_tokens=200000
     python ablate.py config/train_tinystories_cpu.py --what=data_size     # 20K / 200K / all TinyStories stories
+    python ablate.py config/train_akjv_char.py --what=dtype --max_iters=300  # float32 against bfloat16 autocast
 
 Every run is train.py's own loop (train.train) from the same seed, so from the same initial weights, and learns
 the same number of real target tokens: padding and pairs across a document boundary do not count, so a
@@ -23,9 +24,11 @@ import math
 import os
 import time
 
+import torch
 
 import batching
 import checkpoint
+import runtime
 import storage
 import tokenizer as tok
 import train
@@ -37,9 +40,10 @@ DATA_SIZE_PREPARE = {'data/tinystories_20k': ' --max_docs=20000', 'data/tinystor
 
 @dataclasses.dataclass
 class AblateConfig(train.TrainConfig):
-    what: str = 'windowing'       # windowing (one run per --windowings) | data_size (one run per --data_dirs)
+    what: str = 'windowing'       # windowing (a run per --windowings) | data_size (per --data_dirs) | dtype (per --dtypes)
     windowings: str = ''          # windowing: strategies to compare, comma-separated ('' = all that suit a model)
     data_dirs: str = DATA_SIZE_DIRS  # data_size: prepared directories, scored on the first one's val split
+    dtypes: str = 'float32,bfloat16'  # dtype: autocast dtypes to compare (auto = train.py's default here)
     target_tokens: int = 0        # real target tokens per run (0 = the config's max_iters x tokens per iteration)
     points: int = 4               # scores per run, evenly spaced in its training, the last at its end
     eval_documents: int = 0       # score on the first N held-out documents (0 = all of them)
@@ -70,7 +74,12 @@ def variants(cfg):
                 raise UserError(f"{d} is not prepared: the data-size ablation needs {', '.join(dirs)}; run"
                                 f" `python prepare.py {d}{DATA_SIZE_PREPARE.get(os.path.normpath(d), '')}` first")
         return [Variant(os.path.basename(os.path.normpath(d)), {'data_dir': d}) for d in dirs]
-    raise UserError(f"--what={cfg.what} must be windowing or data_size")
+    if cfg.what == 'dtype':
+        names = [d.strip() for d in cfg.dtypes.split(',') if d.strip()]
+        for name in names:
+            runtime.resolve_dtype(name, 'cpu')  # raises for an unknown one
+        return [Variant(name, {'dtype': name}) for name in names]
+    raise UserError(f"--what={cfg.what} must be windowing, data_size or dtype")
 
 
 def held_out(cfg, variant_list):
@@ -97,11 +106,11 @@ def held_out(cfg, variant_list):
 def score(out_dir, documents, chars, cfg):
     """Nats per real target and bits per character of out_dir/ckpt.pt on the held-out documents."""
     ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))
-    device = train.resolve_device(cfg.device)
+    device = runtime.resolve_device(cfg.device)
     model = checkpoint.restore_model(ckpt).to(device)
     windows = batching.evaluation_windows(documents, cfg.batch_size, ckpt['model_args']['block_size'])
-    dtype = train.resolve_dtype(cfg.dtype, device)
-    loss = train.mean_loss(model, windows, windows.batches_per_epoch, device, dtype, batching.IGNORE_INDEX)
+    # in float32 whatever a run trained in: the dtype ablation compares what training learned, scored alike
+    loss = train.mean_loss(model, windows, windows.batches_per_epoch, device, torch.float32, batching.IGNORE_INDEX)
     return loss, loss * float(documents.pairs.sum()) / math.log(2) / chars
 
 

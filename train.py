@@ -9,7 +9,6 @@ Writes to out_dir: ckpt.pt (latest), best.pt (lowest val loss), metrics.jsonl, l
 Ctrl-C or SIGTERM finishes the current step, saves ckpt.pt and prints the command that resumes the run.
 Under torchrun (see distributed.py) the processes share each optimizer step's batches and process 0 writes.
 """
-import contextlib
 import dataclasses
 import json
 import math
@@ -31,6 +30,7 @@ from tqdm import tqdm
 import batching
 import checkpoint
 import distributed
+import runtime
 import storage
 from configurator import UserError, parse, run
 from model import MODELS, ModelArgs, build_model
@@ -74,39 +74,15 @@ class TrainConfig:
     log_interval: int = 10        # steps between train-loss and tokens/s log lines
     # system
     device: str = 'auto'          # auto | cpu | cuda | cuda:N | mps
-    dtype: str = 'auto'           # auto | float32 | bfloat16 | float16 (autocast; auto picks per device)
-    compile: bool = False         # torch.compile the model
+    dtype: str = 'auto'           # auto | float32 | bfloat16 | float16: autocast (auto: bfloat16 on CUDA and on
+    #                               CPUs with bfloat16 instructions, else float32; see runtime.py)
+    compile: bool | str = 'auto'  # auto | True | False: torch.compile the model (auto: on CUDA; see runtime.py)
+    threads: int = 0              # CPU threads per process (0 = one per physical core, shared among processes)
+    adamw: str = 'auto'           # auto | fused | foreach | for_loop: AdamW's kernels (auto: fused on CPU, CUDA)
     seed: int = 1337
     # reliability
     on_nonfinite: str = 'stop'    # stop | skip: a step with a NaN/inf loss or gradient stops the run or is skipped
     verify_data: bool = True      # check the data files' sha256 against meta.json at start (about 1 s per GB)
-
-
-def resolve_device(name):
-    if name == 'auto':
-        if torch.cuda.is_available():
-            return 'cuda'
-        return 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise UserError(f"--device={name} but CUDA is not available here: use --device=cpu or auto")
-    return name
-
-
-def resolve_dtype(name, device):
-    """The autocast dtype for a device: bfloat16 where the GPU supports it, else float16; float32 on CPU."""
-    if name == 'auto':
-        if device.startswith('cuda'):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if name not in ('float32', 'bfloat16', 'float16'):
-        raise UserError(f"--dtype={name} is not one of auto, float32, bfloat16, float16")
-    return getattr(torch, name)
-
-
-def autocast(device, dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def learning_rate(it, cfg):
@@ -121,12 +97,12 @@ def learning_rate(it, cfg):
 
 
 def make_optimizer(model, cfg, device):
-    """AdamW with weight decay on matrices (2-D and up) only; fused kernels on CUDA."""
+    """AdamW with weight decay on matrices (2-D and up) only, with the kernels --adamw picks."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                             fused=torch.device(device).type == 'cuda')
+                             **runtime.adamw_options(cfg.adamw, device))
 
 
 def lm_loss(logits, targets, ignore_index):
@@ -157,12 +133,13 @@ class BatchLoss:
 
     def __call__(self):
         is_fresh = self.hidden is None or self.batches.is_epoch_start
-        batch = batching.to_device(next(self.batches), self.device)
+        with torch.profiler.record_function('batch'):  # a label for bench.py's profile; free when not profiling
+            batch = batching.to_device(next(self.batches), self.device)
         hidden = self.hidden
         if self.is_recurrent and is_fresh:
             hidden = unwrap(self.model).init_hidden(batch.x.shape[0], self.device)
         self.target_count, self.weight = (batch.y != self.ignore_index).sum(), batch.weight
-        with autocast(self.device, self.dtype):
+        with runtime.autocast(self.device, self.dtype):
             if self.is_recurrent:
                 logits, hidden = self.model(batch.x, hidden, positions=batch.positions)
                 self.hidden = detach_hidden(hidden) if self.batches.is_contiguous else None
@@ -281,6 +258,8 @@ def check_config(cfg):
                         f" {', '.join(batching.WINDOWINGS)}")
     if cfg.num_workers < 0:
         raise UserError(f"--num_workers={cfg.num_workers} must be 0 (load in the main process) or more")
+    runtime.resolve_compile(cfg.compile, 'cpu'), runtime.adamw_kernel(cfg.adamw, 'cpu')  # raise if unknown
+    runtime.resolve_threads(cfg.threads)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -464,20 +443,26 @@ def train(cfg, argv=None):
     argv, the command-line arguments it was started with, goes into the resume command printed on a signal.
     """
     world = distributed.World.from_environment()
-    device = world.device_for(resolve_device(cfg.device))
-    with world.join(device):
-        return train_process(cfg, argv, world, device)
+    device = world.device_for(runtime.resolve_device(cfg.device))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(runtime.resolve_threads(cfg.threads, world.local_size))
+    try:
+        with world.join(device):
+            return train_process(cfg, argv, world, device)
+    finally:
+        torch.set_num_threads(threads)  # as it was: ablate.py and the tests call train() in their own process
 
 
 def train_process(cfg, argv, world, device):
     """What train() runs in each process of world, on device."""
+    started = time.perf_counter()
     ckpt_path, best_path = os.path.join(cfg.out_dir, 'ckpt.pt'), os.path.join(cfg.out_dir, 'best.pt')
     resumed = checkpoint.load(ckpt_path) if cfg.init_from == 'resume' else None
     if resumed:  # the model's shape is the checkpoint's, whatever the config says
         cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
     check_config(cfg)
     micro_steps = micro_steps_per_process(cfg, world.size)
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = runtime.resolve_dtype(cfg.dtype, device)
     meta = storage.load_meta(cfg.data_dir)
     if cfg.verify_data:
         storage.verify_checksums(cfg.data_dir, meta)
@@ -500,12 +485,14 @@ def train_process(cfg, argv, world, device):
     optimizer = make_optimizer(raw_model, cfg, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     iter_num, best_val_loss, hidden, step_losses = 0, float('inf'), None, ()
+    elapsed_before = 0.0  # wall-clock seconds of training before this process (in the runs a resume continues)
     if resumed:
         raw_model.load_state_dict(resumed['model'])
         optimizer.load_state_dict(resumed['optimizer'])
         if resumed['scaler']:  # empty when saved without float16
             scaler.load_state_dict(resumed['scaler'])
         iter_num, best_val_loss = resumed['iter_num'], resumed['best_val_loss']
+        elapsed_before = resumed.get('elapsed_s', 0.0)
         batches.load_state(resumed['rng']['batches'])  # the same in every process, whatever their number
         saved_rng = [resumed['rng'], *resumed['rng'].get('other_processes', [])]
         if world.rank < len(saved_rng):  # a process the saved run did not have keeps its seed + rank
@@ -520,7 +507,7 @@ def train_process(cfg, argv, world, device):
     # a checkpoint saved on a signal between evaluations was not evaluated; one saved at an evaluation was
     evaluated_iter = iter_num if resumed and resumed['val_loss'] is not None else None
     saved_iter = iter_num if resumed else None
-    model = torch.compile(raw_model) if cfg.compile else raw_model
+    model = torch.compile(raw_model) if runtime.resolve_compile(cfg.compile, device) else raw_model
     ignore_index = batching.IGNORE_INDEX
     batch_loss = BatchLoss(world.wrap(model), batches, device, dtype, ignore_index, hidden)
     log = MetricsLog(cfg.out_dir, resume_iter=iter_num if resumed else None) if world.is_main else None
@@ -533,9 +520,15 @@ def train_process(cfg, argv, world, device):
     val_targets = val_docs.pairs.sum() if batches.keeps_to_documents else meta['splits']['val']['tokens']
     tokens_per_char = float(val_targets) / meta['splits']['val']['chars']
     processes = f" in each of {world.size} processes" if world.is_distributed else ''
-    world.say(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({str(dtype)[6:]}){processes};"
+    path = (f"{str(dtype)[6:]}, {'compiled' if model is not raw_model else 'eager'},"
+            f" {runtime.adamw_kernel(cfg.adamw, device)} AdamW, {torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}")
+    world.say(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({path}){processes};"
               f" {tokens_per_iter:,} tokens per iteration ({resolved_windowing(dataclasses.asdict(cfg))} windows,"
               f" {batches.target_fraction:.0%} of them targets), {cfg.max_iters} iterations")
+
+    def elapsed():
+        """Wall-clock seconds since training started (this process's start-up included), over resumes."""
+        return elapsed_before + time.perf_counter() - started
 
     def stop_if_nonfinite(values, check_weights=False):
         """Raise, saving nothing, if a recorded step was not finite (stop mode) or the weights are not."""
@@ -569,7 +562,7 @@ def train_process(cfg, argv, world, device):
             'data': {'data_dir': cfg.data_dir, 'val_tokens_per_char': tokens_per_char},
             'rng': {**rng_states[0], 'other_processes': rng_states[1:], 'batches': batches.state(),
                     'hidden': hidden},
-            'step_losses': values}
+            'step_losses': values, 'elapsed_s': elapsed()}
         world.on_main(write_checkpoints, state, is_best)
         saved_iter = iter_num
 
@@ -598,7 +591,7 @@ def train_process(cfg, argv, world, device):
                 train_loss = evaluate(model, train_docs, cfg, device, dtype, ignore_index, world)
                 result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
                           'val_bits_per_token': bits, 'val_bits_per_char': bits * tokens_per_char,
-                          'eval_train_loss': train_loss}
+                          'eval_train_loss': train_loss, 'elapsed_s': elapsed()}
                 if log:
                     log.write(**result)
                 world.say(f"iter {iter_num}: val loss {val_loss:.4f}, perplexity {result['val_perplexity']:.2f},"
@@ -634,7 +627,7 @@ def train_process(cfg, argv, world, device):
                 stop_if_nonfinite(values)
                 finite = [v for v in values if math.isfinite(v)]
                 tokens_per_sec = timed_steps * tokens_per_iter / (time.perf_counter() - timer_start)
-                record = {'iter': iter_num, 'lr': lr, 'tokens_per_sec': tokens_per_sec}
+                record = {'iter': iter_num, 'lr': lr, 'tokens_per_sec': tokens_per_sec, 'elapsed_s': elapsed()}
                 if finite:
                     record['train_loss'] = sum(finite) / len(finite)
                     progress.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f'{tokens_per_sec:,.0f}')

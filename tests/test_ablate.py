@@ -110,7 +110,7 @@ def test_data_size_needs_prepared_directories_with_one_val_split(char_data, word
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--what=depth'], 'must be windowing or data_size'),
+    (['--what=depth'], 'must be windowing, data_size or dtype'),
     (['--windowings=random,diagonal'], 'unknown diagonal; choose from random, sliding'),
     (['--points=0'], 'must be positive'),
 ])

@@ -18,9 +18,9 @@ import distributed
 import sample
 import train
 from configurator import UserError
-from conftest import ROOT, TINY_GPT, TINY_LSTM
+from conftest import ROOT, TINY_GPT, TINY_LSTM, metrics, without_timing
 from model import ModelArgs, build_model
-from test_reliability import ONE_THREAD, metrics, temporaries, wait_until, without_timing
+from test_reliability import ONE_THREAD, temporaries, wait_until
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
             os.path.join(ROOT, 'train.py')]

@@ -1,4 +1,3 @@
-import json
 import os
 import random
 
@@ -9,16 +8,7 @@ import torch
 import checkpoint
 import train
 from configurator import UserError
-from conftest import TINY_GPT, TINY_LSTM
-
-
-def metrics(out_dir):
-    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-        return [json.loads(line) for line in f]
-
-
-def without_timing(records):
-    return [{k: v for k, v in r.items() if k != 'tokens_per_sec'} for r in records]
+from conftest import TINY_GPT, TINY_LSTM, metrics, without_timing
 
 
 @pytest.mark.parametrize('model_args', [TINY_GPT, TINY_LSTM, [*TINY_GPT, '--windowing=packed']],
