@@ -113,6 +113,9 @@ def _literal(text, hint):
     except (ValueError, SyntaxError):
         if text in ('true', 'false'):
             return text == 'true'
+        if typing.get_origin(hint) in (tuple, list):  # --names=a,b for a tuple of strings
+            item = (typing.get_args(hint) or (str,))[0]
+            return [_literal(part.strip(), item) for part in text.split(',')]
         return text  # let the type check below name the problem
 
 

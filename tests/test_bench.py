@@ -39,7 +39,15 @@ def test_quick_run_writes_every_field_positive_and_finite(quick_run):
             missing = {key for key, _, _ in section.columns} - set(row)
             assert not missing, (name, missing)
             for key, value in numbers(row).items():
-                assert math.isfinite(value) and value > 0, (name, key, value)
+                shares = name == 'profile' and key in bench.PROFILE_GROUPS  # a kind of op may take no time
+                assert math.isfinite(value) and (value >= 0 if shares else value > 0), (name, key, value)
+    for row in results['defaults']:  # train.py's default path against plain eager float32, per model
+        assert row['speedup'] == pytest.approx(row['plain_ms'] / row['default_ms'])
+        assert 'for_loop AdamW' in row['plain_path'] and 'fused AdamW' in row['path']
+    assert [r['model'].split()[0] for r in results['defaults']] == ['gpt', 'lstm']
+    for row in results['profile']:  # every microsecond of the step in exactly one kind
+        assert sum(row[g] for g in bench.PROFILE_GROUPS) >= 0.999 and row['matmul'] > 0
+    assert [r['path'] for r in results['profile']] == ['plain', 'default']
     shape = {'device': 'cpu', 'batch_size': 4, 'block_size': 16}
     assert all(row.items() >= shape.items() for row in results['train'])
     # float32 ran for both models; bfloat16 either ran or is listed as skipped with the reason
@@ -140,7 +148,8 @@ def test_generation_conclusions_are_computed_from_the_runs():
     (['--batch_sizes=(1, 2, 3)'], 'must be two sizes'),
     (['--model=rnn'], 'must be all or one of gpt, lstm'),
     (['--compile=maybe'], 'must be both, True or False'),
-    (['--sections=train,speed'], 'choose all or some of peak,train,windowing,study,sample,generate'),
+    (['--sections=train,speed'], 'choose all or some of peak,train,defaults,profile,windowing,study,sample'),
+    (['--defaults_models=gpt:2:3:64:32:4'], 'n_embd a multiple of n_head'),
     (['--repeats=0'], 'must be positive'),
     (['--out=/nonexistent/dir/bench.json'], 'its directory does not exist'),
     (['--generate_shape=(4, 3, 128, 256)'], 'n_embd a multiple of n_head'),

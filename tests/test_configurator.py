@@ -14,6 +14,7 @@ class Demo:
     flag: bool = False    # whether
     limit: int | None = None
     sizes: tuple[int, ...] = (1, 2)
+    names: tuple[str, ...] = ('a',)
 
 
 def test_defaults_file_then_overrides(tmp_path):
@@ -28,6 +29,10 @@ def test_string_fields_take_the_text_as_written():
     assert parse(Demo, ['--name=123']).name == '123'
     assert parse(Demo, ['--name=In the beginning']).name == 'In the beginning'
     assert parse(Demo, ['--limit=None']).limit is None and parse(Demo, ['--limit=3']).limit == 3
+    assert parse(Demo, ['--names=gpt:1:2, lstm:3']).names == ('gpt:1:2', 'lstm:3')  # commas split a tuple
+    assert parse(Demo, ["--names=('x,y',)"]).names == ('x,y',) and parse(Demo, ['--sizes=5,6']).sizes == (5, 6)
+    with pytest.raises(UserError, match="--sizes wants int, got 'x'"):
+        parse(Demo, ['--sizes=5,x'])
 
 
 @pytest.mark.parametrize('argv, message', [
