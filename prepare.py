@@ -45,12 +45,10 @@ VAL_SPLIT_NAMES = ('validation', 'valid', 'val')
 @dataclasses.dataclass
 class PrepareConfig:
     data_dir: str = positional('data/akjv')  # output directory; its name can imply source and options
-    source: str = ''             # akjv | text | tinystories | a hub dataset name | local .jsonl/.parquet/.txt/.csv
-    #                              | bach (music21's chorales) | midi (with --input=FOLDER)
-    input: str = ''              # a UTF-8 text file, one document per line (source text), or a folder of .mid files
+    source: str = ''             # akjv | text | tinystories | bach | midi | hub dataset | .jsonl/.parquet/.txt/.csv
+    input: str = ''              # a text file, one document per line (source text), or a folder of .mid files
     text_column: str = 'text'    # dataset sources: the column that holds each document's text
-    tokenizer: str = ''          # char | word | bpe | midi ('' = the source's default: word for akjv and text,
-    #                              midi for music, else bpe)
+    tokenizer: str = ''          # char | word | bpe | midi ('' = word for akjv/text, midi for music, else bpe)
     booked: bool = False         # AKJV: prefix each verse with its book name ("Genesis: In the beginning ...")
     max_docs: int | None = None  # keep only the first max_docs training documents (None = all); val stays whole
     val_fraction: float = 0.1    # share of documents held out for validation (sources with no validation split)
@@ -59,7 +57,7 @@ class PrepareConfig:
     batch_size: int = 1000       # documents per tokenizing batch: memory grows with this, not with the corpus
     max_vocab: int = 0           # word tokenizer: cap on the vocabulary size (0 = every distinct piece)
     min_count: int = 1           # word tokenizer: pieces seen fewer times are spelled with characters
-    transpose: int = 0           # music: train also on each training piece moved by -N..+N semitones (val as is)
+    transpose: int = 0           # music: train also on each training piece moved by -N..N semitones (val as is)
     steps_per_quarter: int = 4   # music: time grid, steps per quarter note (4: sixteenth notes)
 
 
@@ -133,7 +131,7 @@ def music_paths(cfg):
     """(paths of the source's pieces, where they come from)."""
     if cfg.source == 'bach':
         import music21
-        return music.chorale_paths(), f'PyPI package music21 {music21.__version__}: the Bach chorales of its corpus'
+        return music.chorale_paths(), f'PyPI package music21 {music21.__version__}: Bach chorales from its corpus'
     paths = music.piece_paths(cfg.input)
     if not paths:
         raise UserError(f"{cfg.input} has no .mid or .midi files: give a folder of MIDI files")

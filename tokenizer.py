@@ -198,11 +198,13 @@ class MidiTokenizer:
         NOTE_ON_60 NOTE_ON_64 TIME_SHIFT_4 NOTE_OFF_60 NOTE_OFF_64 NOTE_ON_67 TIME_SHIFT_2 NOTE_OFF_67
 
     decode gives these names as text (so sample.py prints and streams them like words; </s> is a line break),
-    encode reads them back, or encodes notes; to_notes and write_midi turn ids into music. A model can write
-    any order, and to_notes plays whatever it gets, by these rules: a NOTE_OFF of a pitch that is not sounding
-    is ignored; a NOTE_ON of a pitch already sounding ends it there and starts it again; </s> ends every note
-    still sounding (what follows goes on from there: the next piece); at the end every note still sounding ends;
-    a note that would last no time is dropped; <s>, padding and <?> are ignored.
+    encode reads them back, or encodes notes; to_notes gives the notes ids play (music.write_midi writes them).
+    A model can write any order, and to_notes plays whatever it gets, by these rules:
+        a NOTE_OFF of a pitch that is not sounding is ignored
+        a NOTE_ON of a pitch already sounding ends that note there and starts it again
+        </s> ends every note still sounding (what follows goes on from there: the next piece)
+        at the end, every note still sounding ends
+        a note that would last no time is dropped; <s>, padding and <?> are ignored
     """
     kind = 'midi'
     unit = 'note'
@@ -235,7 +237,8 @@ class MidiTokenizer:
         if isinstance(piece, str):
             return [self._event_id(name) for name in piece.split()]
         notes = music.normalize(piece)
-        events = sorted([(n.onset, 1, n.pitch) for n in notes] + [(n.onset + n.duration, 0, n.pitch) for n in notes])
+        events = sorted([(n.onset, 1, n.pitch) for n in notes] +
+                        [(n.onset + n.duration, 0, n.pitch) for n in notes])
         ids, now = [], 0
         for time, is_on, pitch in events:
             while now < time:
@@ -285,12 +288,6 @@ class MidiTokenizer:
         for pitch in list(sounding):
             end(pitch)
         return sorted(notes, key=lambda n: (n.onset, n.pitch))
-
-    def write_midi(self, ids, path, tempo_qpm=100, program=0):
-        """Write the notes ids play to a .mid file (atomically); return the notes."""
-        notes = self.to_notes(ids)
-        music.write_midi(notes, path, self.steps_per_quarter, tempo_qpm, program)
-        return notes
 
     def to_meta(self):
         return {'kind': self.kind, 'steps_per_quarter': self.steps_per_quarter, 'max_shift': self.max_shift,

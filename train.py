@@ -489,7 +489,10 @@ def train_process(cfg, argv, world, device):
 
     n_params = sum(p.numel() for p in raw_model.parameters())
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    tokens_per_char = meta['splits']['val']['tokens'] / meta['splits']['val']['chars']
+    # bits per character (text) or per note (music), besides per token: a figure that tokenizers do not change
+    val_counts = meta['splits']['val']
+    unit = next((u for u in ('char', 'note') if val_counts.get(u + 's')), 'token')
+    tokens_per_unit = val_counts['tokens'] / val_counts.get(unit + 's', val_counts['tokens'])
     processes = f" in each of {world.size} processes" if world.is_distributed else ''
     world.say(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({str(dtype)[6:]}){processes};"
               f" {tokens_per_iter:,} tokens per iteration, {cfg.max_iters} iterations")
@@ -523,7 +526,7 @@ def train_process(cfg, argv, world, device):
             'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(), 'iter_num': iter_num,
             'best_val_loss': best_val_loss, 'val_loss': val_loss, 'config': dataclasses.asdict(cfg),
             'tokenizer': meta['tokenizer'],
-            'data': {'data_dir': cfg.data_dir, 'val_tokens_per_char': tokens_per_char},
+            'data': {'data_dir': cfg.data_dir, f'val_tokens_per_{unit}': tokens_per_unit},
             'rng': {**rng_states[0], 'other_processes': rng_states[1:], 'batches': batches.state(),
                     'hidden': hidden},
             'step_losses': values}
@@ -554,12 +557,12 @@ def train_process(cfg, argv, world, device):
                 bits = val_loss / math.log(2)
                 train_loss = evaluate(model, train_tokens, cfg, device, dtype, ignore_index, world)
                 result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
-                          'val_bits_per_token': bits, 'val_bits_per_char': bits * tokens_per_char,
+                          'val_bits_per_token': bits, f'val_bits_per_{unit}': bits * tokens_per_unit,
                           'eval_train_loss': train_loss}
                 if log:
                     log.write(**result)
                 world.say(f"iter {iter_num}: val loss {val_loss:.4f}, perplexity {result['val_perplexity']:.2f},"
-                          f" {result['val_bits_per_char']:.3f} bits/char (train {train_loss:.4f})")
+                          f" {result[f'val_bits_per_{unit}']:.3f} bits/{unit} (train {train_loss:.4f})")
                 is_best = val_loss < best_val_loss
                 best_val_loss = min(best_val_loss, val_loss)
                 save_checkpoints(val_loss, is_best)
