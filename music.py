@@ -68,9 +68,18 @@ def score_notes(score, steps_per_quarter):
 
 
 def chorale_paths():
-    """Paths of the Bach chorales in music21's corpus (shipped in the PyPI package), in Riemenschneider order."""
+    """Paths of the Bach chorales in music21's corpus (shipped in the PyPI package), in Riemenschneider order.
+
+    Some numbers of that catalogue name the same file (21 of 371): each file is listed once, so no chorale can
+    be in both the training and the validation split."""
     from music21 import corpus
-    return [str(corpus.getWork(name)) for name in corpus.chorales.Iterator(returnType='filename')]
+    paths = []
+    for name in corpus.chorales.Iterator(returnType='filename'):
+        work = corpus.getWork(name)  # a list where the corpus has the chorale in several formats: take MusicXML
+        if isinstance(work, list):
+            work = next((p for p in work if str(p).endswith('.mxl')), work[0])
+        paths.append(str(work))
+    return list(dict.fromkeys(paths))
 
 
 def read_score(path, steps_per_quarter):

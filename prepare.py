@@ -45,7 +45,7 @@ VAL_SPLIT_NAMES = ('validation', 'valid', 'val')
 @dataclasses.dataclass
 class PrepareConfig:
     data_dir: str = positional('data/akjv')  # output directory; its name can imply source and options
-    source: str = ''             # akjv | text | tinystories | bach | midi | hub dataset | .jsonl/.parquet/.txt/.csv
+    source: str = ''             # akjv | text | tinystories | bach | midi | hub name | .jsonl/.parquet/.txt/.csv
     input: str = ''              # a text file, one document per line (source text), or a folder of .mid files
     text_column: str = 'text'    # dataset sources: the column that holds each document's text
     tokenizer: str = ''          # char | word | bpe | midi ('' = word for akjv/text, midi for music, else bpe)

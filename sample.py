@@ -270,6 +270,8 @@ def sample(cfg, out=sys.stdout):
         raise UserError(f"--out={cfg.out} writes music, but this checkpoint's tokenizer is {tokenizer.kind}:"
                         f" sample a model trained on a music corpus (data/bach), or write text (.txt)")
     prompt = read_prompt(cfg.start)
+    if tokenizer.kind == 'midi':  # event names as decode writes them (each ends in a space), so the sample follows
+        prompt = tokenizer.decode(tokenizer.encode(prompt))
     ids = prompt_ids(tokenizer, prompt)
     block_size = model.args.block_size
     if model.args.model_type == 'gpt' and len(ids) > block_size:

@@ -234,8 +234,8 @@ class MidiTokenizer:
     def encode(self, piece):
         """Token ids of a piece: notes (pitch, onset, duration), or event names as decode writes them.
         No specials are added."""
-        if isinstance(piece, str):
-            return [self._event_id(name) for name in piece.split()]
+        if isinstance(piece, str):  # a line break is </s>, as decode writes it
+            return [self._event_id(name) for name in piece.replace('\n', ' </s> ').split()]
         notes = music.normalize(piece)
         events = sorted([(n.onset, 1, n.pitch) for n in notes] +
                         [(n.onset + n.duration, 0, n.pitch) for n in notes])
@@ -250,7 +250,7 @@ class MidiTokenizer:
 
     def _event_id(self, name):
         i = self.ids.get(name)
-        if i is None or i < len(SPECIALS):
+        if i is None:
             raise UserError(f"unknown MIDI event {name!r}: write NOTE_ON_p, NOTE_OFF_p (p 0-{music.PITCHES - 1})"
                             f" or TIME_SHIFT_k (k 1-{self.max_shift}), separated by spaces")
         return i
