@@ -331,7 +331,8 @@ def write_split(tokenized, bin_path, docs_path, dtype, split, unit):
     and {final path: temporary path}."""
     n_tokens, n_documents, units = (sum(tokenized[count]) for count in ('tokens', 'documents', 'units'))
     if n_documents == 0:
-        raise UserError(f"the {split} split has no {unit}s: every document in it is empty or unreadable")
+        content = 'text' if unit == 'char' else f'{unit}s'
+        raise UserError(f"the {split} split has no {content}: every document in it is empty or unreadable")
     itemsize = np.dtype(dtype).itemsize
     tmp_bin, tmp_docs = storage.temporary_path(bin_path), storage.temporary_path(docs_path)
     with open(tmp_bin, 'wb') as f:
