@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import batching
 import perf
+import runtime
 import storage
 import train
 from configurator import UserError, parse, run
@@ -44,7 +45,7 @@ PROMPT_TOKENS = 16  # sampling: the first tokens of the data are the prompt
 class BenchConfig:
     device: str = 'all'           # all (cpu, and cuda when present) | auto (cuda, else cpu) | cpu | cuda | cuda:N
     model: str = 'all'            # all | gpt | lstm
-    sections: str = 'all'         # all, or some of peak,train,study,sample separated by commas
+    sections: str = 'all'         # all, or some of peak,train,defaults,windowing,study,sample,generate (commas)
     quick: bool = False           # tiny sizes, few repeats, no compile: every section in seconds
     data_dir: str = ''            # a prepared data directory to draw batches from ('' = random tokens)
     vocab_size: int = 256         # random tokens: vocabulary size (with --data_dir, the data's)
@@ -53,6 +54,7 @@ class BenchConfig:
     n_head: int = 4               # GPT only
     n_embd: int = 128
     block_size: int = 32          # tokens per sequence
+    windowing: str = 'auto'       # how the train and study sections cut batches (train.py --windowing)
     # training step
     batch_size: int = 16          # sequences per step in the training-step section
     dtype: str = 'both'           # both (float32, and bfloat16 where supported) | float32 | bfloat16 | float16
@@ -69,14 +71,20 @@ class BenchConfig:
     generate_shape: tuple[int, int, int, int] = (4, 4, 128, 256)  # n_layer, n_head, n_embd, block_size
     generate_tokens: tuple[int, ...] = (500, 2000)  # new tokens per run: the cost per token as the output grows
     generate_repeats: int = 3     # timed runs of each mode per length, alternating; the median is reported
-    threads: int = 0              # CPU threads torch uses (0 = its default, one per core)
+    # train.py's default path (runtime.py) against plain eager float32, on these models, whatever the shape above:
+    # model:n_layer:n_head:n_embd:block_size:batch_size (GPT ~10M and ~0.8M parameters, LSTM 2 x 512)
+    defaults_models: tuple[str, ...] = ('gpt:6:6:384:256:8', 'gpt:4:4:128:128:32', 'lstm:2:1:512:128:32')
+    # where a step's time goes (torch.profiler), plain and default path, on these small models
+    profile_models: tuple[str, ...] = ('gpt:4:4:128:128:32', 'gpt:2:4:128:32:16', 'lstm:2:1:128:32:16')
+    threads: int = 0              # CPU threads torch uses (0 = one per physical core, as train.py)
     seed: int = 1337
     out: str = ''                 # also write the results here as JSON ('' = table only)
 
 
 QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=4, batch_sizes=(2, 20),
              warmup=1, repeats=2, sample_tokens=8, compile='False', generate_shape=(1, 2, 32, 16),
-             generate_tokens=(8, 40), generate_repeats=1)
+             generate_tokens=(8, 40), generate_repeats=1,
+             defaults_models=('gpt:1:2:32:16:4', 'lstm:1:1:32:16:4'), profile_models=('gpt:1:2:32:16:4',))
 
 
 class Unsupported(Exception):
@@ -93,9 +101,9 @@ def dtype_name(dtype):
 class Context:
     """The resolved run: devices, models, dtypes, the token memmap, and the peaks measured so far."""
 
-    def __init__(self, cfg, tokens, vocab_size, pad_id):
-        self.cfg, self.tokens, self.vocab_size, self.pad_id = cfg, tokens, vocab_size, pad_id
-        self.ignore_index = pad_id if pad_id is not None else -100
+    def __init__(self, cfg, documents, vocab_size, pad_id):
+        self.cfg, self.documents, self.vocab_size, self.pad_id = cfg, documents, vocab_size, pad_id
+        self.tokens, self.ignore_index = documents.tokens, batching.IGNORE_INDEX
         self.devices = resolve_devices(cfg.device)
         self.models = list(MODELS) if cfg.model == 'all' else [cfg.model]
         self.compile_modes = {'both': [False, True], 'True': [True], 'False': [False]}[cfg.compile]
@@ -104,29 +112,31 @@ class Context:
     def dtypes(self, device):
         """The autocast dtypes timed on device."""
         if self.cfg.dtype != 'both':
-            return [train.resolve_dtype(self.cfg.dtype, device)]
+            return [runtime.resolve_dtype(self.cfg.dtype, device)]
         if torch.device(device).type == 'cuda' and not torch.cuda.is_bf16_supported():
             return [torch.float32, torch.float16]
         return [torch.float32, torch.bfloat16]
 
     def training_dtype(self, device):
         """The dtype train.py trains in on device (CUDA: bfloat16, CPU: float32) if it is timed, else the first."""
-        auto = train.resolve_dtype('auto', device)
+        auto = runtime.resolve_dtype('auto', device)
         return auto if auto in self.dtypes(device) else self.dtypes(device)[0]
 
-    def train_config(self, model_type, batch_size):
+    def shape(self, **overrides):
+        """The model shape measured: --n_layer, --n_head, --n_embd, --block_size, or overrides of them."""
+        return {k: overrides.get(k, getattr(self.cfg, k)) for k in ('n_layer', 'n_head', 'n_embd', 'block_size')}
+
+    def train_config(self, model_type, batch_size, windowing=None, shape=None, adamw='auto'):
         """The train.py config of a measurement: its optimizer settings and clipping are what is timed."""
         cfg = train.TrainConfig(data_dir=self.cfg.data_dir or 'random tokens', model_type=model_type,
-                                n_layer=self.cfg.n_layer, n_head=self.cfg.n_head, n_embd=self.cfg.n_embd,
-                                block_size=self.cfg.block_size, batch_size=batch_size, seed=self.cfg.seed)
+                                **(shape or self.shape()), batch_size=batch_size, seed=self.cfg.seed,
+                                windowing=windowing or self.cfg.windowing, adamw=adamw)
         train.check_config(cfg)
-        train.check_data_fits(cfg, 'train', self.tokens)
         return cfg
 
-    def model_args(self, model_type):
+    def model_args(self, model_type, shape=None):
         return ModelArgs(model_type=model_type, vocab_size=self.vocab_size, pad_id=self.pad_id,
-                         block_size=self.cfg.block_size, n_layer=self.cfg.n_layer, n_head=self.cfg.n_head,
-                         n_embd=self.cfg.n_embd)
+                         **(shape or self.shape()))
 
     def peak(self, device, dtype):
         """The peak MFU divides by, and the matmul measured (once per device and dtype)."""
@@ -147,7 +157,7 @@ class Context:
 def resolve_devices(name):
     if name == 'all':
         return ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-    device = train.resolve_device(name)
+    device = runtime.resolve_device(name)
     if torch.device(device).type not in ('cpu', 'cuda'):
         raise UserError(f"--device={name} means {device} here, which bench.py does not time: use cpu or cuda")
     return [device]
@@ -156,14 +166,14 @@ def resolve_devices(name):
 class Trainer:
     """A fresh model, AdamW and batch source built as train.py builds them; step() is one train.train_step."""
 
-    def __init__(self, ctx, model_type, device, dtype, batch_size, compiled):
-        self.tcfg = ctx.train_config(model_type, batch_size)
+    def __init__(self, ctx, model_type, device, dtype, batch_size, compiled, windowing=None, shape=None,
+                 adamw='auto'):
+        self.tcfg = ctx.train_config(model_type, batch_size, windowing, shape, adamw)
+        self.batches = train.make_batches(self.tcfg, ctx.documents, 'train', self.tcfg.seed, device)
         torch.manual_seed(ctx.cfg.seed)
-        self.raw_model = build_model(ctx.model_args(model_type)).to(device)
+        self.raw_model = build_model(ctx.model_args(model_type, shape)).to(device)
         self.optimizer = train.make_optimizer(self.raw_model, self.tcfg, device)
         model = torch.compile(self.raw_model) if compiled else self.raw_model
-        self.batches = batching.make_batches(model_type, ctx.tokens, batch_size, self.tcfg.block_size,
-                                             self.tcfg.seed)
         self.batch_loss = train.BatchLoss(model, self.batches, device, dtype, ctx.ignore_index)
         self.scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
         self.device, self.dtype, self.compiled, self.batch_size = device, dtype, compiled, batch_size
@@ -281,8 +291,8 @@ def plan_train(ctx):
             first_step_s = trainer.warm_up(cfg.warmup)
             step_s = perf.median_seconds(trainer.step, device, cfg.repeats)
             # the part of a step in which train.BatchLoss draws a batch and moves it to the device
-            data_s = perf.median_seconds(lambda: batching.to_device(*next(trainer.batches), device), device,
-                                    4 * cfg.repeats)
+            data_s = perf.median_seconds(lambda: batching.to_device(next(trainer.batches), device), device,
+                                         4 * cfg.repeats)
         finally:
             trainer.close()
         return {'model': model_type, 'device': device, 'dtype': dtype_name(dtype), 'compiled': compiled,
@@ -300,6 +310,200 @@ def plan_train(ctx):
                     jobs.append(Job(label, device, dtype,
                                     functools.partial(job, model_type, device, dtype, compiled)))
     return jobs
+
+
+def defaults_model(text):
+    """A --defaults_models entry, model:n_layer:n_head:n_embd:block_size:batch_size, as (model, shape, batch)."""
+    parts = text.split(':')
+    if len(parts) != 6 or parts[0] not in MODELS or not all(p.isdigit() and int(p) > 0 for p in parts[1:]) \
+            or int(parts[3]) % int(parts[2]):
+        raise UserError(f"--defaults_models: {text!r} must be model:n_layer:n_head:n_embd:block_size:batch_size,"
+                        f" positive, n_embd a multiple of n_head: e.g. gpt:6:6:384:256:8")
+    n_layer, n_head, n_embd, block_size, batch_size = map(int, parts[1:])
+    return parts[0], dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size), batch_size
+
+
+def conclude_defaults(rows, ctx):
+    lines = [f"{r['device']} {r['model']}: train.py's default path ({r['path']}) runs a step {r['speedup']:.2f}x as"
+             f" fast as plain eager float32 ({r['plain_path']})" for r in rows]
+    if 'cpu' in ctx.devices and not runtime.cpu_has_fast_bfloat16():
+        lines.append("cpu: no bfloat16 matrix instructions here (AVX-512 BF16 or AMX), so the default path trains"
+                     " in float32 (bfloat16 autocast would emulate each product; see the train section)")
+    return [], lines
+
+
+@section('defaults', "train.py's default path (runtime.py: dtype, compile, threads, AdamW) against plain eager"
+         " float32, alternating steps, median of --repeats",
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('params', 'params', '{:,}'),
+          ('plain_ms', 'plain ms', '{:.1f}'), ('path', 'default path', '{}'), ('default_ms', 'default ms', '{:.1f}'),
+          ('speedup', 'speed-up', '{:.2f}x'), ('tokens_per_s', 'tokens/s', '{:,.0f}'),
+          ('mfu_float32', 'MFU fp32 peak', '{:.1%}'), ('mfu_low', 'MFU bf16 peak', '{:.1%}')],
+         conclude=conclude_defaults)
+def plan_defaults(ctx):
+    cfg = ctx.cfg
+
+    def describe(trainer, threads):
+        kernel = runtime.adamw_kernel(trainer.tcfg.adamw, trainer.device)
+        return (f"{dtype_name(trainer.dtype)}, {'compiled' if trainer.compiled else 'eager'}, {kernel} AdamW,"
+                f" {threads} threads")
+
+    def job(device, text):
+        model_type, shape, batch_size = defaults_model(text)
+        threads_before = torch.get_num_threads()
+        plain = Trainer(ctx, model_type, device, torch.float32, batch_size, False, shape=shape, adamw='for_loop')
+        fast = Trainer(ctx, model_type, device, runtime.resolve_dtype('auto', device), batch_size,
+                       runtime.resolve_compile('auto', device), shape=shape)
+        threads = {plain: threads_before, fast: runtime.resolve_threads(cfg.threads)}
+        times = {plain: [], fast: []}
+        try:
+            for trainer in (plain, fast):
+                torch.set_num_threads(threads[trainer])
+                trainer.warm_up(cfg.warmup)
+            for _ in range(cfg.repeats):  # alternating, so that other work on the machine slows both alike
+                for trainer in (plain, fast):
+                    torch.set_num_threads(threads[trainer])
+                    times[trainer].append(perf.median_seconds(trainer.step, device, 1))
+        finally:
+            torch.set_num_threads(threads_before)
+            plain.close(), fast.close()
+        plain_s, fast_s = (statistics.median(times[t]) for t in (plain, fast))
+        low = torch.float16 if device.startswith('cuda') and not torch.cuda.is_bf16_supported() else torch.bfloat16
+        achieved = fast.throughput(fast_s)['tflops']
+        return {'model': f"{model_type} {shape['n_layer']}x{shape['n_embd']} block {shape['block_size']}"
+                         f" batch {batch_size}", 'device': device,
+                'params': sum(p.numel() for p in fast.raw_model.parameters()),
+                'plain_path': describe(plain, threads[plain]), 'path': describe(fast, threads[fast]),
+                'plain_ms': plain_s * 1e3, 'default_ms': fast_s * 1e3, 'speedup': plain_s / fast_s,
+                'tokens_per_s': fast.throughput(fast_s)['tokens_per_s'],
+                'plain_tokens_per_s': plain.throughput(plain_s)['tokens_per_s'],
+                'mfu_float32': achieved / ctx.peak(device, torch.float32)['peak_tflops'],
+                'mfu_low': achieved / ctx.peak(device, low)['peak_tflops'], 'low_dtype': dtype_name(low)}
+
+    return [Job(f'defaults {text} {device}', device, torch.float32, functools.partial(job, device, text))
+            for device in ctx.devices for text in cfg.defaults_models]
+
+
+# (category, substrings of the aten op names it takes), first match wins; ops under the optimizer's step or the
+# loading of a batch count as those, whatever they are
+PROFILE_CATEGORIES = [('matmul', ('mm', 'linear', 'matmul')), ('attention', ('scaled_dot_product', 'attention')),
+                      ('recurrent', ('lstm', 'rnn')), ('activation', ('gelu', 'tanh', 'sigmoid', 'relu')),
+                      ('norm', ('layer_norm',)), ('loss', ('softmax', 'nll_loss', 'cross_entropy')),
+                      ('embedding', ('embedding',))]
+PROFILE_GROUPS = ['matmul', 'attention', 'recurrent', 'activation', 'norm', 'loss', 'embedding', 'optimizer',
+                  'data', 'other_ops', 'outside_ops']
+
+
+def profile_category(event):
+    """The PROFILE_GROUPS entry one profiled op's own time belongs to."""
+    parent = event
+    while parent is not None:
+        if parent.name.startswith('Optimizer.'):
+            return 'optimizer'
+        if parent.name == 'batch':
+            return 'data'
+        parent = parent.cpu_parent
+    name = event.name.lower()
+    return next((c for c, keys in PROFILE_CATEGORIES if any(k in name for k in keys)), 'other_ops')
+
+
+def conclude_profile(rows, ctx):
+    lines = []
+    for row in rows:
+        top = sorted(PROFILE_GROUPS, key=lambda g: -row[g])[:3]
+        lines.append(f"{row['device']} {row['model']} {row['path']}: {row['ms_per_iter']:.1f} ms a step, of it "
+                     + ', '.join(f"{g.replace('_', ' ')} {row[g]:.0%}" for g in top)
+                     + f"; the optimizer {row['optimizer']:.1%}, loading batches {row['data']:.1%}, time outside"
+                       f" torch's ops (Python) {row['outside_ops']:.1%}")
+    return [], lines
+
+
+@section('profile', "where a training step's time goes (torch.profiler, CPU time of each op by kind, share of the"
+         " step's wall time), plain eager float32 and train.py's default path",
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('path', 'path', '{}'),
+          ('ms_per_iter', 'ms/iter', '{:.1f}'),
+          *((g, g.replace('_', ' '), '{:.1%}') for g in PROFILE_GROUPS)], conclude=conclude_profile)
+def plan_profile(ctx):
+    cfg = ctx.cfg
+
+    def job(device, text, path):
+        model_type, shape, batch_size = defaults_model(text)
+        threads_before = torch.get_num_threads()
+        if path == 'plain':
+            trainer = Trainer(ctx, model_type, device, torch.float32, batch_size, False, shape=shape,
+                              adamw='for_loop')
+        else:
+            trainer = Trainer(ctx, model_type, device, runtime.resolve_dtype('auto', device), batch_size,
+                              runtime.resolve_compile('auto', device), shape=shape)
+            torch.set_num_threads(runtime.resolve_threads(cfg.threads))
+        try:
+            trainer.warm_up(cfg.warmup)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+                perf.synchronize(device)
+                started = time.perf_counter()
+                for _ in range(cfg.repeats):
+                    trainer.step()
+                perf.synchronize(device)
+                wall_us = (time.perf_counter() - started) * 1e6
+        finally:
+            torch.set_num_threads(threads_before)
+            trainer.close()
+        spent = dict.fromkeys(PROFILE_GROUPS, 0.0)
+        for event in profiler.events():
+            if event.device_type == torch.autograd.DeviceType.CPU:
+                spent[profile_category(event)] += event.self_cpu_time_total
+        spent['outside_ops'] = max(0.0, wall_us - sum(spent.values()))
+        return {'model': f"{model_type} {shape['n_layer']}x{shape['n_embd']} block {shape['block_size']} batch"
+                         f" {batch_size}", 'device': device, 'path': path,
+                'ms_per_iter': wall_us / cfg.repeats / 1e3, **{g: spent[g] / wall_us for g in PROFILE_GROUPS}}
+
+    return [Job(f'profile {text} {path} {device}', device, None, functools.partial(job, device, text, path))
+            for device in ctx.devices for text in cfg.profile_models for path in ('plain', 'default')]
+
+
+def conclude_windowing(rows, ctx):
+    """Each windowing's step time and targets per second against the first one timed (random)."""
+    lines = []
+    base = {}
+    for row in rows:
+        base.setdefault((row['model'], row['device']), row)  # the first windowing timed: random
+    for row in rows:
+        first = base[row['model'], row['device']]
+        if row is not first:
+            lines.append(f"{row['device']} {row['model']} {row['windowing']}: a step takes"
+                         f" {row['ms_per_iter'] / first['ms_per_iter']:.2f}x the time of {first['windowing']}'s"
+                         f" and learns {row['target_tokens_per_s'] / first['target_tokens_per_s']:.2f}x the"
+                         f" targets per second ({row['target_share']:.0%} of its positions are targets)")
+    return [], lines
+
+
+@section('windowing', 'windowing strategies (batching.py): drawing a batch and a training step, float32, at'
+         ' --batch_size, median of --repeats',
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('windowing', 'windowing', '{}'),
+          ('target_share', 'targets', '{:.0%}'), ('data_ms', 'data ms', '{:.3f}'),
+          ('ms_per_iter', 'ms/iter', '{:.1f}'), ('tokens_per_s', 'tokens/s', '{:,.0f}'),
+          ('target_tokens_per_s', 'targets/s', '{:,.0f}')],
+         conclude=conclude_windowing)
+def plan_windowing(ctx):
+    cfg = ctx.cfg
+
+    def job(model_type, device, windowing):
+        trainer = Trainer(ctx, model_type, device, torch.float32, cfg.batch_size, False, windowing)
+        try:
+            trainer.warm_up(cfg.warmup)
+            step_s = perf.median_seconds(trainer.step, device, cfg.repeats)
+            data_s = perf.median_seconds(lambda: batching.to_device(next(trainer.batches), device), device,
+                                         4 * cfg.repeats)
+        finally:
+            trainer.close()
+        throughput = trainer.throughput(step_s)
+        share = trainer.batches.target_fraction
+        return {'model': model_type, 'device': device, 'windowing': windowing, 'batch_size': cfg.batch_size,
+                'block_size': cfg.block_size, 'target_share': share, 'data_ms': data_s * 1e3, **throughput,
+                'target_tokens_per_s': throughput['tokens_per_s'] * share}
+
+    return [Job(f"windowing {model_type} {device} {windowing}", device, torch.float32,
+                functools.partial(job, model_type, device, windowing))
+            for device in ctx.devices for model_type in ctx.models for windowing in batching.WINDOWINGS]
 
 
 def study_verdict(wall_a, wall_b, small, large):
@@ -500,6 +704,9 @@ def check(cfg):
         defaults = BenchConfig()
         cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items()
                                           if getattr(cfg, k) == getattr(defaults, k)})
+    if cfg.windowing not in ('auto', *batching.WINDOWINGS):
+        raise UserError(f"unknown --windowing={cfg.windowing}: choose auto or one of"
+                        f" {', '.join(batching.WINDOWINGS)}")
     if cfg.model not in ('all', *MODELS):
         raise UserError(f"--model={cfg.model} must be all or one of {', '.join(MODELS)}")
     if cfg.compile not in ('both', 'True', 'False'):
@@ -521,8 +728,9 @@ def check(cfg):
     if not cfg.generate_tokens or min(cfg.generate_tokens) < 2:
         raise UserError(f"--generate_tokens={cfg.generate_tokens} must be one or more counts of at least 2"
                         f" (each run is timed in halves)")
-    if cfg.threads < 0:
-        raise UserError(f"--threads={cfg.threads} must be 0 (torch's default) or more")
+    runtime.resolve_threads(cfg.threads)  # raises for a negative count
+    for text in (*cfg.defaults_models, *cfg.profile_models):
+        defaults_model(text)  # raises for a malformed one
     small, large = cfg.batch_sizes
     if not 0 < small < large or (cfg.iters * small) % large:
         raise UserError(f"--batch_sizes={small},{large} --iters={cfg.iters}: need 0 < small < large and"
@@ -537,20 +745,25 @@ def selected_sections(cfg):
     return list(SECTIONS) if cfg.sections == 'all' else [s.strip() for s in cfg.sections.split(',') if s.strip()]
 
 
-def open_tokens(cfg, directory):
-    """(train tokens as a memmap, vocab_size, pad id): the prepared split, or random tokens written to directory
-    and opened by storage.open_split like a prepared split, so that the same loading path is timed."""
+def open_documents(cfg, directory):
+    """(train split as batching.Documents over a memmap, vocab_size, pad id): the prepared split, or random tokens
+    written to directory and opened by storage.open_split like a prepared split, so that the same loading path
+    is timed. Random tokens come in documents of random lengths from block_size / 2 to 2 x block_size, so that
+    the windowings that keep to documents pad and mask as they would on text."""
     if cfg.data_dir:
         meta = storage.load_meta(cfg.data_dir)
-        tokens, _ = storage.open_split(cfg.data_dir, 'train', meta)
-        return tokens, meta['vocab_size'], meta['tokenizer']['special_ids'].get('pad')
+        return train.open_documents(cfg.data_dir, 'train', meta), meta['vocab_size'], \
+            meta['tokenizer']['special_ids'].get('pad')
     n = max(1 << 20, 4 * max(cfg.batch_sizes) * cfg.block_size + 1)
     dtype = np.uint16 if cfg.vocab_size <= 1 << 16 else np.uint32
     bin_path, docs_path = storage.split_paths(directory, 'train')
-    np.random.default_rng(cfg.seed).integers(0, cfg.vocab_size, size=n, dtype=dtype).tofile(bin_path)
-    np.save(docs_path, np.array([0, n], dtype=np.int64))
-    tokens, _ = storage.open_split(directory, 'train', {'dtype': np.dtype(dtype).name})
-    return tokens, cfg.vocab_size, None
+    rng = np.random.default_rng(cfg.seed)
+    rng.integers(0, cfg.vocab_size, size=n, dtype=dtype).tofile(bin_path)
+    lengths = rng.integers(max(2, cfg.block_size // 2), 2 * cfg.block_size + 1, size=n // cfg.block_size)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    np.save(docs_path, np.append(offsets[offsets < n], n))
+    tokens, offsets = storage.open_split(directory, 'train', {'dtype': np.dtype(dtype).name})
+    return batching.Documents.from_split(tokens, offsets, {}), cfg.vocab_size, None
 
 
 def format_table(title, columns, rows):
@@ -594,10 +807,9 @@ def bench(cfg):
     cfg = check(cfg)
     started, threads = time.perf_counter(), torch.get_num_threads()
     try:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(runtime.resolve_threads(cfg.threads))
         with tempfile.TemporaryDirectory(prefix='bench-') as directory:
-            ctx = Context(cfg, *open_tokens(cfg, directory))
+            ctx = Context(cfg, *open_documents(cfg, directory))
             machine = {'torch': torch.__version__, 'python': platform.python_version(),
                        'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
                        'load_average': os.getloadavg()[0],  # other work on the machine as the run starts

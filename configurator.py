@@ -75,7 +75,9 @@ def run(main):
 
 def usage(config_class):
     """Every key with its type, default and the comment written beside it in the dataclass source."""
-    comments = dict(re.findall(r'^\s+(\w+)\s*:[^#\n]*#\s*(.*)$', inspect.getsource(config_class), re.M))
+    # a dataclass that extends another (ablate.py's extends train.py's) documents its fields in both sources
+    sources = ''.join(inspect.getsource(c) for c in reversed(config_class.__mro__) if dataclasses.is_dataclass(c))
+    comments = dict(re.findall(r'^\s+(\w+)\s*:[^#\n]*#\s*(.*)$', sources, re.M))
     hints = typing.get_type_hints(config_class)
     lines = [f"usage: {sys.argv[0]} [config.py ...] [--key=value ...]", "", "keys (default, then what it does):"]
     for f in dataclasses.fields(config_class):

@@ -37,18 +37,21 @@ class CausalSelfAttention(nn.Module):
         self.proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(args.dropout)
 
-    def forward(self, x, cache=None, layer=0):
+    def forward(self, x, cache=None, layer=0, mask=None):
+        """x (B, T, C). cache: a KVCache to add this layer's keys and values to (generation). mask (B, 1, T, T)
+        boolean, True where a query may attend to a key: a document mask (None: causal)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, C // n_head)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        start, mask = (cache.length if cache is not None else 0), None
+        start = cache.length if cache is not None else 0
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, n_head, start + T, C // n_head)
             if start and T > 1:  # query i sits at position start + i: it sees every cached key and itself
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
         # From position 0 this is exactly the cache-less computation; one new query needs no mask.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=start == 0 and T > 1,
+        is_causal = mask is None and start == 0 and T > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
@@ -76,9 +79,25 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(args.n_embd, bias=args.bias)
         self.mlp = MLP(args)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
         return x + self.mlp(self.ln_2(x))
+
+
+def document_mask(doc_ids):
+    """(B, 1, T, T) boolean attention mask from doc_ids (B, T): a position attends to itself and the positions
+    before it that carry the same id. With documents laid end to end it is block-diagonal and causal:
+
+        doc_ids  0 0 0 1 1        query row 3 (document 1's first token) sees key 3 only;
+        mask     1 . . . .        row 2 sees keys 0-2. Built in one broadcast comparison, on the device,
+                 1 1 . . .        once per forward and shared by every layer; scaled_dot_product_attention
+                 1 1 1 . .        takes it as attn_mask (no flash kernel with a mask on CUDA: the
+                 . . . 1 .        memory-efficient one, O(T^2) booleans per row).
+                 . . . 1 1
+    """
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
 
 
 class GPT(nn.Module):
@@ -106,21 +125,27 @@ class GPT(nn.Module):
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
 
-    def forward(self, idx, cache=None):
+    def forward(self, idx, cache=None, *, positions=None, doc_ids=None):
         """idx (B, T) token ids -> logits (B, T, V).
 
         Without a cache idx is the whole context, T <= block_size. With a KVCache idx continues the tokens the
         cache holds: they sit at positions cache.length ... cache.length + T - 1 (< block_size), their keys and
         values are added to the cache, and cache.length grows by T.
+
+        Training batches with several documents in a row (packing) or padding: doc_ids (B, T) keeps attention
+        among positions of equal id, and positions (B, T) restart the position ids at each document.
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.args.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.args.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
+        if cache is not None and (positions is not None or doc_ids is not None):
+            raise ValueError("positions and doc_ids are for training batches, not for generation with a KV cache")
+        pos = torch.arange(start, start + T, device=idx.device) if positions is None else positions
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        mask = None if doc_ids is None else document_mask(doc_ids)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, mask)
         if cache is not None:
             cache.length += T
         return self.lm_head(self.ln_f(x))
@@ -184,11 +209,27 @@ class LSTM(nn.Module):
         zeros = torch.zeros(self.args.n_layer, batch_size, hidden, device=device)
         return zeros, zeros.clone()
 
-    def forward(self, idx, hidden):
-        """idx (B, T), hidden (h, c) -> logits (B, T, V), the hidden state after the last token."""
+    def forward(self, idx, hidden, *, positions=None):
+        """idx (B, T), hidden (h, c) -> logits (B, T, V), the hidden state after the last token.
+
+        positions (B, T), optional: where a position is 0 a new document starts, and that row's state is reset
+        to zeros before it, so no document reads another's state (packing, padding).
+        """
         x = self.drop(self.embedding(idx))       # (B, T, C)
-        out, hidden = self.lstm(x, hidden)       # (B, T, H)
-        return self.head(self.drop(out)), hidden
+        if positions is None:
+            out, hidden = self.lstm(x, hidden)   # (B, T, H)
+            return self.head(self.drop(out)), hidden
+        # One LSTM call per stretch of columns in which no row starts a document; between stretches, the rows
+        # that start one are zeroed. The split points are read on the host: the recurrence is sequential anyway.
+        is_start = positions == 0                                               # (B, T)
+        cuts = torch.nonzero(is_start.any(0)).flatten().tolist()
+        bounds = sorted({0, *cuts, idx.shape[1]})
+        outs = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            hidden = tuple(h.masked_fill(is_start[:, a][None, :, None], 0) for h in hidden)  # (L, B, H)
+            out, hidden = self.lstm(x[:, a:b], hidden)
+            outs.append(out)
+        return self.head(self.drop(torch.cat(outs, dim=1))), hidden
 
 
 MODELS = {'gpt': GPT, 'lstm': LSTM}

@@ -38,11 +38,11 @@ from tqdm import tqdm
 
 import checkpoint
 import music
+import runtime
 import storage
 import tokenizer as tok
 from configurator import UserError, parse, run
 from model import KVCache
-from train import resolve_device
 
 SEPARATOR = '\n' + '-' * 40 + '\n'  # printed after every sample
 MUSIC_OUTPUTS = ('.mid', '.midi', '.png')  # --out extensions that write music rather than text
@@ -64,7 +64,7 @@ class SampleConfig:
     context_shift: float = 0.25   # GPT past block_size: share of the full window dropped before it is re-read
     seed: int = 1337              # same seed and num_samples, same samples
     device: str = 'auto'          # auto | cpu | cuda | mps
-    threads: int = 0              # CPU threads torch uses (0 = its default; 1 when other work shares the cores)
+    threads: int = 0              # CPU threads torch uses (0 = one per physical core; 1 when other work shares them)
     out: str = ''                 # also write the samples to this file, in order ('' = no); music: .mid, .png
     tempo: int = 100              # .mid output: quarter notes per minute
     program: int = 0              # .mid output: General MIDI instrument (0 piano, 19 church organ, 52 choir)
@@ -250,8 +250,7 @@ def check(cfg):
     if cfg.num_samples <= 0 or cfg.max_new_tokens < 0 or not (cfg.max_new_tokens or cfg.show_probs):
         raise UserError("--num_samples and --max_new_tokens must be positive (--max_new_tokens=0 only with"
                         " --show_probs)")
-    if cfg.threads < 0:
-        raise UserError(f"--threads={cfg.threads} must be 0 (torch's default) or more")
+    runtime.resolve_threads(cfg.threads)  # raises for a negative count
     if cfg.out and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.out))):
         raise UserError(f"--out={cfg.out}: its directory does not exist; create it or write elsewhere")
     if cfg.tempo <= 0 or not 0 <= cfg.program <= 127:
@@ -261,7 +260,7 @@ def check(cfg):
 def sample(cfg, out=sys.stdout):
     """Write cfg.num_samples samples to out (see the module docstring); return them, in order, as strings."""
     check(cfg)
-    device = resolve_device(cfg.device)
+    device = runtime.resolve_device(cfg.device)
     ckpt = checkpoint.load(checkpoint_path(cfg))
     model = checkpoint.restore_model(ckpt).to(device).eval()
     tokenizer = tok.from_meta(ckpt['tokenizer'])
@@ -343,8 +342,7 @@ def draw(model, tokenizer, prompt, ids, cfg, out):
 
 def main(argv=None):
     cfg = parse(SampleConfig, argv)
-    if cfg.threads > 0:  # for the whole process: this is the script's entry point (check() rejects < 0)
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(runtime.resolve_threads(cfg.threads))  # for the whole process: its entry point
     return sample(cfg)
 
 

@@ -9,7 +9,6 @@ Writes to out_dir: ckpt.pt (latest), best.pt (lowest val loss), metrics.jsonl, l
 Ctrl-C or SIGTERM finishes the current step, saves ckpt.pt and prints the command that resumes the run.
 Under torchrun (see distributed.py) the processes share each optimizer step's batches and process 0 writes.
 """
-import contextlib
 import dataclasses
 import json
 import math
@@ -31,6 +30,7 @@ from tqdm import tqdm
 import batching
 import checkpoint
 import distributed
+import runtime
 import storage
 from configurator import UserError, parse, run
 from model import MODELS, ModelArgs, build_model
@@ -53,6 +53,9 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False
     block_size: int = 128         # tokens per window (GPT context; LSTM steps of backprop through time)
+    windowing: str = 'auto'       # auto|random|sliding|strided|lines_left|lines_slide|lines_full|packed|streams
+    #                               how batches are cut (batching.py); auto: random (GPT), streams (LSTM)
+    num_workers: int = 0          # sliding/strided: DataLoader worker processes (0 = load in the main process)
     # batches and optimization
     batch_size: int = 32          # windows per micro-step
     gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
@@ -71,39 +74,15 @@ class TrainConfig:
     log_interval: int = 10        # steps between train-loss and tokens/s log lines
     # system
     device: str = 'auto'          # auto | cpu | cuda | cuda:N | mps
-    dtype: str = 'auto'           # auto | float32 | bfloat16 | float16 (autocast; auto picks per device)
-    compile: bool = False         # torch.compile the model
+    dtype: str = 'auto'           # auto | float32 | bfloat16 | float16: autocast (auto: bfloat16 on CUDA and on
+    #                               CPUs with bfloat16 instructions, else float32; see runtime.py)
+    compile: bool | str = 'auto'  # auto | True | False: torch.compile the model (auto: on CUDA; see runtime.py)
+    threads: int = 0              # CPU threads per process (0 = one per physical core, shared among processes)
+    adamw: str = 'auto'           # auto | fused | foreach | for_loop: AdamW's kernels (auto: fused on CPU, CUDA)
     seed: int = 1337
     # reliability
     on_nonfinite: str = 'stop'    # stop | skip: a step with a NaN/inf loss or gradient stops the run or is skipped
     verify_data: bool = True      # check the data files' sha256 against meta.json at start (about 1 s per GB)
-
-
-def resolve_device(name):
-    if name == 'auto':
-        if torch.cuda.is_available():
-            return 'cuda'
-        return 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise UserError(f"--device={name} but CUDA is not available here: use --device=cpu or auto")
-    return name
-
-
-def resolve_dtype(name, device):
-    """The autocast dtype for a device: bfloat16 where the GPU supports it, else float16; float32 on CPU."""
-    if name == 'auto':
-        if device.startswith('cuda'):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if name not in ('float32', 'bfloat16', 'float16'):
-        raise UserError(f"--dtype={name} is not one of auto, float32, bfloat16, float16")
-    return getattr(torch, name)
-
-
-def autocast(device, dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def learning_rate(it, cfg):
@@ -118,12 +97,12 @@ def learning_rate(it, cfg):
 
 
 def make_optimizer(model, cfg, device):
-    """AdamW with weight decay on matrices (2-D and up) only; fused kernels on CUDA."""
+    """AdamW with weight decay on matrices (2-D and up) only, with the kernels --adamw picks."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                             fused=torch.device(device).type == 'cuda')
+                             **runtime.adamw_options(cfg.adamw, device))
 
 
 def lm_loss(logits, targets, ignore_index):
@@ -137,29 +116,36 @@ def detach_hidden(hidden):
 
 
 class BatchLoss:
-    """Calling it runs the model on the next batch of one batch source and returns the mean loss.
+    """Calling it runs the model on the next batch of one batch source and returns the mean loss over the
+    batch's real targets; target_count holds how many there were (a device tensor: reading it waits), and
+    weight the batch's weight in a training step (batching.Batch.weight).
 
-    For the LSTM it carries the hidden state from batch to batch of its source: detached between batches,
-    reset to zeros where the source starts its streams over.
+    For the LSTM it carries the hidden state from batch to batch of a contiguous source (streams, packed):
+    detached between batches, reset to zeros where the source starts its streams over. With any other source
+    every batch starts from zeros, and there is no state to carry (hidden stays None).
     """
 
     def __init__(self, model, batches, device, dtype, ignore_index, hidden=None):
         self.model, self.batches = model, batches
         self.device, self.dtype, self.ignore_index = device, dtype, ignore_index
-        self.is_recurrent = isinstance(batches, batching.Streams)
-        self.hidden = hidden
+        self.is_recurrent = unwrap(model).args.model_type == 'lstm'
+        self.hidden, self.target_count, self.weight = hidden, None, 1.0
 
     def __call__(self):
-        if self.is_recurrent and (self.hidden is None or self.batches.is_epoch_start):
-            self.hidden = unwrap(self.model).init_hidden(self.batches.x.shape[0], self.device)
-        x, y = batching.to_device(*next(self.batches), self.device)
-        with autocast(self.device, self.dtype):
+        is_fresh = self.hidden is None or self.batches.is_epoch_start
+        with torch.profiler.record_function('batch'):  # a label for bench.py's profile; free when not profiling
+            batch = batching.to_device(next(self.batches), self.device)
+        hidden = self.hidden
+        if self.is_recurrent and is_fresh:
+            hidden = unwrap(self.model).init_hidden(batch.x.shape[0], self.device)
+        self.target_count, self.weight = (batch.y != self.ignore_index).sum(), batch.weight
+        with runtime.autocast(self.device, self.dtype):
             if self.is_recurrent:
-                logits, hidden = self.model(x, self.hidden)
-                self.hidden = detach_hidden(hidden)
+                logits, hidden = self.model(batch.x, hidden, positions=batch.positions)
+                self.hidden = detach_hidden(hidden) if self.batches.is_contiguous else None
             else:
-                logits = self.model(x)
-            return lm_loss(logits, y, self.ignore_index)
+                logits = self.model(batch.x, positions=batch.positions, doc_ids=batch.doc_ids)
+            return lm_loss(logits, batch.y, self.ignore_index)
 
 
 def train_step(batch_loss, optimizer, scaler, cfg, micro_steps=None):
@@ -181,7 +167,7 @@ def train_step(batch_loss, optimizer, scaler, cfg, micro_steps=None):
             # accumulate. DDP's no_sync() context manager does this by setting this flag for its block; setting
             # it here keeps one forward-backward line for both cases instead of two copies of it.
             ddp.require_backward_grad_sync = micro_step == micro_steps - 1
-        loss = batch_loss() / micro_steps
+        loss = batch_loss() * batch_loss.weight / micro_steps  # weight: see batching.Batch (1 but for shared rows)
         scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if ddp:  # the mean of all processes' losses: each must decide alike below, or one would wait for the others
@@ -209,32 +195,55 @@ def unwrap(model):
     return getattr(model, '_orig_mod', model)
 
 
-@torch.no_grad()
-def evaluate(model, tokens, cfg, device, dtype, ignore_index, world=None):
-    """Mean loss over the same eval_iters batches of tokens every time; shared out among the processes of a
-    run as training is (whole GPT batches, LSTM rows), every process gets the single process's figure."""
+def evaluate(model, documents, cfg, device, dtype, ignore_index, world=None):
+    """Loss per real target over the same eval_iters batches of a split every time, cut as training cuts them;
+    shared out among the processes of a run as training is, every process gets the single process's figure."""
     world = world or distributed.World()
-    model_type = unwrap(model).args.model_type
-    batches = batching.make_batches(model_type, tokens, cfg.batch_size, cfg.block_size, EVAL_SEED, world.rank,
-                                    world.size)
-    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index)
+    batches = make_batches(cfg, documents, 'evaluation', EVAL_SEED, world=world)
     n = min(cfg.eval_iters, getattr(batches, 'batches_per_epoch', cfg.eval_iters))
-    if model_type == 'lstm':  # every process runs every batch on its rows: the mean of their means
-        mine, parts = n, world.size
-    else:  # process r runs batches r, r + size, ...
-        mine, parts = len(range(world.rank, n, world.size)), 1
+    return mean_loss(model, batches, n, device, dtype, ignore_index, world)
+
+
+@torch.no_grad()
+def mean_loss(model, batches, n, device, dtype, ignore_index, world=None):
+    """Loss per real target token over the single process's next n batches of batches (batches with more
+    padding weigh less). In a run of several processes each runs its share of them (every batch on its rows,
+    or batches rank, rank + size, ...; see batching.py), and every process gets the whole figure."""
+    world = world or distributed.World()
+    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index)
+    mine = n if batches.is_contiguous else len(range(world.rank, n, world.size))
+    total, count = torch.zeros((), device=device), torch.zeros((), device=device)
     model.eval()
-    total = sum((batch_loss() for _ in range(mine)), torch.zeros((), device=device))
+    for _ in range(mine):
+        loss = batch_loss()
+        total, count = total + loss * batch_loss.target_count, count + batch_loss.target_count
     model.train()
-    return world.sum(total).item() / (n * parts)
+    return (world.sum(total) / world.sum(count)).item()
 
 
-def check_data_fits(cfg, name, tokens):
-    need = cfg.block_size + 1 if cfg.model_type == 'gpt' else cfg.batch_size * cfg.block_size + 1
-    if len(tokens) < need:
-        what = "block_size" if cfg.model_type == 'gpt' else "batch_size x block_size"
-        raise UserError(f"{what} needs {need} tokens but the {name} split of {cfg.data_dir} has {len(tokens)}:"
-                        f" lower --block_size/--batch_size or prepare with a larger --val_fraction")
+def make_batches(cfg, documents, name, seed, device='cpu', world=None):
+    """The batch source cfg.windowing cuts from one split's documents (this process's share of it in a run of
+    several); a split too small for it is a UserError."""
+    world = world or distributed.World()
+    try:
+        return batching.make_batches(cfg.windowing, cfg.model_type, documents, cfg.batch_size, cfg.block_size,
+                                     seed, world.rank, world.size, pin_memory=torch.device(device).type == 'cuda',
+                                     num_workers=cfg.num_workers if name == 'train' else 0)
+    except ValueError as error:
+        raise UserError(f"the {name} split of {cfg.data_dir} is too small for --windowing={cfg.windowing}"
+                        f" ({error}): lower --block_size/--batch_size or prepare with a larger --val_fraction")
+
+
+def open_documents(data_dir, split, meta):
+    """A prepared split as batching.Documents: its tokens, document spans and padding id."""
+    return batching.Documents.from_split(*storage.open_split(data_dir, split, meta),
+                                         meta['tokenizer']['special_ids'])
+
+
+def resolved_windowing(config):
+    """The windowing strategy a training config (as a dict) resolves to."""
+    chosen = config.get('windowing', 'auto')
+    return batching.default_windowing(config['model_type']) if chosen == 'auto' else chosen
 
 
 def check_config(cfg):
@@ -244,6 +253,13 @@ def check_config(cfg):
         raise UserError(f"--init_from={cfg.init_from} must be scratch or resume")
     if cfg.on_nonfinite not in ('stop', 'skip'):
         raise UserError(f"--on_nonfinite={cfg.on_nonfinite} must be stop or skip")
+    if cfg.windowing not in ('auto', *batching.WINDOWINGS):
+        raise UserError(f"unknown --windowing={cfg.windowing}: choose auto or one of"
+                        f" {', '.join(batching.WINDOWINGS)}")
+    if cfg.num_workers < 0:
+        raise UserError(f"--num_workers={cfg.num_workers} must be 0 (load in the main process) or more")
+    runtime.resolve_compile(cfg.compile, 'cpu'), runtime.adamw_kernel(cfg.adamw, 'cpu')  # raise if unknown
+    runtime.resolve_threads(cfg.threads)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -258,14 +274,16 @@ def check_config(cfg):
 
 def micro_steps_per_process(cfg, world_size):
     """How many micro-steps of each optimizer step one of world_size processes runs, so that together they run
-    the single process's step on the same batches. A GPT's micro-steps are shared out; an LSTM's streams are
-    (each process runs every micro-step on its rows of the batch), because a stream's batches must follow each
-    other through one hidden state. Either way a step trains on batch_size x block_size x
-    gradient_accumulation_steps tokens, however many processes share it."""
-    if cfg.model_type == 'lstm':
+    the single process's step on the same batches. The rows of the windowings whose rows continue from batch
+    to batch (streams, packed) are shared out (each process runs every micro-step on its rows of the batch),
+    because a row's batches must follow each other through one LSTM state; the other windowings' micro-steps
+    are. Either way a step trains on batch_size x block_size x gradient_accumulation_steps tokens, however many
+    processes share it."""
+    if batching.shares_rows(cfg.windowing, cfg.model_type):
         if cfg.batch_size % world_size:
-            raise UserError(f"--batch_size={cfg.batch_size} LSTM streams cannot be shared evenly by {world_size}"
-                            f" processes: make it a multiple of {world_size}")
+            raise UserError(f"--batch_size={cfg.batch_size} rows of {resolved_windowing(dataclasses.asdict(cfg))}"
+                            f" batches cannot be shared evenly by {world_size} processes: make it a multiple of"
+                            f" {world_size}")
         return cfg.gradient_accumulation_steps
     if cfg.gradient_accumulation_steps % world_size:
         raise UserError(f"--gradient_accumulation_steps={cfg.gradient_accumulation_steps} cannot be shared"
@@ -425,30 +443,39 @@ def train(cfg, argv=None):
     argv, the command-line arguments it was started with, goes into the resume command printed on a signal.
     """
     world = distributed.World.from_environment()
-    device = world.device_for(resolve_device(cfg.device))
-    with world.join(device):
-        return train_process(cfg, argv, world, device)
+    device = world.device_for(runtime.resolve_device(cfg.device))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(runtime.resolve_threads(cfg.threads, world.local_size))
+    try:
+        with world.join(device):
+            return train_process(cfg, argv, world, device)
+    finally:
+        torch.set_num_threads(threads)  # as it was: ablate.py and the tests call train() in their own process
 
 
 def train_process(cfg, argv, world, device):
     """What train() runs in each process of world, on device."""
+    started = time.perf_counter()
     ckpt_path, best_path = os.path.join(cfg.out_dir, 'ckpt.pt'), os.path.join(cfg.out_dir, 'best.pt')
     resumed = checkpoint.load(ckpt_path) if cfg.init_from == 'resume' else None
     if resumed:  # the model's shape is the checkpoint's, whatever the config says
         cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
     check_config(cfg)
     micro_steps = micro_steps_per_process(cfg, world.size)
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = runtime.resolve_dtype(cfg.dtype, device)
     meta = storage.load_meta(cfg.data_dir)
     if cfg.verify_data:
         storage.verify_checksums(cfg.data_dir, meta)
     if resumed and resumed['tokenizer'] != meta['tokenizer']:
         raise UserError(f"{ckpt_path} was trained on another vocabulary than {cfg.data_dir}:"
                         f" resume with the data_dir it was trained on")
-    train_tokens, _ = storage.open_split(cfg.data_dir, 'train', meta)
-    val_tokens, _ = storage.open_split(cfg.data_dir, 'val', meta)
-    check_data_fits(cfg, 'train', train_tokens)
-    check_data_fits(cfg, 'val', val_tokens)
+    trained_with = resolved_windowing(resumed['config']) if resumed else None
+    if resumed and trained_with != resolved_windowing(dataclasses.asdict(cfg)):
+        raise UserError(f"{ckpt_path} was trained with --windowing={trained_with}: resume with that windowing"
+                        f" (where a batch source stopped means nothing to another)")
+    train_docs, val_docs = (open_documents(cfg.data_dir, split, meta) for split in ('train', 'val'))
+    batches = make_batches(cfg, train_docs, 'train', cfg.seed, device, world)
+    make_batches(cfg, val_docs, 'val', EVAL_SEED, world=world)  # a val split too small fails now, not later
 
     seed_everything(cfg.seed + world.rank)  # each process its own dropout masks; DDP gives all process 0's weights
     shape = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelArgs) if hasattr(cfg, f.name)}
@@ -457,15 +484,15 @@ def train_process(cfg, argv, world, device):
     world.on_main(prepare_out_dir, cfg.out_dir, checkpoint.estimated_size(raw_model, meta['tokenizer']))
     optimizer = make_optimizer(raw_model, cfg, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
-    batches = batching.make_batches(args.model_type, train_tokens, cfg.batch_size, cfg.block_size, cfg.seed,
-                                    world.rank, world.size)
     iter_num, best_val_loss, hidden, step_losses = 0, float('inf'), None, ()
+    elapsed_before = 0.0  # wall-clock seconds of training before this process (in the runs a resume continues)
     if resumed:
         raw_model.load_state_dict(resumed['model'])
         optimizer.load_state_dict(resumed['optimizer'])
         if resumed['scaler']:  # empty when saved without float16
             scaler.load_state_dict(resumed['scaler'])
         iter_num, best_val_loss = resumed['iter_num'], resumed['best_val_loss']
+        elapsed_before = resumed.get('elapsed_s', 0.0)
         batches.load_state(resumed['rng']['batches'])  # the same in every process, whatever their number
         saved_rng = [resumed['rng'], *resumed['rng'].get('other_processes', [])]
         if world.rank < len(saved_rng):  # a process the saved run did not have keeps its seed + rank
@@ -480,22 +507,32 @@ def train_process(cfg, argv, world, device):
     # a checkpoint saved on a signal between evaluations was not evaluated; one saved at an evaluation was
     evaluated_iter = iter_num if resumed and resumed['val_loss'] is not None else None
     saved_iter = iter_num if resumed else None
-    model = torch.compile(raw_model) if cfg.compile else raw_model
-    special = meta['tokenizer']['special_ids']
-    ignore_index = special['pad'] if special.get('pad') is not None else -100
+    model = torch.compile(raw_model) if runtime.resolve_compile(cfg.compile, device) else raw_model
+    ignore_index = batching.IGNORE_INDEX
     batch_loss = BatchLoss(world.wrap(model), batches, device, dtype, ignore_index, hidden)
     log = MetricsLog(cfg.out_dir, resume_iter=iter_num if resumed else None) if world.is_main else None
     steps = StepLosses(device, iter_num - len(step_losses), step_losses)
 
     n_params = sum(p.numel() for p in raw_model.parameters())
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    # bits per character (text) or per note (music), besides per token: a figure that tokenizers do not change
+    # bits per character (text) or per note (music), besides per token: a figure that tokenizers do not change;
+    # nats per target x targets per unit, where windowings that keep to documents learn no target across a
+    # boundary (no <s> after </s>), so for them only the pairs inside the documents count
     val_counts = meta['splits']['val']
     unit = next((u for u in ('char', 'note') if val_counts.get(u + 's')), 'token')
-    tokens_per_unit = val_counts['tokens'] / val_counts.get(unit + 's', val_counts['tokens'])
+    val_targets = val_docs.pairs.sum() if batches.keeps_to_documents else val_counts['tokens']
+    tokens_per_unit = float(val_targets) / val_counts[unit + 's'] if unit != 'token' else 1.0
     processes = f" in each of {world.size} processes" if world.is_distributed else ''
-    world.say(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({str(dtype)[6:]}){processes};"
-              f" {tokens_per_iter:,} tokens per iteration, {cfg.max_iters} iterations")
+    threads = torch.get_num_threads()
+    path = (f"{str(dtype)[6:]}, {'compiled' if model is not raw_model else 'eager'},"
+            f" {runtime.adamw_kernel(cfg.adamw, device)} AdamW, {threads} CPU thread{'s' if threads > 1 else ''}")
+    world.say(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({path}){processes};"
+              f" {tokens_per_iter:,} tokens per iteration ({resolved_windowing(dataclasses.asdict(cfg))} windows,"
+              f" {batches.target_fraction:.0%} of them targets), {cfg.max_iters} iterations")
+
+    def elapsed():
+        """Wall-clock seconds since training started (this process's start-up included), over resumes."""
+        return elapsed_before + time.perf_counter() - started
 
     def stop_if_nonfinite(values, check_weights=False):
         """Raise, saving nothing, if a recorded step was not finite (stop mode) or the weights are not."""
@@ -529,7 +566,7 @@ def train_process(cfg, argv, world, device):
             'data': {'data_dir': cfg.data_dir, f'val_tokens_per_{unit}': tokens_per_unit},
             'rng': {**rng_states[0], 'other_processes': rng_states[1:], 'batches': batches.state(),
                     'hidden': hidden},
-            'step_losses': values}
+            'step_losses': values, 'elapsed_s': elapsed()}
         world.on_main(write_checkpoints, state, is_best)
         saved_iter = iter_num
 
@@ -550,15 +587,15 @@ def train_process(cfg, argv, world, device):
             is_eval_step = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
             if is_eval_step and iter_num != evaluated_iter:
                 stop_if_nonfinite(steps.values(), check_weights=True)  # evaluate, log and save nothing non-finite
-                val_loss = evaluate(model, val_tokens, cfg, device, dtype, ignore_index, world)
+                val_loss = evaluate(model, val_docs, cfg, device, dtype, ignore_index, world)
                 if not math.isfinite(val_loss):  # finite weights can still be garbage (1e30s), in either mode
                     raise UserError(f"non-finite validation loss at iteration {iter_num}: training stopped,"
                                     f" nothing saved; {last_good()}")
                 bits = val_loss / math.log(2)
-                train_loss = evaluate(model, train_tokens, cfg, device, dtype, ignore_index, world)
+                train_loss = evaluate(model, train_docs, cfg, device, dtype, ignore_index, world)
                 result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
                           'val_bits_per_token': bits, f'val_bits_per_{unit}': bits * tokens_per_unit,
-                          'eval_train_loss': train_loss}
+                          'eval_train_loss': train_loss, 'elapsed_s': elapsed()}
                 if log:
                     log.write(**result)
                 world.say(f"iter {iter_num}: val loss {val_loss:.4f}, perplexity {result['val_perplexity']:.2f},"
@@ -594,7 +631,7 @@ def train_process(cfg, argv, world, device):
                 stop_if_nonfinite(values)
                 finite = [v for v in values if math.isfinite(v)]
                 tokens_per_sec = timed_steps * tokens_per_iter / (time.perf_counter() - timer_start)
-                record = {'iter': iter_num, 'lr': lr, 'tokens_per_sec': tokens_per_sec}
+                record = {'iter': iter_num, 'lr': lr, 'tokens_per_sec': tokens_per_sec, 'elapsed_s': elapsed()}
                 if finite:
                     record['train_loss'] = sum(finite) / len(finite)
                     progress.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f'{tokens_per_sec:,.0f}')

@@ -32,6 +32,22 @@ def run_script(script, *args, cwd=ROOT, timeout=300):
                           text=True, timeout=timeout)
 
 
+def metrics(out_dir):
+    """out_dir/metrics.jsonl as records, without a last line that a kill cut short."""
+    path = os.path.join(out_dir, 'metrics.jsonl')
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [record for line in f if (record := train._json_or_none(line))]
+
+
+TIMING_KEYS = ('tokens_per_sec', 'elapsed_s')  # what differs between two runs of the same training
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
 def documents_of(data_dir, split):
     """Decode each document of a prepared split back to text, using only what is in the directory, after
     checking its framing: <s> ids </s> (char, word), or ids <|endoftext|> (GPT-2 BPE)."""

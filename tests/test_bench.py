@@ -140,7 +140,7 @@ def test_generation_conclusions_are_computed_from_the_runs():
     (['--batch_sizes=(1, 2, 3)'], 'must be two sizes'),
     (['--model=rnn'], 'must be all or one of gpt, lstm'),
     (['--compile=maybe'], 'must be both, True or False'),
-    (['--sections=train,speed'], 'choose all or some of peak,train,study,sample,generate'),
+    (['--sections=train,speed'], 'choose all or some of peak,train,windowing,study,sample,generate'),
     (['--repeats=0'], 'must be positive'),
     (['--out=/nonexistent/dir/bench.json'], 'its directory does not exist'),
     (['--generate_shape=(4, 3, 128, 256)'], 'n_embd a multiple of n_head'),

@@ -1,4 +1,5 @@
 """Training in several processes: real torchrun launches (2 CPU processes, gloo) against single-process runs."""
+import dataclasses
 import io
 import os
 import re
@@ -17,9 +18,9 @@ import distributed
 import sample
 import train
 from configurator import UserError
-from conftest import ROOT, TINY_GPT, TINY_LSTM
+from conftest import ROOT, TINY_GPT, TINY_LSTM, metrics, without_timing
 from model import ModelArgs, build_model
-from test_reliability import ONE_THREAD, metrics, temporaries, wait_until, without_timing
+from test_reliability import ONE_THREAD, temporaries, wait_until
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
             os.path.join(ROOT, 'train.py')]
@@ -89,6 +90,19 @@ def test_two_processes_take_the_single_process_step_and_checkpoints_move_between
     assert text.startswith('And God') and len(text) > len('And God') + 10  # (<s> reads as nothing)
 
 
+@pytest.mark.parametrize('model_args', [[*TINY_GPT, '--windowing=packed'],
+                                        [*TINY_LSTM, '--windowing=lines_slide']],
+                         ids=['gpt-packed-by-row', 'lstm-lines-by-micro-step'])
+def test_two_processes_share_every_windowing_as_its_batch_source_says(char_data, tmp_path, model_args):
+    # packed rows continue from batch to batch: shared by row, even for the GPT; lines windows do not: shared by
+    # micro-step, even for the LSTM. Either way the run is the single process's, evaluations included.
+    common = [f'--data_dir={char_data}', *model_args, '--gradient_accumulation_steps=2', '--log_interval=1',
+              '--eval_interval=2', '--eval_iters=3', '--max_iters=4', '--learning_rate=3e-3']
+    torchrun(*common, f'--out_dir={tmp_path / "shared"}')
+    train.main([*common, f'--out_dir={tmp_path / "single"}'])
+    assert_same_run(tmp_path / 'shared', tmp_path / 'single', weights_tolerance=1e-5)
+
+
 def test_sigterm_to_torchrun_saves_one_checkpoint_from_which_the_lstm_continues(char_data, tmp_path):
     # the LSTM's 8 streams: process 0 carries rows 0-3, process 1 rows 4-7, each through both micro-steps
     args = [f'--data_dir={char_data}', *TINY_LSTM, '--gradient_accumulation_steps=2', '--eval_interval=4',
@@ -129,8 +143,14 @@ def test_each_model_shares_its_step_out_in_its_own_way():
         train.micro_steps_per_process(gpt, 3)
     lstm = train.TrainConfig(model_type='lstm', gradient_accumulation_steps=3, batch_size=8)
     assert [train.micro_steps_per_process(lstm, n) for n in (1, 2, 4, 8)] == [3, 3, 3, 3]  # rows are shared
-    with pytest.raises(UserError, match=r'--batch_size=8 LSTM streams cannot be shared evenly by 3 processes'):
+    with pytest.raises(UserError, match=r'--batch_size=8 rows of streams batches cannot be shared evenly by 3'
+                                        r' processes'):
         train.micro_steps_per_process(lstm, 3)
+    # it is the windowing that decides: rows whose batches continue each other (streams, packed) are shared out
+    packed_gpt = dataclasses.replace(gpt, windowing='packed', batch_size=8)
+    assert [train.micro_steps_per_process(packed_gpt, n) for n in (1, 2, 4, 8)] == [8, 8, 8, 8]
+    lines_lstm = dataclasses.replace(lstm, windowing='lines_left', gradient_accumulation_steps=4)
+    assert [train.micro_steps_per_process(lines_lstm, n) for n in (1, 2, 4)] == [4, 2, 1]
 
 
 def test_world_from_torchrun_environment(monkeypatch):

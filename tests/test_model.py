@@ -89,3 +89,84 @@ def test_gpt_with_a_kv_cache_equals_one_pass_over_the_whole_sequence():
         model(idx[:, :1], cache)
     cache.reset()  # a new window from position 0 in the same buffers
     assert torch.allclose(model(idx[:, 3:11], cache), model(idx[:, 3:11]), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# several documents in one row: packing and padding (batching.py's packed and lines windowings)
+
+def packed_row(doc_a, doc_b):
+    """One row holding doc_a then doc_b, with their doc_ids and positions restarting at doc_b."""
+    idx = torch.tensor([doc_a + doc_b])
+    doc_ids = torch.tensor([[0] * len(doc_a) + [1] * len(doc_b)])
+    positions = torch.tensor([list(range(len(doc_a))) + list(range(len(doc_b)))])
+    return idx, doc_ids, positions
+
+
+def test_gpt_packed_document_ignores_the_one_before_it():
+    model = gpt()
+    doc_b = [1, 17, 23, 9, 2]
+    idx, doc_ids, positions = packed_row([1, 5, 6, 7, 8, 2], doc_b)
+    changed = idx.clone()
+    changed[0, :6] = torch.tensor([1, 40, 41, 42, 43, 2])  # other tokens in document A
+    logits = model(idx, positions=positions, doc_ids=doc_ids)
+    other = model(changed, positions=positions, doc_ids=doc_ids)
+    assert torch.equal(logits[:, 6:], other[:, 6:])  # document B's logits: not one bit changed
+    assert not torch.allclose(logits[:, :6], other[:, :6], atol=1e-3)
+    # and they are what B alone gives: attention and positions both restart at B's first token
+    assert torch.allclose(logits[:, 6:], model(torch.tensor([doc_b])), atol=1e-5)
+    # without the document mask and restarted positions, B would read A
+    assert not torch.allclose(model(idx)[:, 6:], model(changed)[:, 6:], atol=1e-3)
+
+
+def test_gpt_left_padded_document_computes_what_it_computes_alone():
+    model = gpt()
+    doc = [1, 17, 23, 9]
+    idx = torch.tensor([[3, 3, 3] + doc])  # 3 = pad_id
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1]])
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3]])
+    padded = model(idx, positions=positions, doc_ids=doc_ids)
+    assert torch.allclose(padded[:, 3:], model(torch.tensor([doc])), atol=1e-5)
+
+
+def test_gpt_default_positions_and_one_document_are_the_plain_causal_model():
+    model = gpt()
+    idx = torch.randint(0, 50, (2, 9))
+    explicit = model(idx, positions=torch.arange(9).expand(2, 9), doc_ids=torch.zeros(2, 9, dtype=torch.long))
+    assert torch.allclose(model(idx), explicit, atol=1e-6)
+
+
+def test_gpt_refuses_document_ids_with_a_kv_cache():
+    model, idx = gpt(), torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match='not for generation with a KV cache'):
+        model(idx, KVCache(model.args), doc_ids=torch.zeros_like(idx))
+
+
+def test_document_mask_is_block_diagonal_and_causal():
+    from model import document_mask
+    mask = document_mask(torch.tensor([[0, 0, 0, 1, 1]]))
+    assert mask.shape == (1, 1, 5, 5)
+    assert mask[0, 0].int().tolist() == [[1, 0, 0, 0, 0],
+                                          [1, 1, 0, 0, 0],
+                                          [1, 1, 1, 0, 0],
+                                          [0, 0, 0, 1, 0],
+                                          [0, 0, 0, 1, 1]]
+
+
+def test_lstm_state_starts_afresh_where_a_position_is_zero():
+    model = lstm()
+    doc_b = [1, 17, 23, 9, 2]
+    idx, _, positions = packed_row([1, 5, 6, 7, 8, 2], doc_b)
+    carried = model.init_hidden(1)
+    carried = tuple(torch.randn_like(h) for h in carried)  # a state left by some earlier batch
+    logits, _ = model(idx, carried, positions=positions)
+    alone, _ = model(torch.tensor([doc_b]), model.init_hidden(1))
+    assert torch.allclose(logits[:, 6:], alone, atol=1e-5)  # B never reads A's state
+    first, _ = model(idx[:, :6], model.init_hidden(1))
+    assert torch.allclose(logits[:, :6], first, atol=1e-5)  # A starts at position 0: the carried state is reset
+    # a row whose position 0 comes later keeps the carried state until then; rows reset independently
+    two_rows = torch.cat([idx, idx.flip(1)])
+    shifted = torch.stack([positions[0], torch.tensor([3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5])])
+    both, (h, c) = model(two_rows, tuple(h.expand(-1, 2, -1).contiguous() for h in carried), positions=shifted)
+    assert torch.allclose(both[:1], logits, atol=1e-5)
+    plain, _ = model(two_rows[1:, :5], tuple(h.contiguous() for h in carried))
+    assert torch.allclose(both[1:, :5], plain, atol=1e-5)

@@ -25,7 +25,7 @@ import sample
 import storage
 import train
 from configurator import UserError
-from conftest import ROOT, TINY_GPT
+from conftest import ROOT, TINY_GPT, metrics, without_timing
 
 
 # A tiny model gains nothing from a second intra-op thread, and on a busy machine the two threads' spin-waits
@@ -62,19 +62,6 @@ def wait_until(condition, process, timeout=300):
             return condition()
         time.sleep(0.005)
     return True
-
-
-def metrics(out_dir):
-    """metrics.jsonl as records, without a last line that a kill cut short."""
-    path = os.path.join(out_dir, 'metrics.jsonl')
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [record for line in f if (record := train._json_or_none(line))]
-
-
-def without_timing(records):
-    return [{k: v for k, v in r.items() if k != 'tokens_per_sec'} for r in records]
 
 
 def temporaries(directory):

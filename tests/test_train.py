@@ -1,4 +1,3 @@
-import json
 import os
 import random
 
@@ -9,19 +8,11 @@ import torch
 import checkpoint
 import train
 from configurator import UserError
-from conftest import TINY_GPT, TINY_LSTM
+from conftest import TINY_GPT, TINY_LSTM, metrics, without_timing
 
 
-def metrics(out_dir):
-    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-        return [json.loads(line) for line in f]
-
-
-def without_timing(records):
-    return [{k: v for k, v in r.items() if k != 'tokens_per_sec'} for r in records]
-
-
-@pytest.mark.parametrize('model_args', [TINY_GPT, TINY_LSTM], ids=['gpt', 'lstm'])
+@pytest.mark.parametrize('model_args', [TINY_GPT, TINY_LSTM, [*TINY_GPT, '--windowing=packed']],
+                         ids=['gpt', 'lstm', 'gpt-packed'])
 def test_loss_falls(char_data, tmp_path, model_args):
     out_dir = str(tmp_path / 'out')
     result = train.main([f'--data_dir={char_data}', f'--out_dir={out_dir}', '--max_iters=60',
@@ -51,7 +42,10 @@ def test_checkpoint_is_self_contained_and_loads_weights_only(tiny_checkpoint):
     assert best['val_loss'] == best['best_val_loss'] == ckpt['best_val_loss']
 
 
-@pytest.mark.parametrize('model_args', [TINY_GPT, TINY_LSTM], ids=['gpt', 'lstm'])
+@pytest.mark.parametrize('model_args', [
+    TINY_GPT, TINY_LSTM, [*TINY_GPT, '--windowing=packed'], [*TINY_GPT, '--windowing=sliding', '--num_workers=1'],
+    [*TINY_LSTM, '--windowing=packed'], [*TINY_LSTM, '--windowing=lines_slide'],
+], ids=['gpt', 'lstm', 'gpt-packed', 'gpt-sliding', 'lstm-packed', 'lstm-lines'])
 def test_resume_continues_exactly(char_data, tmp_path, model_args, monkeypatch):
     # Code that draws from the global python and numpy RNGs (here a jittered learning rate; dropout draws
     # from torch's) resumes exactly only if the checkpoint carries their states.
@@ -76,6 +70,19 @@ def test_resume_continues_exactly(char_data, tmp_path, model_args, monkeypatch):
     moments = reference['optimizer']['state'][0]['exp_avg'], resumed['optimizer']['state'][0]['exp_avg']
     assert torch.equal(*moments)
     assert resumed['optimizer']['state'][0]['step'] == 20
+
+
+def test_resume_with_another_windowing_is_refused(char_data, tmp_path):
+    args = [f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--eval_interval=2', *TINY_GPT]
+    train.main([*args, '--max_iters=2'])
+    with pytest.raises(UserError, match=r'trained with --windowing=random: resume with that windowing'):
+        train.main([*args, '--max_iters=4', '--init_from=resume', '--windowing=packed'])
+    train.main([*args, '--max_iters=4', '--init_from=resume', '--windowing=random'])  # auto was random
+
+
+def test_unknown_windowing_names_the_choices(char_data, tmp_path):
+    with pytest.raises(UserError, match=r'unknown --windowing=diagonal: choose auto or one of random, sliding,'):
+        train.main([f'--data_dir={char_data}', f'--out_dir={tmp_path}', *TINY_GPT, '--windowing=diagonal'])
 
 
 def test_resume_needs_a_checkpoint(char_data, tmp_path):

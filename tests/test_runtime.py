@@ -1,0 +1,112 @@
+import os
+
+import pytest
+import torch
+
+import ablate
+import runtime
+import train
+from configurator import UserError
+from conftest import TINY_GPT, metrics
+
+
+@pytest.mark.parametrize('avx512_bf16, amx, expected', [
+    (True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, torch.float32)])
+def test_auto_dtype_on_cpu_follows_the_bfloat16_instructions(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx)
+    assert runtime.resolve_dtype('auto', 'cpu') == expected
+    assert runtime.resolve_dtype('float32', 'cpu') == torch.float32  # forcing always wins
+    assert runtime.resolve_dtype('bfloat16', 'cpu') == torch.bfloat16
+
+
+def test_a_torch_without_the_private_checks_means_float32(monkeypatch):
+    monkeypatch.delattr(torch.cpu, '_is_avx512_bf16_supported')
+    monkeypatch.delattr(torch.cpu, '_is_amx_tile_supported')
+    assert not runtime.cpu_has_fast_bfloat16()
+    assert runtime.resolve_dtype('auto', 'cpu') == torch.float32
+
+
+def test_compile_auto_only_on_cuda():
+    assert runtime.resolve_compile('auto', 'cuda') and runtime.resolve_compile('auto', 'cuda:1')
+    assert not runtime.resolve_compile('auto', 'cpu')
+    assert runtime.resolve_compile(True, 'cpu') and runtime.resolve_compile('true', 'cpu')
+    assert not runtime.resolve_compile('False', 'cuda')
+    with pytest.raises(UserError, match='--compile=sometimes must be auto, True or False'):
+        runtime.resolve_compile('sometimes', 'cpu')
+
+
+def test_threads_default_to_physical_cores_shared_by_the_processes(monkeypatch):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.setattr(runtime, 'physical_cores', lambda: 8)
+    assert runtime.resolve_threads(0) == 8
+    assert runtime.resolve_threads(0, processes_on_machine=2) == 4
+    assert runtime.resolve_threads(0, processes_on_machine=16) == 1
+    assert runtime.resolve_threads(3) == 3  # forced
+    monkeypatch.setenv('OMP_NUM_THREADS', '2')  # the user's (or torchrun's) setting wins over the default
+    assert runtime.resolve_threads(0) == 2 and runtime.resolve_threads(5) == 5
+    with pytest.raises(UserError, match='--threads=-1 must be 0'):
+        runtime.resolve_threads(-1)
+
+
+def test_physical_cores_counts_no_more_than_the_usable_cpus():
+    assert 1 <= runtime.physical_cores() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize('choice, fused, foreach', [
+    ('auto', True, False), ('fused', True, False), ('foreach', False, True), ('for_loop', False, False)])
+def test_adamw_kernels(choice, fused, foreach):
+    model = torch.nn.Linear(4, 3)
+    optimizer = train.make_optimizer(model, train.TrainConfig(adamw=choice), 'cpu')
+    assert (optimizer.defaults['fused'], optimizer.defaults['foreach']) == (fused, foreach)
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_loop():
+    torch.manual_seed(0)
+    models = {kernel: torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 5))
+              for kernel in ('for_loop', 'fused')}
+    models['fused'].load_state_dict(models['for_loop'].state_dict())
+    initial = {k: v.clone() for k, v in models['fused'].state_dict().items()}
+    optimizers = {k: train.make_optimizer(m, train.TrainConfig(adamw=k, learning_rate=1e-2), 'cpu')
+                  for k, m in models.items()}
+    x, y = torch.randn(64, 16), torch.randint(0, 5, (64,))
+    for _ in range(5):
+        for kernel, model in models.items():
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizers[kernel].step()
+            optimizers[kernel].zero_grad()
+    for (name, a), b in zip(models['for_loop'].named_parameters(), models['fused'].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        assert not torch.allclose(b, initial[name], atol=1e-3), name  # and they did move
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('adamw', 'sgd', '--adamw=sgd must be auto or one of fused, foreach, for_loop'),
+    ('compile', 'maybe', '--compile=maybe must be auto, True or False'),
+    ('threads', '-2', '--threads=-2 must be 0')])
+def test_bad_runtime_choices_are_one_line_errors(char_data, tmp_path, key, value, message):
+    with pytest.raises(UserError, match=message):
+        train.main([f'--data_dir={char_data}', f'--out_dir={tmp_path}', f'--{key}={value}', *TINY_GPT])
+
+
+def test_training_records_its_wall_clock_and_keeps_counting_on_resume(char_data, tmp_path, capsys):
+    common = [f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--eval_interval=10', '--log_interval=5',
+              *TINY_GPT]
+    train.main([*common, '--max_iters=10'])
+    dtype = str(runtime.resolve_dtype('auto', 'cpu')).removeprefix('torch.')
+    assert f'({dtype}, eager, fused AdamW, ' in capsys.readouterr().out  # the path train.py chose, said once
+    first = [r['elapsed_s'] for r in metrics(tmp_path)]
+    train.main([*common, '--max_iters=20', '--init_from=resume'])
+    records = metrics(tmp_path)
+    elapsed = [r['elapsed_s'] for r in records]
+    assert len(elapsed) == len(records) > len(first) and elapsed[:len(first)] == first
+    assert all(a <= b for a, b in zip(elapsed, elapsed[1:]))  # the resumed run counts on from the checkpoint
+    assert elapsed[len(first)] >= first[-1]
+
+
+def test_dtype_ablation_runs_one_variant_per_dtype(char_data):
+    cfg = ablate.AblateConfig(data_dir=char_data, what='dtype')
+    assert [(v.name, v.overrides) for v in ablate.variants(cfg)] == \
+        [('float32', {'dtype': 'float32'}), ('bfloat16', {'dtype': 'bfloat16'})]
+    with pytest.raises(UserError, match='--dtype=float8 is not one of'):
+        ablate.variants(ablate.AblateConfig(data_dir=char_data, what='dtype', dtypes='float32,float8'))
