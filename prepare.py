@@ -6,16 +6,19 @@
     python prepare.py data/tinystories                   # TinyStories from the Hugging Face hub, GPT-2 BPE
     python prepare.py data/tinystories --max_docs=20000  # only the first 20,000 training stories
     python prepare.py data/mine --source=stories.jsonl --text_column=story   # a hub name or local files
+    python prepare.py data/bach                          # Bach chorales from music21's corpus, MIDI events
+    python prepare.py data/mymusic --input=folder --transpose=2   # your .mid files, transposed -2..+2 for training
 
 Naming: when --source or --tokenizer is not given, it is read from the directory name
 data/<source>[_<option>...]: `akjv_char` means source akjv, char tokenizer; `akjv_booked` adds book names;
 `tinystories` means source tinystories, whose default tokenizer is bpe.
 
-Every source becomes a `datasets.Dataset` per split with one text column, and one writer turns those into
-files, in memory bounded by --batch_size documents whatever the corpus size:
+Every source becomes a `datasets.Dataset` per split with one text column (music: one column of note lists,
+see read_pieces), and one writer turns those into files, in memory bounded by --batch_size documents whatever
+the corpus size:
 
     Dataset (Arrow on disk) --Dataset.map(encode a batch, num_proc workers)--> one row per batch of documents:
-        ids (the batch's token ids back to back, uint16)  lengths (tokens per document)  tokens  chars
+        ids (the batch's token ids back to back, uint16)  lengths (tokens per document)  tokens  units
     sum(tokens) --> a .bin of that exact length, pre-allocated; each row is copied into its slice of it
 """
 import dataclasses
@@ -27,12 +30,14 @@ import uuid
 import numpy as np
 from tqdm import tqdm
 
+import music
 import storage
 import tokenizer as tok
 from configurator import UserError, parse, positional, run
 
 HUB_NAMES = {'tinystories': 'roneneldan/TinyStories'}
-DEFAULT_TOKENIZER = {'akjv': 'word', 'text': 'word'}  # every other source (datasets): bpe
+DEFAULT_TOKENIZER = {'akjv': 'word', 'text': 'word', 'bach': 'midi', 'midi': 'midi'}  # else (datasets): bpe
+MUSIC_SOURCES = ('bach', 'midi')
 FILE_BUILDERS = {'.jsonl': 'json', '.json': 'json', '.parquet': 'parquet', '.txt': 'text', '.csv': 'csv'}
 VAL_SPLIT_NAMES = ('validation', 'valid', 'val')
 
@@ -40,10 +45,10 @@ VAL_SPLIT_NAMES = ('validation', 'valid', 'val')
 @dataclasses.dataclass
 class PrepareConfig:
     data_dir: str = positional('data/akjv')  # output directory; its name can imply source and options
-    source: str = ''             # akjv | text | tinystories | a hub dataset name | local .jsonl/.parquet/.txt/.csv
-    input: str = ''              # a UTF-8 text file, one document per line (source text)
+    source: str = ''             # akjv | text | tinystories | bach | midi | hub name | .jsonl/.parquet/.txt/.csv
+    input: str = ''              # a text file, one document per line (source text), or a folder of .mid files
     text_column: str = 'text'    # dataset sources: the column that holds each document's text
-    tokenizer: str = ''          # char | word | bpe ('' = the source's default: word for akjv and text, else bpe)
+    tokenizer: str = ''          # char | word | bpe | midi ('' = word for akjv/text, midi for music, else bpe)
     booked: bool = False         # AKJV: prefix each verse with its book name ("Genesis: In the beginning ...")
     max_docs: int | None = None  # keep only the first max_docs training documents (None = all); val stays whole
     val_fraction: float = 0.1    # share of documents held out for validation (sources with no validation split)
@@ -52,21 +57,30 @@ class PrepareConfig:
     batch_size: int = 1000       # documents per tokenizing batch: memory grows with this, not with the corpus
     max_vocab: int = 0           # word tokenizer: cap on the vocabulary size (0 = every distinct piece)
     min_count: int = 1           # word tokenizer: pieces seen fewer times are spelled with characters
+    transpose: int = 0           # music: train also on each training piece moved by -N..N semitones (val as is)
+    steps_per_quarter: int = 4   # music: time grid, steps per quarter note (4: sixteenth notes)
 
 
 def resolve(cfg):
     """Fill in source, tokenizer and booked from the directory name where they were not given; check values."""
     name_parts = os.path.basename(os.path.normpath(cfg.data_dir)).split('_')
-    source = cfg.source or ('text' if cfg.input else name_parts[0])
+    source = cfg.source or ('midi' if os.path.isdir(cfg.input) else 'text' if cfg.input else name_parts[0])
     if not cfg.source and source not in DEFAULT_TOKENIZER and source not in HUB_NAMES:
         raise UserError(f"unknown source {source!r} (from {cfg.data_dir}): use --source=akjv or tinystories,"
                         f" --source=HUB_NAME_OR_FILE, or --input=FILE for your own text")
     if source == 'text' and not cfg.input:
         raise UserError("source text needs --input=FILE (a UTF-8 text file, one document per line)")
+    if source == 'midi' and not os.path.isdir(cfg.input):
+        raise UserError(f"source midi needs --input=FOLDER, a folder of .mid files ({cfg.input or 'none'} given)")
     named_tokenizer = next((p for p in name_parts[1:] if p in tok.TOKENIZERS), '')
     tokenizer = cfg.tokenizer or named_tokenizer or DEFAULT_TOKENIZER.get(source, 'bpe')
     if tokenizer not in tok.TOKENIZERS:
         raise UserError(f"unknown --tokenizer={tokenizer}: choose one of {', '.join(tok.TOKENIZERS)}")
+    if (source in MUSIC_SOURCES) != (tokenizer == 'midi'):
+        raise UserError(f"--tokenizer={tokenizer} does not fit source {source}: music (data/bach, --input=FOLDER"
+                        f" of .mid files) takes the midi tokenizer, text takes char, word or bpe")
+    if cfg.transpose < 0 or cfg.steps_per_quarter <= 0:
+        raise UserError("--transpose must be 0 or more (semitones each way) and --steps_per_quarter positive")
     booked = cfg.booked or (source == 'akjv' and 'booked' in name_parts[1:])
     if not 0 < cfg.val_fraction < 1:
         raise UserError(f"--val_fraction={cfg.val_fraction} must lie strictly between 0 and 1")
@@ -111,6 +125,44 @@ def text_documents(path):
     if not documents:
         raise UserError(f"{path} has no text: give a file with one document per line")
     return documents
+
+
+def music_paths(cfg):
+    """(paths of the source's pieces, where they come from)."""
+    if cfg.source == 'bach':
+        import music21
+        return music.chorale_paths(), f'PyPI package music21 {music21.__version__}: Bach chorales from its corpus'
+    paths = music.piece_paths(cfg.input)
+    if not paths:
+        raise UserError(f"{cfg.input} has no .mid or .midi files: give a folder of MIDI files")
+    return paths, os.path.abspath(cfg.input)
+
+
+def notes_batch(paths, steps_per_quarter, shifts):
+    """A 'notes' row ([pitch, onset, duration] lists) per piece and shift; a file that cannot be read is skipped
+    with a warning, a transposition that leaves the MIDI range is left out."""
+    rows = []
+    for path in paths:
+        try:
+            notes = music.read_piece(path, steps_per_quarter)
+        except Exception as error:  # mido and music21 raise many types for a broken file: skip it, say why
+            tqdm.write(f"warning: skipping {path}: {type(error).__name__}: {str(error)[:200]}")
+            continue
+        rows.extend(moved for shift in shifts if (moved := music.transpose(notes, shift)))
+    return {'notes': [[list(note) for note in notes] for notes in rows]}
+
+
+def read_pieces(paths, cfg, split):
+    """A split of piece paths -> a Dataset of note lists, read in cfg.num_proc processes. The training split
+    gets every piece moved by each of -transpose..+transpose semitones (0 included): the model hears each
+    melody in several keys, while validation measures it on the pieces as written."""
+    import datasets
+    shifts = range(-cfg.transpose, cfg.transpose + 1) if split == 'train' else [0]
+    num_proc = min(cfg.num_proc or cpu_count(), len(paths))
+    features = datasets.Features({'notes': datasets.List(datasets.List(datasets.Value('int32')))})
+    return paths.map(notes_batch, batched=True, batch_size=8, input_columns='path', remove_columns=['path'],
+                     fn_kwargs={'steps_per_quarter': cfg.steps_per_quarter, 'shifts': shifts},
+                     features=features, num_proc=num_proc if num_proc > 1 else None, desc=f'read {split}')
 
 
 def load_dataset_source(source, text_column):
@@ -164,7 +216,11 @@ def load_splits(cfg):
     """({'train': Dataset, 'val': Dataset}, origin): the source's documents, split, train cut to max_docs."""
     import datasets
     text_column = cfg.text_column
-    if cfg.source in DEFAULT_TOKENIZER:  # small corpora read into memory, then handled like every other source
+    if cfg.source in MUSIC_SOURCES:  # file paths, split like documents; each split's pieces are read below
+        paths, origin = music_paths(cfg)
+        text_column = 'path'
+        found = {'train': datasets.Dataset.from_dict({text_column: paths})}
+    elif cfg.source in DEFAULT_TOKENIZER:  # small corpora read into memory, then handled like every other source
         if cfg.source == 'akjv':
             documents, origin = akjv_documents(cfg.booked), 'PyPI package pythonbible-akjv (MIT)'
         else:
@@ -184,7 +240,10 @@ def load_splits(cfg):
         raise UserError(f"{cfg.source} has splits {', '.join(found)}: expected train and validation, or one split")
     if cfg.max_docs is not None:
         splits['train'] = splits['train'].select(range(min(cfg.max_docs, len(splits['train']))))
-    return {split: ds.select_columns([text_column]) for split, ds in splits.items()}, origin
+    splits = {split: ds.select_columns([text_column]) for split, ds in splits.items()}
+    if cfg.source in MUSIC_SOURCES:
+        splits = {split: read_pieces(ds, cfg, split) for split, ds in splits.items()}
+    return splits, origin
 
 
 def texts_of(splits, batch_size):
@@ -196,22 +255,26 @@ def texts_of(splits, batch_size):
 
 def build_tokenizer(cfg, splits):
     texts = texts_of(splits, cfg.batch_size)
+    if cfg.tokenizer == 'midi':
+        return tok.MidiTokenizer.build(steps_per_quarter=cfg.steps_per_quarter)
     if cfg.tokenizer == 'word':
         return tok.WordTokenizer.build(texts, max_vocab=cfg.max_vocab, min_count=cfg.min_count)
     return tok.TOKENIZERS[cfg.tokenizer].build(texts)
 
 
 def encode_batch(texts, tokenizer, dtype):
-    """One output row for a batch of documents; empty documents are skipped.
+    """One output row for a batch of documents (texts, or pieces as note lists); empty documents are skipped.
 
-    chars counts each document's characters plus one for the boundary its end token stands for.
+    units counts what the tokenizer's unit is: a text's characters plus one for the boundary its end token stands
+    for, a piece's notes.
     """
-    texts = [text for text in texts if text and not text.isspace()]
+    is_text = tokenizer.unit == 'char'
+    texts = [text for text in texts if text and not (is_text and text.isspace())]
     documents = tokenizer.encode_lines(texts)
     lengths = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
     ids = np.fromiter(itertools.chain.from_iterable(documents), dtype=dtype, count=int(lengths.sum()))
     return {'ids': [ids], 'lengths': [lengths], 'tokens': [len(ids)], 'documents': [len(texts)],
-            'chars': [sum(map(len, texts)) + len(texts)]}
+            'units': [sum(map(len, texts)) + (len(texts) if is_text else 0)]}
 
 
 def cpu_count():
@@ -239,7 +302,7 @@ def tokenize(dataset, tokenizer, dtype, cfg, cache_path, split):
     num_proc = min(cfg.num_proc or cpu_count(), n_batches)  # a worker needs a batch
     features = datasets.Features({'ids': datasets.List(datasets.Value(np.dtype(dtype).name)),
                                   'lengths': datasets.List(datasets.Value('int64')),
-                                  **{key: datasets.Value('int64') for key in ('tokens', 'documents', 'chars')}})
+                                  **{key: datasets.Value('int64') for key in ('tokens', 'documents', 'units')}})
     return dataset.map(
         encode_batch, batched=True, batch_size=cfg.batch_size, input_columns=dataset.column_names,
         remove_columns=dataset.column_names, fn_kwargs={'tokenizer': tokenizer, 'dtype': dtype},
@@ -262,12 +325,14 @@ def token_batches(tokenized):
                 yield batch.column('ids').flatten().to_numpy(), batch.column('lengths').flatten().to_numpy()
 
 
-def write_split(tokenized, bin_path, docs_path, dtype, split):
+def write_split(tokenized, bin_path, docs_path, dtype, split, unit):
     """Copy tokenized rows into a pre-allocated .bin and the document offsets into a .npy, both temporary
-    files beside the final paths; return the split's counts and {final path: temporary path}."""
-    n_tokens, n_documents, chars = (sum(tokenized[count]) for count in ('tokens', 'documents', 'chars'))
+    files beside the final paths; return the split's counts (tokens, documents, and chars or notes: unit + 's')
+    and {final path: temporary path}."""
+    n_tokens, n_documents, units = (sum(tokenized[count]) for count in ('tokens', 'documents', 'units'))
     if n_documents == 0:
-        raise UserError(f"the {split} split has no text: every document in it is empty")
+        content = 'text' if unit == 'char' else f'{unit}s'
+        raise UserError(f"the {split} split has no {content}: every document in it is empty or unreadable")
     itemsize = np.dtype(dtype).itemsize
     tmp_bin, tmp_docs = storage.temporary_path(bin_path), storage.temporary_path(docs_path)
     with open(tmp_bin, 'wb') as f:
@@ -291,8 +356,8 @@ def write_split(tokenized, bin_path, docs_path, dtype, split):
                            f" expected {n_tokens} in {n_documents}")
     offsets.flush()
     del offsets
-    return {'tokens': int(n_tokens), 'documents': int(n_documents), 'chars': int(chars)}, {bin_path: tmp_bin,
-                                                                                          docs_path: tmp_docs}
+    counts = {'tokens': int(n_tokens), 'documents': int(n_documents), unit + 's': int(units)}
+    return counts, {bin_path: tmp_bin, docs_path: tmp_docs}
 
 
 def prepare(cfg):
@@ -307,7 +372,8 @@ def prepare(cfg):
         for split, dataset in splits.items():
             cache_path = os.path.join(cache_dir, f'{split}.arrow')
             tokenized = tokenize(dataset, tokenizer, dtype, cfg, cache_path, split)
-            counts[split], files = write_split(tokenized, *storage.split_paths(cfg.data_dir, split), dtype, split)
+            counts[split], files = write_split(tokenized, *storage.split_paths(cfg.data_dir, split), dtype, split,
+                                               tokenizer.unit)
             written.update(files)
         meta = {'format': 1, 'source': cfg.source, 'origin': origin, 'options': dataclasses.asdict(cfg),
                 'tokenizer': tokenizer.to_meta(), 'vocab_size': tokenizer.vocab_size,

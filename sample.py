@@ -3,6 +3,7 @@
     python sample.py --out_dir=out-akjv --start="In the beginning" --num_samples=3 --max_new_tokens=200
     python sample.py --checkpoint=out-akjv/ckpt.pt --start=FILE:prompt.txt --temperature=0.6 --top_p=0.9
     python sample.py --out_dir=out-akjv --start="And God said" --show_probs=10 --max_new_tokens=0
+    python sample.py --out_dir=out-bach --out=sample.mid --stop_at_eos=True   # music: MIDI (.png: a piano roll)
 
 The GPT reads the prompt once into a KV cache (model.KVCache), then one token per step. Its positions are
 learned and absolute, so a token's keys and values depend on where it sits in the window, and the window
@@ -23,6 +24,10 @@ re-reads it at every token. The LSTM carries its hidden state from token to toke
 All --num_samples samples are drawn together, one batch row each. A single sample streams to stdout token by
 token; with several, each is printed whole as it completes (at the end-of-document token with --stop_at_eos,
 else after max_new_tokens), so ones that stop early come first.
+
+A model trained on music (the midi tokenizer) prints its events as text (NOTE_ON_60 TIME_SHIFT_4 ...);
+--out=FILE.mid writes the notes they play as a MIDI file, --out=FILE.png draws them as a piano roll (several
+samples: FILE-1.mid, FILE-2.mid, ...). Any other --out gets the text.
 """
 import dataclasses
 import os
@@ -32,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 import checkpoint
+import music
 import runtime
 import storage
 import tokenizer as tok
@@ -39,6 +45,7 @@ from configurator import UserError, parse, run
 from model import KVCache
 
 SEPARATOR = '\n' + '-' * 40 + '\n'  # printed after every sample
+MUSIC_OUTPUTS = ('.mid', '.midi', '.png')  # --out extensions that write music rather than text
 
 
 @dataclasses.dataclass
@@ -58,7 +65,9 @@ class SampleConfig:
     seed: int = 1337              # same seed and num_samples, same samples
     device: str = 'auto'          # auto | cpu | cuda | mps
     threads: int = 0              # CPU threads torch uses (0 = one per physical core; 1 when other work shares them)
-    out: str = ''                 # also write the samples to this file, in order, once all are done ('' = no)
+    out: str = ''                 # also write the samples to this file, in order ('' = no); music: .mid, .png
+    tempo: int = 100              # .mid output: quarter notes per minute
+    program: int = 0              # .mid output: General MIDI instrument (0 piano, 19 church organ, 52 choir)
 
 
 def checkpoint_path(cfg):
@@ -244,6 +253,8 @@ def check(cfg):
     runtime.resolve_threads(cfg.threads)  # raises for a negative count
     if cfg.out and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.out))):
         raise UserError(f"--out={cfg.out}: its directory does not exist; create it or write elsewhere")
+    if cfg.tempo <= 0 or not 0 <= cfg.program <= 127:
+        raise UserError("--tempo must be positive (quarter notes per minute) and --program in 0-127")
 
 
 def sample(cfg, out=sys.stdout):
@@ -253,7 +264,13 @@ def sample(cfg, out=sys.stdout):
     ckpt = checkpoint.load(checkpoint_path(cfg))
     model = checkpoint.restore_model(ckpt).to(device).eval()
     tokenizer = tok.from_meta(ckpt['tokenizer'])
+    is_music_out = os.path.splitext(cfg.out)[1].lower() in MUSIC_OUTPUTS
+    if is_music_out and tokenizer.kind != 'midi':
+        raise UserError(f"--out={cfg.out} writes music, but this checkpoint's tokenizer is {tokenizer.kind}:"
+                        f" sample a model trained on a music corpus (data/bach), or write text (.txt)")
     prompt = read_prompt(cfg.start)
+    if tokenizer.kind == 'midi':  # event names as decode writes them (each ends in a space), so the sample follows
+        prompt = tokenizer.decode(tokenizer.encode(prompt))
     ids = prompt_ids(tokenizer, prompt)
     block_size = model.args.block_size
     if model.args.model_type == 'gpt' and len(ids) > block_size:
@@ -265,15 +282,32 @@ def sample(cfg, out=sys.stdout):
         out.write('\n'.join(probability_table(model, tokenizer, ids, cfg.show_probs, cfg)) + '\n\n')
     if not cfg.max_new_tokens:
         return []
-    samples = draw(model, tokenizer, prompt, ids.repeat(cfg.num_samples, 1), cfg, out)
-    if cfg.out:
+    samples, new = draw(model, tokenizer, prompt, ids.repeat(cfg.num_samples, 1), cfg, out)
+    if is_music_out:
+        write_music(tokenizer, [ids[0].tolist() + tokens for tokens in new], cfg)
+    elif cfg.out:
         with storage.atomic_write(cfg.out) as f:
             f.write(''.join(text + SEPARATOR for text in samples).encode('utf-8'))
     return samples
 
 
+def write_music(tokenizer, samples, cfg):
+    """Each sample's ids (the prompt's included) as the notes they play: a .mid file, or a piano roll (.png)."""
+    stem, ext = os.path.splitext(cfg.out)
+    paths = [cfg.out] if len(samples) == 1 else [f'{stem}-{i}{ext}' for i in range(1, len(samples) + 1)]
+    for ids, path in zip(samples, paths):
+        notes = tokenizer.to_notes(ids)
+        if ext.lower() == '.png':
+            music.plot_piano_roll(notes, path, tokenizer.steps_per_quarter, title=os.path.basename(path))
+        else:
+            music.write_midi(notes, path, tokenizer.steps_per_quarter, cfg.tempo, cfg.program)
+        quarters = max((n.onset + n.duration for n in notes), default=0) / tokenizer.steps_per_quarter
+        print(f"wrote {path}: {len(notes)} notes, {quarters:g} quarter notes", file=sys.stderr)
+
+
 def draw(model, tokenizer, prompt, ids, cfg, out):
-    """Generate from every row of ids (B, T) at once; print as the module docstring says; return the texts."""
+    """Generate from every row of ids (B, T) at once; print as the module docstring says. Returns the texts and
+    each row's new token ids (up to its end-of-document token with --stop_at_eos)."""
     generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
     tokens = generate(model, ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                       top_p=cfg.top_p, generator=generator, use_cache=cfg.kv_cache,
@@ -303,7 +337,7 @@ def draw(model, tokenizer, prompt, ids, cfg, out):
             out.flush()
             if all(s is not None for s in samples):
                 break
-    return samples
+    return samples, new
 
 
 def main(argv=None):

@@ -1,8 +1,8 @@
 """Tokenizers: text <-> token ids. The model never sees text, only the ids made here.
 
-Three kinds share one interface (build, encode, encode_lines, decode, to_meta, vocab_size and the special ids
+Four kinds share one interface (build, encode, encode_lines, decode, to_meta, vocab_size and the special ids
 unk_id, bos_id, eos_id, pad_id). The character and word tokenizers learn their vocabulary from the corpus and
-put their special tokens at fixed indices:
+put their special tokens at fixed indices, as the midi tokenizer does:
 
     0 <?>  unknown      1 <s>  start of a document      2 </s>  end of a document      3 <>  padding
 
@@ -10,6 +10,8 @@ The bpe tokenizer is GPT-2's byte-level BPE through tiktoken: a fixed vocabulary
 50256 <|endoftext|>, ends every document. Bytes cannot be unknown and nothing is padded, so unk_id and
 pad_id are None; bos_id is the end-of-text id too, so a prompt starts the way every document after the
 first does in training: right after the previous document's <|endoftext|>.
+
+The midi tokenizer encodes music, not text: notes (music.py) as performance events, see MidiTokenizer.
 
 A tokenizer serializes to a plain dict (to_meta) that prepare.py writes into meta.json and train.py into
 every checkpoint; from_meta rebuilds it with nothing else at hand.
@@ -19,6 +21,7 @@ import re
 
 import tiktoken
 
+import music
 from configurator import UserError
 
 SPECIALS = ('<?>', '<s>', '</s>', '<>')
@@ -28,6 +31,7 @@ UNK_ID, BOS_ID, EOS_ID, PAD_ID = range(len(SPECIALS))
 class VocabTokenizer:
     """A tokenizer over an explicit vocabulary list: specials first, then the learned tokens."""
     kind = None
+    unit = 'char'  # what prepare.py counts in a document besides tokens, and train.py reports bits per
     unk_id, bos_id, eos_id, pad_id = UNK_ID, BOS_ID, EOS_ID, PAD_ID
     # How specials read when decoded: a document ends with a line break, the others vanish.
     special_text = {UNK_ID: '<?>', BOS_ID: '', EOS_ID: '\n', PAD_ID: ''}
@@ -129,6 +133,7 @@ class BPETokenizer:
     special token; encode_lines puts the real one (eot_id, 50256) after every document.
     """
     kind = 'bpe'
+    unit = 'char'
     unk_id = pad_id = None
 
     def __init__(self, encoding='gpt2'):
@@ -181,7 +186,119 @@ class BPETokenizer:
         self.__init__(state['encoding'])
 
 
-TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer, BPETokenizer)}
+class MidiTokenizer:
+    """Music as performance events on a time grid: notes (music.Note) <-> token ids.
+
+        0-3 the specials    NOTE_ON_p, NOTE_OFF_p for every MIDI pitch p    TIME_SHIFT_k for k = 1 ... max_shift
+
+    A piece is read in time order: at each moment of the grid its note ends, then its note starts (each by
+    rising pitch), then a shift to the next moment, in steps of at most max_shift (a longer rest takes several).
+    Middle C and E for a quarter note, then G for an eighth, at steps_per_quarter 4:
+
+        NOTE_ON_60 NOTE_ON_64 TIME_SHIFT_4 NOTE_OFF_60 NOTE_OFF_64 NOTE_ON_67 TIME_SHIFT_2 NOTE_OFF_67
+
+    decode gives these names as text (so sample.py prints and streams them like words; </s> is a line break),
+    encode reads them back, or encodes notes; to_notes gives the notes ids play (music.write_midi writes them).
+    A model can write any order, and to_notes plays whatever it gets, by these rules:
+        a NOTE_OFF of a pitch that is not sounding is ignored
+        a NOTE_ON of a pitch already sounding ends that note there and starts it again
+        </s> ends every note still sounding (what follows goes on from there: the next piece)
+        at the end, every note still sounding ends
+        a note that would last no time is dropped; <s>, padding and <?> are ignored
+    """
+    kind = 'midi'
+    unit = 'note'
+    unk_id, bos_id, eos_id, pad_id = UNK_ID, BOS_ID, EOS_ID, PAD_ID
+
+    def __init__(self, steps_per_quarter=4, max_shift=0):
+        self.steps_per_quarter = steps_per_quarter
+        self.max_shift = max_shift or 8 * steps_per_quarter  # two whole notes
+        self.note_on = len(SPECIALS)  # NOTE_ON_p is note_on + p
+        self.note_off = self.note_on + music.PITCHES
+        self.time_shift = self.note_off + music.PITCHES - 1  # TIME_SHIFT_k is time_shift + k
+        self.vocab = [*SPECIALS, *(f'NOTE_ON_{p}' for p in range(music.PITCHES)),
+                      *(f'NOTE_OFF_{p}' for p in range(music.PITCHES)),
+                      *(f'TIME_SHIFT_{k}' for k in range(1, self.max_shift + 1))]
+        self.ids = {name: i for i, name in enumerate(self.vocab)}
+        self._text = ['<?> ', '', '\n', '', *(name + ' ' for name in self.vocab[len(SPECIALS):])]
+
+    @classmethod
+    def build(cls, texts=(), steps_per_quarter=4):
+        """The vocabulary is fixed by the grid, whatever the corpus: texts are not read."""
+        return cls(steps_per_quarter)
+
+    @property
+    def vocab_size(self):
+        return len(self.vocab)
+
+    def encode(self, piece):
+        """Token ids of a piece: notes (pitch, onset, duration), or event names as decode writes them.
+        No specials are added."""
+        if isinstance(piece, str):  # a line break is </s>, as decode writes it
+            return [self._event_id(name) for name in piece.replace('\n', ' </s> ').split()]
+        notes = music.normalize(piece)
+        events = sorted([(n.onset, 1, n.pitch) for n in notes] +
+                        [(n.onset + n.duration, 0, n.pitch) for n in notes])
+        ids, now = [], 0
+        for time, is_on, pitch in events:
+            while now < time:
+                step = min(time - now, self.max_shift)
+                ids.append(self.time_shift + step)
+                now += step
+            ids.append((self.note_on if is_on else self.note_off) + pitch)
+        return ids
+
+    def _event_id(self, name):
+        i = self.ids.get(name)
+        if i is None:
+            raise UserError(f"unknown MIDI event {name!r}: write NOTE_ON_p, NOTE_OFF_p (p 0-{music.PITCHES - 1})"
+                            f" or TIME_SHIFT_k (k 1-{self.max_shift}), separated by spaces")
+        return i
+
+    def encode_lines(self, pieces):
+        """Each piece as <s> ids... </s>: one id list per piece."""
+        return [[self.bos_id, *self.encode(piece), self.eos_id] for piece in pieces]
+
+    def decode(self, ids):
+        """The events as text: names each followed by a space; </s> a line break, <s> and padding nothing."""
+        return ''.join(self._text[i] for i in ids)
+
+    def to_notes(self, ids):
+        """The notes that ids play, whatever their order (the rules in the class docstring)."""
+        notes, sounding, now = [], {}, 0  # sounding: pitch -> onset
+
+        def end(pitch):
+            onset = sounding.pop(pitch)
+            if now > onset:
+                notes.append(music.Note(pitch, onset, now - onset))
+
+        for i in ids:
+            if i > self.time_shift:
+                now += i - self.time_shift
+            elif i >= self.note_off:
+                if i - self.note_off in sounding:
+                    end(i - self.note_off)
+            elif i >= self.note_on:
+                if i - self.note_on in sounding:
+                    end(i - self.note_on)
+                sounding[i - self.note_on] = now
+            elif i == self.eos_id:
+                for pitch in list(sounding):
+                    end(pitch)
+        for pitch in list(sounding):
+            end(pitch)
+        return sorted(notes, key=lambda n: (n.onset, n.pitch))
+
+    def to_meta(self):
+        return {'kind': self.kind, 'steps_per_quarter': self.steps_per_quarter, 'max_shift': self.max_shift,
+                'vocab_size': self.vocab_size, 'special_ids': special_ids(self)}
+
+    @classmethod
+    def from_meta(cls, meta):
+        return cls(meta['steps_per_quarter'], meta['max_shift'])
+
+
+TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer, BPETokenizer, MidiTokenizer)}
 
 
 def special_ids(tokenizer):

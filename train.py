@@ -515,13 +515,17 @@ def train_process(cfg, argv, world, device):
 
     n_params = sum(p.numel() for p in raw_model.parameters())
     tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    # bits per character = nats per target x targets per character; windowings that keep to documents learn no
-    # target across a boundary (no <s> after </s>), so for them only the pairs inside the documents count
-    val_targets = val_docs.pairs.sum() if batches.keeps_to_documents else meta['splits']['val']['tokens']
-    tokens_per_char = float(val_targets) / meta['splits']['val']['chars']
+    # bits per character (text) or per note (music), besides per token: a figure that tokenizers do not change;
+    # nats per target x targets per unit, where windowings that keep to documents learn no target across a
+    # boundary (no <s> after </s>), so for them only the pairs inside the documents count
+    val_counts = meta['splits']['val']
+    unit = next((u for u in ('char', 'note') if val_counts.get(u + 's')), 'token')
+    val_targets = val_docs.pairs.sum() if batches.keeps_to_documents else val_counts['tokens']
+    tokens_per_unit = float(val_targets) / val_counts[unit + 's'] if unit != 'token' else 1.0
     processes = f" in each of {world.size} processes" if world.is_distributed else ''
+    threads = torch.get_num_threads()
     path = (f"{str(dtype)[6:]}, {'compiled' if model is not raw_model else 'eager'},"
-            f" {runtime.adamw_kernel(cfg.adamw, device)} AdamW, {torch.get_num_threads()} CPU thread{'s' if torch.get_num_threads() > 1 else ''}")
+            f" {runtime.adamw_kernel(cfg.adamw, device)} AdamW, {threads} CPU thread{'s' if threads > 1 else ''}")
     world.say(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({path}){processes};"
               f" {tokens_per_iter:,} tokens per iteration ({resolved_windowing(dataclasses.asdict(cfg))} windows,"
               f" {batches.target_fraction:.0%} of them targets), {cfg.max_iters} iterations")
@@ -559,7 +563,7 @@ def train_process(cfg, argv, world, device):
             'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(), 'iter_num': iter_num,
             'best_val_loss': best_val_loss, 'val_loss': val_loss, 'config': dataclasses.asdict(cfg),
             'tokenizer': meta['tokenizer'],
-            'data': {'data_dir': cfg.data_dir, 'val_tokens_per_char': tokens_per_char},
+            'data': {'data_dir': cfg.data_dir, f'val_tokens_per_{unit}': tokens_per_unit},
             'rng': {**rng_states[0], 'other_processes': rng_states[1:], 'batches': batches.state(),
                     'hidden': hidden},
             'step_losses': values, 'elapsed_s': elapsed()}
@@ -590,12 +594,12 @@ def train_process(cfg, argv, world, device):
                 bits = val_loss / math.log(2)
                 train_loss = evaluate(model, train_docs, cfg, device, dtype, ignore_index, world)
                 result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
-                          'val_bits_per_token': bits, 'val_bits_per_char': bits * tokens_per_char,
+                          'val_bits_per_token': bits, f'val_bits_per_{unit}': bits * tokens_per_unit,
                           'eval_train_loss': train_loss, 'elapsed_s': elapsed()}
                 if log:
                     log.write(**result)
                 world.say(f"iter {iter_num}: val loss {val_loss:.4f}, perplexity {result['val_perplexity']:.2f},"
-                          f" {result['val_bits_per_char']:.3f} bits/char (train {train_loss:.4f})")
+                          f" {result[f'val_bits_per_{unit}']:.3f} bits/{unit} (train {train_loss:.4f})")
                 is_best = val_loss < best_val_loss
                 best_val_loss = min(best_val_loss, val_loss)
                 save_checkpoints(val_loss, is_best)
