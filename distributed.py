@@ -78,6 +78,9 @@ class World:
         try:
             self.cpu_group = dist.new_group(backend='gloo') if is_cuda else dist.group.WORLD
             yield self
+            # all processes done before any tears down: a gloo process whose peer has already closed their
+            # connections could abort in destroy_process_group ("terminate called without an active exception")
+            dist.barrier(group=self.cpu_group)
         finally:
             dist.destroy_process_group()
 
