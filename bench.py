@@ -323,6 +323,26 @@ def defaults_model(text):
     return parts[0], dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size), batch_size
 
 
+PATHS = ('plain', 'default')
+
+
+def model_label(text):
+    model_type, shape, batch_size = defaults_model(text)
+    return f"{model_type} {shape['n_layer']}x{shape['n_embd']} block {shape['block_size']} batch {batch_size}"
+
+
+def path_trainer(ctx, device, text, path):
+    """(Trainer, CPU threads) for a --defaults_models entry on one path: 'plain' is eager float32 with the
+    per-parameter AdamW loop at the thread count bench runs with; 'default' is what train.py picks (runtime.py)."""
+    model_type, shape, batch_size = defaults_model(text)
+    if path == 'plain':
+        trainer = Trainer(ctx, model_type, device, torch.float32, batch_size, False, shape=shape, adamw='for_loop')
+        return trainer, torch.get_num_threads()
+    trainer = Trainer(ctx, model_type, device, runtime.resolve_dtype('auto', device), batch_size,
+                      runtime.resolve_compile('auto', device), shape=shape)
+    return trainer, runtime.resolve_threads(ctx.cfg.threads)
+
+
 def conclude_defaults(rows, ctx):
     lines = [f"{r['device']} {r['model']}: train.py's default path ({r['path']}) runs a step {r['speedup']:.2f}x as"
              f" fast as plain eager float32 ({r['plain_path']})" for r in rows]
@@ -348,12 +368,9 @@ def plan_defaults(ctx):
                 f" {threads} threads")
 
     def job(device, text):
-        model_type, shape, batch_size = defaults_model(text)
         threads_before = torch.get_num_threads()
-        plain = Trainer(ctx, model_type, device, torch.float32, batch_size, False, shape=shape, adamw='for_loop')
-        fast = Trainer(ctx, model_type, device, runtime.resolve_dtype('auto', device), batch_size,
-                       runtime.resolve_compile('auto', device), shape=shape)
-        threads = {plain: threads_before, fast: runtime.resolve_threads(cfg.threads)}
+        (plain, plain_threads), (fast, fast_threads) = (path_trainer(ctx, device, text, p) for p in PATHS)
+        threads = {plain: plain_threads, fast: fast_threads}
         times = {plain: [], fast: []}
         try:
             for trainer in (plain, fast):
@@ -369,8 +386,7 @@ def plan_defaults(ctx):
         plain_s, fast_s = (statistics.median(times[t]) for t in (plain, fast))
         low = torch.float16 if device.startswith('cuda') and not torch.cuda.is_bf16_supported() else torch.bfloat16
         achieved = fast.throughput(fast_s)['tflops']
-        return {'model': f"{model_type} {shape['n_layer']}x{shape['n_embd']} block {shape['block_size']}"
-                         f" batch {batch_size}", 'device': device,
+        return {'model': model_label(text), 'device': device,
                 'params': sum(p.numel() for p in fast.raw_model.parameters()),
                 'plain_path': describe(plain, threads[plain]), 'path': describe(fast, threads[fast]),
                 'plain_ms': plain_s * 1e3, 'default_ms': fast_s * 1e3, 'speedup': plain_s / fast_s,
@@ -391,6 +407,21 @@ PROFILE_CATEGORIES = [('matmul', ('mm', 'linear', 'matmul')), ('attention', ('sc
                       ('embedding', ('embedding',))]
 PROFILE_GROUPS = ['matmul', 'attention', 'recurrent', 'activation', 'norm', 'loss', 'embedding', 'optimizer',
                   'data', 'other_ops', 'outside_ops']
+
+
+class LabelledBatches:
+    """A batch source whose batches are drawn under the profiler label 'batch' (the profile's data column),
+    so that train.py's loop carries no label of its own."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __getattr__(self, name):  # everything else BatchLoss asks of its source
+        return getattr(self.batches, name)
+
+    def __next__(self):
+        with torch.profiler.record_function('batch'):
+            return next(self.batches)
 
 
 def profile_category(event):
@@ -426,15 +457,10 @@ def plan_profile(ctx):
     cfg = ctx.cfg
 
     def job(device, text, path):
-        model_type, shape, batch_size = defaults_model(text)
         threads_before = torch.get_num_threads()
-        if path == 'plain':
-            trainer = Trainer(ctx, model_type, device, torch.float32, batch_size, False, shape=shape,
-                              adamw='for_loop')
-        else:
-            trainer = Trainer(ctx, model_type, device, runtime.resolve_dtype('auto', device), batch_size,
-                              runtime.resolve_compile('auto', device), shape=shape)
-            torch.set_num_threads(runtime.resolve_threads(cfg.threads))
+        trainer, threads = path_trainer(ctx, device, text, path)
+        trainer.batch_loss.batches = LabelledBatches(trainer.batches)
+        torch.set_num_threads(threads)
         try:
             trainer.warm_up(cfg.warmup)
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
@@ -452,12 +478,11 @@ def plan_profile(ctx):
             if event.device_type == torch.autograd.DeviceType.CPU:
                 spent[profile_category(event)] += event.self_cpu_time_total
         spent['outside_ops'] = max(0.0, wall_us - sum(spent.values()))
-        return {'model': f"{model_type} {shape['n_layer']}x{shape['n_embd']} block {shape['block_size']} batch"
-                         f" {batch_size}", 'device': device, 'path': path,
+        return {'model': model_label(text), 'device': device, 'path': path,
                 'ms_per_iter': wall_us / cfg.repeats / 1e3, **{g: spent[g] / wall_us for g in PROFILE_GROUPS}}
 
     return [Job(f'profile {text} {path} {device}', device, None, functools.partial(job, device, text, path))
-            for device in ctx.devices for text in cfg.profile_models for path in ('plain', 'default')]
+            for device in ctx.devices for text in cfg.profile_models for path in PATHS]
 
 
 def conclude_windowing(rows, ctx):

@@ -133,8 +133,7 @@ class BatchLoss:
 
     def __call__(self):
         is_fresh = self.hidden is None or self.batches.is_epoch_start
-        with torch.profiler.record_function('batch'):  # a label for bench.py's profile; free when not profiling
-            batch = batching.to_device(next(self.batches), self.device)
+        batch = batching.to_device(next(self.batches), self.device)
         hidden = self.hidden
         if self.is_recurrent and is_fresh:
             hidden = unwrap(self.model).init_hidden(batch.x.shape[0], self.device)
@@ -258,7 +257,8 @@ def check_config(cfg):
                         f" {', '.join(batching.WINDOWINGS)}")
     if cfg.num_workers < 0:
         raise UserError(f"--num_workers={cfg.num_workers} must be 0 (load in the main process) or more")
-    runtime.resolve_compile(cfg.compile, 'cpu'), runtime.adamw_kernel(cfg.adamw, 'cpu')  # raise if unknown
+    runtime.resolve_compile(cfg.compile, 'cpu')  # these raise for a value they do not know
+    runtime.adamw_kernel(cfg.adamw, 'cpu')
     runtime.resolve_threads(cfg.threads)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
