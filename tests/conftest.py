@@ -115,9 +115,11 @@ def bpe_data(tmp_path_factory, gpt2_vocab):
 
 
 TINY_GPT = ['--model_type=gpt', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
-            '--batch_size=8', '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu']
+            '--batch_size=8', '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu',
+            '--dtype=float32']
 TINY_LSTM = ['--model_type=lstm', '--n_layer=2', '--n_embd=32', '--block_size=16', '--batch_size=8',
-             '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu']
+             '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu',
+             '--dtype=float32']
 
 
 @pytest.fixture(scope='session')
