@@ -61,9 +61,14 @@ def default_windowing(model_type):
     return 'streams' if model_type == 'lstm' else 'random'
 
 
+def resolve_windowing(windowing, model_type):
+    """The strategy a --windowing setting means for model_type: itself, or for auto the model's default."""
+    return default_windowing(model_type) if windowing == 'auto' else windowing
+
+
 def shares_rows(windowing, model_type):
     """Whether processes share a windowing's batches by row (contiguous rows) rather than by whole batch."""
-    return (default_windowing(model_type) if windowing == 'auto' else windowing) in ('streams', 'packed')
+    return resolve_windowing(windowing, model_type) in ('streams', 'packed')
 
 
 def process_rows(batch_size, rank, world_size):

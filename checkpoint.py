@@ -109,6 +109,13 @@ def estimated_size(model, tokenizer_meta):
     return 3 * weights + len(json.dumps(tokenizer_meta)) + (1 << 20)
 
 
+def seed_everything(seed):
+    """Seed every global RNG a run may draw from, so that a run is a function of its seed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # the CPU's and every accelerator's
+
+
 def global_rng_state(device):
     """The states of the global RNGs any code in a training run may draw from: torch (and the accelerator's),
     numpy and python. Plain values and tensors, so the checkpoint still loads with weights_only=True."""

@@ -1,4 +1,5 @@
-"""Training in several processes at once (torchrun): which process this is, and the few collectives train.py needs.
+"""Training in several processes at once (torchrun): which process this is, its share of each optimizer step,
+and the few collectives train.py needs.
 
     torchrun --standalone --nproc_per_node=4 train.py config/train_akjv.py --gradient_accumulation_steps=8
 
@@ -19,6 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import batching
 from configurator import UserError
 
 
@@ -149,3 +151,28 @@ class World:
             return f'torchrun --standalone --nproc_per_node={self.size}'
         return (f'torchrun --nnodes={self.size // self.local_size} --nproc_per_node={self.local_size}'
                 f' [with the rendezvous options each node was started with]')
+
+
+def unwrap(model):
+    """The plain module behind a DistributedDataParallel and a torch.compile wrapper."""
+    model = getattr(model, 'module', model)
+    return getattr(model, '_orig_mod', model)
+
+
+def micro_steps_per_process(cfg, world_size):
+    """How many micro-steps of each optimizer step one of world_size processes runs, so that together they run
+    the single process's step on the same batches. The rows of the windowings whose rows continue from batch
+    to batch (streams, packed) are shared out (each process runs every micro-step on its rows of the batch),
+    because a row's batches must follow each other through one LSTM state; the other windowings' micro-steps
+    are. Either way a step trains on batch_size x block_size x gradient_accumulation_steps tokens, however many
+    processes share it."""
+    if batching.shares_rows(cfg.windowing, cfg.model_type):
+        if cfg.batch_size % world_size:
+            windowing = batching.resolve_windowing(cfg.windowing, cfg.model_type)
+            raise UserError(f"--batch_size={cfg.batch_size} rows of {windowing} batches cannot be shared evenly by"
+                            f" {world_size} processes: make it a multiple of {world_size}")
+        return cfg.gradient_accumulation_steps
+    if cfg.gradient_accumulation_steps % world_size:
+        raise UserError(f"--gradient_accumulation_steps={cfg.gradient_accumulation_steps} cannot be shared"
+                        f" evenly by {world_size} processes: make it a multiple of {world_size}")
+    return cfg.gradient_accumulation_steps // world_size

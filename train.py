@@ -10,21 +10,14 @@ Ctrl-C or SIGTERM finishes the current step, saves ckpt.pt and prints the comman
 Under torchrun (see distributed.py) the processes share each optimizer step's batches and process 0 writes.
 """
 import dataclasses
-import json
 import math
 import os
-import random
-import shlex
 import signal
 import sys
-import threading
 import time
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import batching
@@ -32,8 +25,14 @@ import checkpoint
 import distributed
 import runtime
 import storage
+from checkpoint import seed_everything
 from configurator import UserError, parse, run
+from distributed import micro_steps_per_process, unwrap
 from model import MODELS, ModelArgs, build_model
+from optim import learning_rate, make_optimizer, train_step
+from reliability import (MAX_SKIPPED_IN_A_ROW, StepLosses, StopOnSignal, prepare_out_dir, resume_command,
+                         weights_finite)
+from trainlog import MetricsLog
 
 EVAL_SEED = 0  # the same val windows for every run, whatever its training seed, so runs compare
 
@@ -85,26 +84,6 @@ class TrainConfig:
     verify_data: bool = True      # check the data files' sha256 against meta.json at start (about 1 s per GB)
 
 
-def learning_rate(it, cfg):
-    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters, then flat."""
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    if it < cfg.warmup_iters:
-        return cfg.learning_rate * (it + 1) / cfg.warmup_iters
-    if it >= decay_iters:
-        return cfg.min_lr
-    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
-
-
-def make_optimizer(model, cfg, device):
-    """AdamW with weight decay on matrices (2-D and up) only, with the kernels --adamw picks."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
-              {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                             **runtime.adamw_options(cfg.adamw, device))
-
-
 def lm_loss(logits, targets, ignore_index):
     """Mean next-token cross-entropy in nats over the targets that are not ignore_index."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
@@ -145,53 +124,6 @@ class BatchLoss:
             else:
                 logits = self.model(batch.x, positions=batch.positions, doc_ids=batch.doc_ids)
             return lm_loss(logits, batch.y, self.ignore_index)
-
-
-def train_step(batch_loss, optimizer, scaler, cfg, micro_steps=None):
-    """One optimizer step: forward and backward over gradient_accumulation_steps batches, clip, update (unless
-    the step is not finite and cfg.on_nonfinite is skip). bench.py times this.
-
-    micro_steps: how many of those batches this process runs when several share the step (see
-    micro_steps_per_process); their gradients are averaged over the processes in the last one's backward pass.
-    Returns (the step's loss as a device tensor, NaN when its loss or gradients were not finite, whether the
-    step was skipped). Reading the loss waits for the device; see StepLosses for why the loop waits rarely.
-    """
-    micro_steps = micro_steps or cfg.gradient_accumulation_steps
-    ddp = batch_loss.model if isinstance(batch_loss.model, DistributedDataParallel) else None
-    params = [p for p in unwrap(batch_loss.model).parameters() if p.requires_grad]
-    loss_sum = torch.zeros((), device=params[0].device)
-    for micro_step in range(micro_steps):
-        if ddp:
-            # Average the gradients over the processes in the last micro-step's backward only: the others just
-            # accumulate. DDP's no_sync() context manager does this by setting this flag for its block; setting
-            # it here keeps one forward-backward line for both cases instead of two copies of it.
-            ddp.require_backward_grad_sync = micro_step == micro_steps - 1
-        loss = batch_loss() * batch_loss.weight / micro_steps  # weight: see batching.Batch (1 but for shared rows)
-        scaler.scale(loss).backward()
-        loss_sum += loss.detach()
-    if ddp:  # the mean of all processes' losses: each must decide alike below, or one would wait for the others
-        dist.all_reduce(loss_sum, group=ddp.process_group)
-        loss_sum /= ddp.process_group.size()
-    scaler.unscale_(optimizer)  # a no-op unless float16; the gradients are the true ones from here on
-    is_finite = torch.isfinite(loss_sum)
-    if cfg.grad_clip:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    elif not scaler.is_enabled():
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    if not scaler.is_enabled():  # float16's overflowing gradients are the scaler's to skip (it lowers its scale)
-        is_finite &= torch.isfinite(grad_norm)
-    is_skipped = cfg.on_nonfinite == 'skip' and not is_finite.item()  # the skip mode's one host sync per step
-    if not is_skipped:
-        scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return torch.where(is_finite, loss_sum, torch.nan), is_skipped
-
-
-def unwrap(model):
-    """The plain module behind a DistributedDataParallel and a torch.compile wrapper."""
-    model = getattr(model, 'module', model)
-    return getattr(model, '_orig_mod', model)
 
 
 def evaluate(model, documents, cfg, device, dtype, ignore_index, world=None):
@@ -241,8 +173,7 @@ def open_documents(data_dir, split, meta):
 
 def resolved_windowing(config):
     """The windowing strategy a training config (as a dict) resolves to."""
-    chosen = config.get('windowing', 'auto')
-    return batching.default_windowing(config['model_type']) if chosen == 'auto' else chosen
+    return batching.resolve_windowing(config.get('windowing', 'auto'), config['model_type'])
 
 
 def check_config(cfg):
@@ -272,170 +203,6 @@ def check_config(cfg):
         raise UserError(f"--n_embd={cfg.n_embd} must be a multiple of --n_head={cfg.n_head}")
 
 
-def micro_steps_per_process(cfg, world_size):
-    """How many micro-steps of each optimizer step one of world_size processes runs, so that together they run
-    the single process's step on the same batches. The rows of the windowings whose rows continue from batch
-    to batch (streams, packed) are shared out (each process runs every micro-step on its rows of the batch),
-    because a row's batches must follow each other through one LSTM state; the other windowings' micro-steps
-    are. Either way a step trains on batch_size x block_size x gradient_accumulation_steps tokens, however many
-    processes share it."""
-    if batching.shares_rows(cfg.windowing, cfg.model_type):
-        if cfg.batch_size % world_size:
-            raise UserError(f"--batch_size={cfg.batch_size} rows of {resolved_windowing(dataclasses.asdict(cfg))}"
-                            f" batches cannot be shared evenly by {world_size} processes: make it a multiple of"
-                            f" {world_size}")
-        return cfg.gradient_accumulation_steps
-    if cfg.gradient_accumulation_steps % world_size:
-        raise UserError(f"--gradient_accumulation_steps={cfg.gradient_accumulation_steps} cannot be shared"
-                        f" evenly by {world_size} processes: make it a multiple of {world_size}")
-    return cfg.gradient_accumulation_steps // world_size
-
-
-def prepare_out_dir(out_dir, checkpoint_bytes):
-    """Create out_dir and prove it is writable and has room for the checkpoints now, rather than at the first
-    checkpoint an hour from now."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with storage.atomic_write(os.path.join(out_dir, '.write-test')) as f:
-            f.write(b'ok')
-        os.remove(os.path.join(out_dir, '.write-test'))
-    except OSError as error:
-        raise UserError(f"cannot write to out_dir {out_dir}: {error.strerror}; choose another --out_dir")
-    storage.remove_stray_temporaries(out_dir)
-    # ckpt.pt, best.pt, and the temporary file of the one being replaced; files there now make room as replaced
-    present = sum(os.path.getsize(p) for name in ('ckpt.pt', 'best.pt')
-                  if os.path.exists(p := os.path.join(out_dir, name)))
-    storage.check_free_space(out_dir, 3 * checkpoint_bytes - present, 'the checkpoints (ckpt.pt, best.pt)')
-
-
-class MetricsLog:
-    """out_dir/metrics.jsonl (one JSON object per line) and the loss plot drawn from it."""
-
-    def __init__(self, out_dir, resume_iter=None):
-        self.path = os.path.join(out_dir, 'metrics.jsonl')
-        self.plot_path = os.path.join(out_dir, 'loss.png')
-        self.records = []
-        if resume_iter is not None and os.path.exists(self.path):
-            with open(self.path) as f:  # keep what led up to the checkpoint; later lines were lost work
-                self.records = [r for r in map(_json_or_none, f) if r and r['iter'] <= resume_iter]
-        with storage.atomic_write(self.path, 'w') as f:
-            f.writelines(json.dumps(r) + '\n' for r in self.records)
-
-    def write(self, **record):
-        self.records.append(record)
-        with open(self.path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
-
-    def plot(self):
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key, style in (('train_loss', '-'), ('eval_train_loss', 'o--'), ('val_loss', 'o-')):
-            points = [(r['iter'], r[key]) for r in self.records if key in r]
-            if points:
-                ax.plot(*zip(*points), style, label=key.replace('_', ' '), alpha=0.8)
-        ax.set_xlabel('iteration')
-        ax.set_ylabel('loss (nats per token)')
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        with storage.atomic_write(self.plot_path) as f:
-            fig.savefig(f, format='png', dpi=100)
-        plt.close(fig)
-
-
-def _json_or_none(line):
-    """A metrics.jsonl line as a dict, or None for a line that a crash cut short."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and 'iter' in record else None
-
-
-def seed_everything(seed):
-    """Seed every global RNG a run may draw from, so that a run is a function of its seed."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # the CPU's and every accelerator's
-
-
-class StopOnSignal:
-    """While active, SIGINT (Ctrl-C) and SIGTERM only ask the training loop to stop: it finishes the step it is
-    in, saves a checkpoint and exits. A second signal stops at once (the atomic writes keep the files whole)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum, self.previous = None, {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
-            self.previous = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc_info):
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        self.previous = {}
-
-    def _request(self, signum, frame):
-        if self.signum is not None:
-            self.__exit__()
-            signal.raise_signal(signum)  # to the previous handler: KeyboardInterrupt, or the default death
-            return
-        self.signum = signum
-        # os.write, not print: this handler may run while the main code is inside a print to the same stream
-        os.write(2, f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint"
-                    f" (send it again to stop at once)\n".encode())
-
-
-class StepLosses:
-    """The loss of each step since the last log line, left on the device so that the hot loop never waits.
-
-    Why not check every loss for NaN at once: reading a value from the GPU makes the CPU wait for the GPU to
-    finish all the work queued so far, which stops it from queuing the next steps ahead, and that idle time is
-    a real share of a small model's step. So a step whose loss or gradients were not finite is recorded as NaN
-    here, and the loop reads the record where it waits anyway (log lines, evaluations, checkpoints). With
-    --on_nonfinite=stop, that means up to log_interval steps run on from a non-finite step before the run
-    stops; their weights are never saved, since every checkpoint reads this record (and checks the weights)
-    first. --on_nonfinite=skip must decide before the optimizer step, so it pays one wait per step.
-    """
-
-    def __init__(self, device, first_iter, values=()):
-        self.first_iter = first_iter  # iteration of the first step recorded
-        self.losses = [torch.tensor(v, device=device) for v in values]
-
-    def record(self, loss):
-        self.losses.append(loss)
-
-    def values(self):
-        """The recorded losses as floats (a host sync)."""
-        return torch.stack(self.losses).tolist() if self.losses else []
-
-    def first_nonfinite(self, values):
-        """The iteration of the first step of values (as read from this record) that was not finite, or None."""
-        return next((self.first_iter + i for i, v in enumerate(values) if not math.isfinite(v)), None)
-
-
-MAX_SKIPPED_IN_A_ROW = 20  # --on_nonfinite=skip gives up after this many: the run is diverging, not unlucky
-
-
-def weights_finite(model):
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
-
-
-def resume_command(cfg, argv=None, launcher='python'):
-    """The command that continues this run from its ckpt.pt: the arguments it was started with (or, when they
-    are unknown, the settings that differ from the defaults), then --init_from=resume."""
-    if argv is None:
-        defaults = dataclasses.asdict(TrainConfig())
-        argv = [f'--{k}={v}' for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]]
-    kept = [arg for arg in argv if not arg.startswith('--init_from=')]
-    return f"{launcher} {shlex.join(['train.py', *kept, '--init_from=resume'])}"
-
-
 def train(cfg, argv=None):
     """Run training as configured, in this process or, under torchrun, in each of its processes; return the last
     evaluation's metrics.
@@ -448,206 +215,294 @@ def train(cfg, argv=None):
     torch.set_num_threads(runtime.resolve_threads(cfg.threads, world.local_size))
     try:
         with world.join(device):
-            return train_process(cfg, argv, world, device)
+            return train_loop(Run(cfg, argv, world, device))
     finally:
         torch.set_num_threads(threads)  # as it was: ablate.py and the tests call train() in their own process
 
 
-def train_process(cfg, argv, world, device):
-    """What train() runs in each process of world, on device."""
-    started = time.perf_counter()
-    ckpt_path, best_path = os.path.join(cfg.out_dir, 'ckpt.pt'), os.path.join(cfg.out_dir, 'best.pt')
-    resumed = checkpoint.load(ckpt_path) if cfg.init_from == 'resume' else None
-    if resumed:  # the model's shape is the checkpoint's, whatever the config says
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
-    check_config(cfg)
-    micro_steps = micro_steps_per_process(cfg, world.size)
-    dtype = runtime.resolve_dtype(cfg.dtype, device)
-    meta = storage.load_meta(cfg.data_dir)
-    if cfg.verify_data:
-        storage.verify_checksums(cfg.data_dir, meta)
-    if resumed and resumed['tokenizer'] != meta['tokenizer']:
-        raise UserError(f"{ckpt_path} was trained on another vocabulary than {cfg.data_dir}:"
-                        f" resume with the data_dir it was trained on")
-    trained_with = resolved_windowing(resumed['config']) if resumed else None
-    if resumed and trained_with != resolved_windowing(dataclasses.asdict(cfg)):
-        raise UserError(f"{ckpt_path} was trained with --windowing={trained_with}: resume with that windowing"
-                        f" (where a batch source stopped means nothing to another)")
-    train_docs, val_docs = (open_documents(cfg.data_dir, split, meta) for split in ('train', 'val'))
-    batches = make_batches(cfg, train_docs, 'train', cfg.seed, device, world)
-    make_batches(cfg, val_docs, 'val', EVAL_SEED, world=world)  # a val split too small fails now, not later
-
-    seed_everything(cfg.seed + world.rank)  # each process its own dropout masks; DDP gives all process 0's weights
-    shape = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelArgs) if hasattr(cfg, f.name)}
-    args = ModelArgs(**shape, vocab_size=meta['vocab_size'], pad_id=meta['tokenizer']['special_ids'].get('pad'))
-    raw_model = build_model(args).to(device)
-    world.on_main(prepare_out_dir, cfg.out_dir, checkpoint.estimated_size(raw_model, meta['tokenizer']))
-    optimizer = make_optimizer(raw_model, cfg, device)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
-    iter_num, best_val_loss, hidden, step_losses = 0, float('inf'), None, ()
-    elapsed_before = 0.0  # wall-clock seconds of training before this process (in the runs a resume continues)
-    if resumed:
-        raw_model.load_state_dict(resumed['model'])
-        optimizer.load_state_dict(resumed['optimizer'])
-        if resumed['scaler']:  # empty when saved without float16
-            scaler.load_state_dict(resumed['scaler'])
-        iter_num, best_val_loss = resumed['iter_num'], resumed['best_val_loss']
-        elapsed_before = resumed.get('elapsed_s', 0.0)
-        batches.load_state(resumed['rng']['batches'])  # the same in every process, whatever their number
-        saved_rng = [resumed['rng'], *resumed['rng'].get('other_processes', [])]
-        if world.rank < len(saved_rng):  # a process the saved run did not have keeps its seed + rank
-            checkpoint.restore_global_rng_state(saved_rng[world.rank], device)
-        if resumed['rng']['hidden'] is not None:  # all the streams' states: this process takes its rows
-            hidden = tuple(h[:, batches.rows].to(device) for h in resumed['rng']['hidden'])
-        step_losses = resumed['step_losses']
-        message = f"resuming {ckpt_path} at iteration {iter_num} (best val loss {best_val_loss:.4f})"
-        if len(saved_rng) != world.size:
-            message += f", saved by {len(saved_rng)} processes, continued by {world.size}"
-        world.say(message)
-    # a checkpoint saved on a signal between evaluations was not evaluated; one saved at an evaluation was
-    evaluated_iter = iter_num if resumed and resumed['val_loss'] is not None else None
-    saved_iter = iter_num if resumed else None
-    model = torch.compile(raw_model) if runtime.resolve_compile(cfg.compile, device) else raw_model
-    ignore_index = batching.IGNORE_INDEX
-    batch_loss = BatchLoss(world.wrap(model), batches, device, dtype, ignore_index, hidden)
-    log = MetricsLog(cfg.out_dir, resume_iter=iter_num if resumed else None) if world.is_main else None
-    steps = StepLosses(device, iter_num - len(step_losses), step_losses)
-
-    n_params = sum(p.numel() for p in raw_model.parameters())
-    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    # bits per character (text) or per note (music), besides per token: a figure that tokenizers do not change;
-    # nats per target x targets per unit, where windowings that keep to documents learn no target across a
-    # boundary (no <s> after </s>), so for them only the pairs inside the documents count
-    val_counts = meta['splits']['val']
-    unit = next((u for u in ('char', 'note') if val_counts.get(u + 's')), 'token')
-    val_targets = val_docs.pairs.sum() if batches.keeps_to_documents else val_counts['tokens']
-    tokens_per_unit = float(val_targets) / val_counts[unit + 's'] if unit != 'token' else 1.0
-    processes = f" in each of {world.size} processes" if world.is_distributed else ''
-    threads = torch.get_num_threads()
-    path = (f"{str(dtype)[6:]}, {'compiled' if model is not raw_model else 'eager'},"
-            f" {runtime.adamw_kernel(cfg.adamw, device)} AdamW, {threads} CPU thread{'s' if threads > 1 else ''}")
-    world.say(f"{args.model_type} with {n_params / 1e6:.2f}M parameters on {device} ({path}){processes};"
-              f" {tokens_per_iter:,} tokens per iteration ({resolved_windowing(dataclasses.asdict(cfg))} windows,"
-              f" {batches.target_fraction:.0%} of them targets), {cfg.max_iters} iterations")
-
-    def elapsed():
-        """Wall-clock seconds since training started (this process's start-up included), over resumes."""
-        return elapsed_before + time.perf_counter() - started
-
-    def stop_if_nonfinite(values, check_weights=False):
-        """Raise, saving nothing, if a recorded step was not finite (stop mode) or the weights are not."""
-        bad_iter = steps.first_nonfinite(values) if cfg.on_nonfinite == 'stop' else None
-        if bad_iter is None and not (check_weights and not weights_finite(raw_model)):
-            return
-        what = f"loss or gradients at iteration {bad_iter}" if bad_iter is not None else \
-            f"weights at iteration {iter_num}"
-        raise UserError(f"non-finite {what}: training stopped, nothing saved; {last_good()}")
-
-    def last_good():
-        if saved_iter is None:
-            return "no checkpoint was written: start again with a lower --learning_rate"
-        return (f"{ckpt_path} (iteration {saved_iter}) is the last good checkpoint: resume it with a lower"
-                f" --learning_rate or --on_nonfinite=skip ({resume_command(cfg, argv, world.launcher())})")
-
-    def save_checkpoints(val_loss, is_best=False):
-        """best.pt first, then ckpt.pt: a crash between the two leaves ckpt.pt the older, and resuming it
-        redoes the evaluation that wrote best.pt, so best.pt never lags behind ckpt.pt's best_val_loss."""
-        nonlocal saved_iter
-        values = steps.values()
-        stop_if_nonfinite(values, check_weights=True)  # never replace a good checkpoint with a non-finite one
-        # every process's RNG states, and the LSTM state of all the streams, whatever process carries them
-        rng_states = world.gather(checkpoint.global_rng_state(device))
-        hidden = [world.gather_rows(h, dim=1) for h in batch_loss.hidden] if batch_loss.hidden else None
-        state = {
-            'model_args': dataclasses.asdict(args), 'model': raw_model.state_dict(),
-            'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(), 'iter_num': iter_num,
-            'best_val_loss': best_val_loss, 'val_loss': val_loss, 'config': dataclasses.asdict(cfg),
-            'tokenizer': meta['tokenizer'],
-            'data': {'data_dir': cfg.data_dir, f'val_tokens_per_{unit}': tokens_per_unit},
-            'rng': {**rng_states[0], 'other_processes': rng_states[1:], 'batches': batches.state(),
-                    'hidden': hidden},
-            'step_losses': values, 'elapsed_s': elapsed()}
-        world.on_main(write_checkpoints, state, is_best)
-        saved_iter = iter_num
-
-    def write_checkpoints(state, is_best):
-        for path in ([best_path] if is_best else []) + [ckpt_path]:
-            try:
-                checkpoint.save(path, state)
-            except OSError as error:  # a disk that filled up during the run, say: the old file is still whole
-                raise UserError(f"cannot write {path} at iteration {iter_num}: {error.strerror}; {last_good()}")
-
-    result = {}
-    timer_start, timed_steps, skipped_in_a_row = time.perf_counter(), 0, 0
+def train_loop(run):
+    """Train from run's iteration to max_iters, evaluating and saving at every eval_interval and at the end;
+    return the last evaluation's metrics. On a signal: save ckpt.pt, print the resume command, exit."""
+    cfg, world, state = run.cfg, run.world, run.state
+    state.restart_timer()
     with (StopOnSignal() as stop,
-          tqdm(total=cfg.max_iters, initial=iter_num, desc='train', unit='it', dynamic_ncols=True,
+          tqdm(total=cfg.max_iters, initial=state.iter_num, desc='train', unit='it', dynamic_ncols=True,
                disable=not world.is_main) as progress):
         # a signal during a step stops before the next evaluation, not after it; all processes after the same step
         while not (signum := world.agreed_signal(stop.signum)):
-            is_eval_step = iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters
-            if is_eval_step and iter_num != evaluated_iter:
-                stop_if_nonfinite(steps.values(), check_weights=True)  # evaluate, log and save nothing non-finite
-                val_loss = evaluate(model, val_docs, cfg, device, dtype, ignore_index, world)
-                if not math.isfinite(val_loss):  # finite weights can still be garbage (1e30s), in either mode
-                    raise UserError(f"non-finite validation loss at iteration {iter_num}: training stopped,"
-                                    f" nothing saved; {last_good()}")
-                bits = val_loss / math.log(2)
-                train_loss = evaluate(model, train_docs, cfg, device, dtype, ignore_index, world)
-                result = {'iter': iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
-                          'val_bits_per_token': bits, f'val_bits_per_{unit}': bits * tokens_per_unit,
-                          'eval_train_loss': train_loss, 'elapsed_s': elapsed()}
-                if log:
-                    log.write(**result)
-                world.say(f"iter {iter_num}: val loss {val_loss:.4f}, perplexity {result['val_perplexity']:.2f},"
-                          f" {result[f'val_bits_per_{unit}']:.3f} bits/{unit} (train {train_loss:.4f})")
-                is_best = val_loss < best_val_loss
-                best_val_loss = min(best_val_loss, val_loss)
-                save_checkpoints(val_loss, is_best)
-                if log:
-                    log.plot()
-                timer_start, timed_steps = time.perf_counter(), 0  # evaluation time is not training throughput
+            if run.is_evaluation_due():
+                run.save_checkpoints(*run.evaluate())
+                if run.log:
+                    run.log.plot()
+                state.restart_timer()  # evaluation time is not training throughput
                 signum = world.agreed_signal(stop.signum)  # a signal that came during the evaluation
-            if iter_num >= cfg.max_iters or signum:
+            if state.iter_num >= cfg.max_iters or signum:
                 break
-
-            lr = learning_rate(iter_num, cfg)
-            for group in optimizer.param_groups:
-                group['lr'] = lr
-            loss, is_skipped = train_step(batch_loss, optimizer, scaler, cfg, micro_steps)
-            steps.record(loss)
-            skipped_in_a_row = skipped_in_a_row + 1 if is_skipped else 0
-            if is_skipped:
-                world.say(f"iteration {iter_num}: non-finite loss or gradients, step skipped")
-                if skipped_in_a_row == MAX_SKIPPED_IN_A_ROW:
-                    raise UserError(f"{skipped_in_a_row} steps in a row had non-finite losses or gradients"
-                                    f" (iterations {iter_num + 1 - skipped_in_a_row}-{iter_num}): training"
-                                    f" stopped; {last_good()}")
-            iter_num += 1
-            timed_steps += 1
+            run.step()
             progress.update()
+            if state.iter_num % cfg.log_interval == 0:
+                run.log_steps(progress)
+    if signum and state.iter_num < cfg.max_iters:
+        run.stop_on_signal(signum)
+    return state.result
 
-            if iter_num % cfg.log_interval == 0:
-                values = steps.values()  # the only host sync of the hot loop (but for --on_nonfinite=skip)
-                stop_if_nonfinite(values)
-                finite = [v for v in values if math.isfinite(v)]
-                tokens_per_sec = timed_steps * tokens_per_iter / (time.perf_counter() - timer_start)
-                record = {'iter': iter_num, 'lr': lr, 'tokens_per_sec': tokens_per_sec, 'elapsed_s': elapsed()}
-                if finite:
-                    record['train_loss'] = sum(finite) / len(finite)
-                    progress.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f'{tokens_per_sec:,.0f}')
-                if len(finite) < len(values):
-                    record['skipped_steps'] = len(values) - len(finite)
-                if log:
-                    log.write(**record)
-                timer_start, timed_steps, steps = time.perf_counter(), 0, StepLosses(device, iter_num)
-    if signum and iter_num < cfg.max_iters:
-        if saved_iter != iter_num:
-            save_checkpoints(None)
-        if world.is_main:
-            print(f"{signal.Signals(signum).name}: stopped at iteration {iter_num}, saved {ckpt_path}."
-                  f" Resume with: {resume_command(cfg, argv, world.launcher())}", file=sys.stderr)
+
+@dataclasses.dataclass
+class RunState:
+    """Where a run is: what the training loop and its jobs (Run's methods) read and advance, all in one place."""
+    started: float                     # time.perf_counter() when this process began the run
+    step_losses: StepLosses            # the steps since the last log line
+    elapsed_before: float = 0.0        # wall-clock seconds of training in the runs a resume continues
+    iter_num: int = 0                  # optimizer steps taken
+    best_val_loss: float = math.inf
+    evaluated_iter: int | None = None  # the iteration last evaluated
+    saved_iter: int | None = None      # the iteration of the newest checkpoint written (or resumed from)
+    lr: float = 0.0                    # the learning rate of the last step
+    skipped_in_a_row: int = 0          # --on_nonfinite=skip: the steps skipped since the last one taken
+    timer_start: float = 0.0           # tokens/s counts the steps since the last log line or evaluation
+    timed_steps: int = 0
+    result: dict = dataclasses.field(default_factory=dict)  # the last evaluation's metrics
+
+    def elapsed(self):
+        """Wall-clock seconds since training started (this process's start-up included), over resumes."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def restart_timer(self):
+        self.timer_start, self.timed_steps = time.perf_counter(), 0
+
+
+class Run:
+    """One process's training run: the model, optimizer and batches it trains with, its RunState, and the jobs
+    the training loop calls (evaluate, save_checkpoints, step, log_steps, stop_on_signal)."""
+
+    def __init__(self, cfg, argv, world, device):
+        """Set up the run from scratch or, with --init_from=resume, from out_dir/ckpt.pt; say what it trains."""
+        started = time.perf_counter()
+        self.ckpt_path, self.best_path = (os.path.join(cfg.out_dir, name) for name in ('ckpt.pt', 'best.pt'))
+        resumed = checkpoint.load(self.ckpt_path) if cfg.init_from == 'resume' else None
+        if resumed:  # the model's shape is the checkpoint's, whatever the config says
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
+        check_config(cfg)
+        self.cfg, self.world, self.device = cfg, world, device
+        self.resume_command = resume_command(cfg, argv, world.launcher())  # what a stopped run prints
+        self.micro_steps = micro_steps_per_process(cfg, world.size)
+        self.dtype = runtime.resolve_dtype(cfg.dtype, device)
+        self.meta = storage.load_meta(cfg.data_dir)
+        if cfg.verify_data:
+            storage.verify_checksums(cfg.data_dir, self.meta)
+        if resumed:
+            self.check_resumable(resumed)
+        self.train_docs, self.val_docs = (open_documents(cfg.data_dir, s, self.meta) for s in ('train', 'val'))
+        batches = make_batches(cfg, self.train_docs, 'train', cfg.seed, device, world)
+        make_batches(cfg, self.val_docs, 'val', EVAL_SEED, world=world)  # a val split too small fails now, not later
+
+        seed_everything(cfg.seed + world.rank)  # each process its own dropout masks; DDP gives all process 0's
+        shape = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelArgs) if hasattr(cfg, f.name)}
+        self.args = ModelArgs(**shape, vocab_size=self.meta['vocab_size'],
+                              pad_id=self.meta['tokenizer']['special_ids'].get('pad'))
+        self.raw_model = build_model(self.args).to(device)  # the plain module, whose weights a checkpoint holds
+        world.on_main(prepare_out_dir, cfg.out_dir, checkpoint.estimated_size(self.raw_model, self.meta['tokenizer']))
+        self.optimizer = make_optimizer(self.raw_model, cfg, device)
+        self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
+        self.state = RunState(started, StepLosses(device, 0))
+        hidden = self.resume(resumed, batches) if resumed else None
+        is_compiled = runtime.resolve_compile(cfg.compile, device)
+        self.model = torch.compile(self.raw_model) if is_compiled else self.raw_model
+        self.batch_loss = BatchLoss(world.wrap(self.model), batches, device, self.dtype, batching.IGNORE_INDEX,
+                                    hidden)
+        self.log = MetricsLog(cfg.out_dir, resume_iter=self.state.iter_num if resumed else None) \
+            if world.is_main else None
+        # bits per character (text) or per note (music), besides per token: a figure that tokenizers do not change;
+        # nats per target x targets per unit, where windowings that keep to documents learn no target across a
+        # boundary (no <s> after </s>), so for them only the pairs inside the documents count
+        val_counts = self.meta['splits']['val']
+        self.unit = next((u for u in ('char', 'note') if val_counts.get(u + 's')), 'token')
+        val_targets = self.val_docs.pairs.sum() if batches.keeps_to_documents else val_counts['tokens']
+        self.tokens_per_unit = float(val_targets) / val_counts[self.unit + 's'] if self.unit != 'token' else 1.0
+        self.tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+        world.say(self.description())
+
+    def check_resumable(self, resumed):
+        """Refuse a checkpoint trained on another vocabulary or cut into windows another way."""
+        cfg = self.cfg
+        if resumed['tokenizer'] != self.meta['tokenizer']:
+            raise UserError(f"{self.ckpt_path} was trained on another vocabulary than {cfg.data_dir}:"
+                            f" resume with the data_dir it was trained on")
+        trained_with = resolved_windowing(resumed['config'])
+        if trained_with != resolved_windowing(dataclasses.asdict(cfg)):
+            raise UserError(f"{self.ckpt_path} was trained with --windowing={trained_with}: resume with that"
+                            f" windowing (where a batch source stopped means nothing to another)")
+
+    def resume(self, resumed, batches):
+        """Load a checkpoint's weights, optimizer, RNG and batch states into the run; return the LSTM state
+        of this process's rows (None for the GPT)."""
+        state, world = self.state, self.world
+        self.raw_model.load_state_dict(resumed['model'])
+        self.optimizer.load_state_dict(resumed['optimizer'])
+        if resumed['scaler']:  # empty when saved without float16
+            self.scaler.load_state_dict(resumed['scaler'])
+        state.iter_num, state.best_val_loss = resumed['iter_num'], resumed['best_val_loss']
+        state.elapsed_before = resumed.get('elapsed_s', 0.0)
+        state.saved_iter = state.iter_num
+        # a checkpoint saved on a signal between evaluations was not evaluated; one saved at an evaluation was
+        state.evaluated_iter = state.iter_num if resumed['val_loss'] is not None else None
+        state.step_losses = StepLosses(self.device, state.iter_num - len(resumed['step_losses']),
+                                       resumed['step_losses'])
+        batches.load_state(resumed['rng']['batches'])  # the same in every process, whatever their number
+        saved_rng = [resumed['rng'], *resumed['rng'].get('other_processes', [])]
+        if world.rank < len(saved_rng):  # a process the saved run did not have keeps its seed + rank
+            checkpoint.restore_global_rng_state(saved_rng[world.rank], self.device)
+        message = f"resuming {self.ckpt_path} at iteration {state.iter_num} (best val loss {state.best_val_loss:.4f})"
+        if len(saved_rng) != world.size:
+            message += f", saved by {len(saved_rng)} processes, continued by {world.size}"
+        world.say(message)
+        if resumed['rng']['hidden'] is not None:  # all the streams' states: this process takes its rows
+            return tuple(h[:, batches.rows].to(self.device) for h in resumed['rng']['hidden'])
+        return None
+
+    def description(self):
+        """The line that says what trains, where, how fast a path it takes, and on how many tokens."""
+        cfg, world, threads = self.cfg, self.world, torch.get_num_threads()
+        n_params = sum(p.numel() for p in self.raw_model.parameters())
+        processes = f" in each of {world.size} processes" if world.is_distributed else ''
+        path = (f"{str(self.dtype)[6:]}, {'compiled' if self.model is not self.raw_model else 'eager'},"
+                f" {runtime.adamw_kernel(cfg.adamw, self.device)} AdamW,"
+                f" {threads} CPU thread{'s' if threads > 1 else ''}")
+        return (f"{self.args.model_type} with {n_params / 1e6:.2f}M parameters on {self.device} ({path})"
+                f"{processes}; {self.tokens_per_iter:,} tokens per iteration"
+                f" ({resolved_windowing(dataclasses.asdict(cfg))} windows,"
+                f" {self.batch_loss.batches.target_fraction:.0%} of them targets), {cfg.max_iters} iterations")
+
+    def is_evaluation_due(self):
+        """Every eval_interval steps and at the end, unless this iteration was evaluated (before a resume)."""
+        it = self.state.iter_num
+        return (it % self.cfg.eval_interval == 0 or it == self.cfg.max_iters) and it != self.state.evaluated_iter
+
+    def evaluate(self):
+        """Evaluate on both splits, log the record and say its line; return (val loss, whether it is the best)."""
+        cfg, state, unit = self.cfg, self.state, self.unit
+        self.stop_if_nonfinite(state.step_losses.values(), check_weights=True)  # evaluate, log nothing non-finite
+        val_loss = evaluate(self.model, self.val_docs, cfg, self.device, self.dtype, batching.IGNORE_INDEX,
+                            self.world)
+        if not math.isfinite(val_loss):  # finite weights can still be garbage (1e30s), in either mode
+            raise UserError(f"non-finite validation loss at iteration {state.iter_num}: training stopped,"
+                            f" nothing saved; {self.last_good()}")
+        bits = val_loss / math.log(2)
+        train_loss = evaluate(self.model, self.train_docs, cfg, self.device, self.dtype, batching.IGNORE_INDEX,
+                              self.world)
+        record = {'iter': state.iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
+                  'val_bits_per_token': bits, f'val_bits_per_{unit}': bits * self.tokens_per_unit,
+                  'eval_train_loss': train_loss, 'elapsed_s': state.elapsed()}
+        if self.log:
+            self.log.write(**record)
+        self.world.say(f"iter {state.iter_num}: val loss {val_loss:.4f}, perplexity {record['val_perplexity']:.2f},"
+                       f" {record[f'val_bits_per_{unit}']:.3f} bits/{unit} (train {train_loss:.4f})")
+        state.result = record
+        is_best = val_loss < state.best_val_loss
+        state.best_val_loss, state.evaluated_iter = min(state.best_val_loss, val_loss), state.iter_num
+        return val_loss, is_best
+
+    def step(self):
+        """One optimizer step at the scheduled learning rate, recorded in state.step_losses."""
+        state = self.state
+        state.lr = learning_rate(state.iter_num, self.cfg)
+        for group in self.optimizer.param_groups:
+            group['lr'] = state.lr
+        loss, is_skipped = train_step(self.batch_loss, self.optimizer, self.scaler, self.cfg, self.micro_steps)
+        state.step_losses.record(loss)
+        self.count_skipped(is_skipped)
+        state.iter_num += 1
+        state.timed_steps += 1
+
+    def count_skipped(self, is_skipped):
+        """--on_nonfinite=skip: say so for each skipped step, and stop after MAX_SKIPPED_IN_A_ROW in a row."""
+        state = self.state
+        state.skipped_in_a_row = state.skipped_in_a_row + 1 if is_skipped else 0
+        if is_skipped:
+            self.world.say(f"iteration {state.iter_num}: non-finite loss or gradients, step skipped")
+        if state.skipped_in_a_row == MAX_SKIPPED_IN_A_ROW:
+            raise UserError(f"{state.skipped_in_a_row} steps in a row had non-finite losses or gradients"
+                            f" (iterations {state.iter_num + 1 - state.skipped_in_a_row}-{state.iter_num}): training"
+                            f" stopped; {self.last_good()}")
+
+    def log_steps(self, progress):
+        """Log the steps since the last log line: their mean loss (of the finite ones), the learning rate, tokens/s;
+        stop if one was not finite (--on_nonfinite=stop)."""
+        state = self.state
+        values = state.step_losses.values()  # the only host sync of the hot loop (but for --on_nonfinite=skip)
+        self.stop_if_nonfinite(values)
+        finite = [v for v in values if math.isfinite(v)]
+        tokens_per_sec = state.timed_steps * self.tokens_per_iter / (time.perf_counter() - state.timer_start)
+        record = {'iter': state.iter_num, 'lr': state.lr, 'tokens_per_sec': tokens_per_sec,
+                  'elapsed_s': state.elapsed()}
+        if finite:
+            record['train_loss'] = sum(finite) / len(finite)
+            progress.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f'{tokens_per_sec:,.0f}')
+        if len(finite) < len(values):
+            record['skipped_steps'] = len(values) - len(finite)
+        if self.log:
+            self.log.write(**record)
+        state.restart_timer()
+        state.step_losses = StepLosses(self.device, state.iter_num)
+
+    def stop_if_nonfinite(self, values, check_weights=False):
+        """Raise, saving nothing, if a recorded step was not finite (stop mode) or the weights are not."""
+        bad_iter = self.state.step_losses.first_nonfinite(values) if self.cfg.on_nonfinite == 'stop' else None
+        if bad_iter is None and not (check_weights and not weights_finite(self.raw_model)):
+            return
+        what = f"loss or gradients at iteration {bad_iter}" if bad_iter is not None else \
+            f"weights at iteration {self.state.iter_num}"
+        raise UserError(f"non-finite {what}: training stopped, nothing saved; {self.last_good()}")
+
+    def last_good(self):
+        """What a stopped run leaves to resume from, and how."""
+        if self.state.saved_iter is None:
+            return "no checkpoint was written: start again with a lower --learning_rate"
+        return (f"{self.ckpt_path} (iteration {self.state.saved_iter}) is the last good checkpoint: resume it with a"
+                f" lower --learning_rate or --on_nonfinite=skip ({self.resume_command})")
+
+    def save_checkpoints(self, val_loss=None, is_best=False):
+        """best.pt first, then ckpt.pt: a crash between the two leaves ckpt.pt the older, and resuming it
+        redoes the evaluation that wrote best.pt, so best.pt never lags behind ckpt.pt's best_val_loss.
+        val_loss is None for a checkpoint saved on a signal between evaluations."""
+        values = self.state.step_losses.values()
+        self.stop_if_nonfinite(values, check_weights=True)  # never replace a good checkpoint with a non-finite one
+        self.world.on_main(self.write_checkpoints, self.checkpoint_state(val_loss, values), is_best)
+        self.state.saved_iter = self.state.iter_num
+
+    def checkpoint_state(self, val_loss, step_losses):
+        """What a checkpoint holds (see checkpoint.py), gathered from every process."""
+        cfg, state, world = self.cfg, self.state, self.world
+        # every process's RNG states, and the LSTM state of all the streams, whatever process carries them
+        rng_states = world.gather(checkpoint.global_rng_state(self.device))
+        hidden = self.batch_loss.hidden
+        hidden = [world.gather_rows(h, dim=1) for h in hidden] if hidden else None
+        return {
+            'model_args': dataclasses.asdict(self.args), 'model': self.raw_model.state_dict(),
+            'optimizer': self.optimizer.state_dict(), 'scaler': self.scaler.state_dict(), 'iter_num': state.iter_num,
+            'best_val_loss': state.best_val_loss, 'val_loss': val_loss, 'config': dataclasses.asdict(cfg),
+            'tokenizer': self.meta['tokenizer'],
+            'data': {'data_dir': cfg.data_dir, f'val_tokens_per_{self.unit}': self.tokens_per_unit},
+            'rng': {**rng_states[0], 'other_processes': rng_states[1:], 'batches': self.batch_loss.batches.state(),
+                    'hidden': hidden},
+            'step_losses': step_losses, 'elapsed_s': state.elapsed()}
+
+    def write_checkpoints(self, contents, is_best):
+        for path in ([self.best_path] if is_best else []) + [self.ckpt_path]:
+            try:
+                checkpoint.save(path, contents)
+            except OSError as error:  # a disk that filled up during the run, say: the old file is still whole
+                raise UserError(f"cannot write {path} at iteration {self.state.iter_num}: {error.strerror};"
+                                f" {self.last_good()}")
+
+    def stop_on_signal(self, signum):
+        """Save ckpt.pt (unless this iteration's is saved), print the command that resumes, exit 128 + signum."""
+        if self.state.saved_iter != self.state.iter_num:
+            self.save_checkpoints()
+        if self.world.is_main:
+            print(f"{signal.Signals(signum).name}: stopped at iteration {self.state.iter_num}, saved"
+                  f" {self.ckpt_path}. Resume with: {self.resume_command}", file=sys.stderr)
         raise SystemExit(128 + signum)
-    return result
 
 
 def main(argv=None):

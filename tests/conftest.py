@@ -14,6 +14,7 @@ import prepare
 import storage
 import tokenizer as tok
 import train
+import trainlog
 from tools import fetch_gpt2_vocab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +39,7 @@ def metrics(out_dir):
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [record for line in f if (record := train._json_or_none(line))]
+        return [record for line in f if (record := trainlog.read_record(line))]
 
 
 TIMING_KEYS = ('tokens_per_sec', 'elapsed_s')  # what differs between two runs of the same training

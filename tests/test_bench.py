@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import bench
+import bench_generate
+import bench_train
 import storage
 from configurator import UserError
 
@@ -39,14 +41,14 @@ def test_quick_run_writes_every_field_positive_and_finite(quick_run):
             missing = {key for key, _, _ in section.columns} - set(row)
             assert not missing, (name, missing)
             for key, value in numbers(row).items():
-                shares = name == 'profile' and key in bench.PROFILE_GROUPS  # a kind of op may take no time
+                shares = name == 'profile' and key in bench_train.PROFILE_GROUPS  # a kind of op may take no time
                 assert math.isfinite(value) and (value >= 0 if shares else value > 0), (name, key, value)
     for row in results['defaults']:  # train.py's default path against plain eager float32, per model
         assert row['speedup'] == pytest.approx(row['plain_ms'] / row['default_ms'])
         assert 'for_loop AdamW' in row['plain_path'] and 'fused AdamW' in row['path']
     assert [r['model'].split()[0] for r in results['defaults']] == ['gpt', 'lstm']
     for row in results['profile']:  # every microsecond of the step in exactly one kind
-        assert sum(row[g] for g in bench.PROFILE_GROUPS) >= 0.999 and row['matmul'] > 0
+        assert sum(row[g] for g in bench_train.PROFILE_GROUPS) >= 0.999 and row['matmul'] > 0
     assert [r['path'] for r in results['profile']] == ['plain', 'default']
     shape = {'device': 'cpu', 'batch_size': 4, 'block_size': 16}
     assert all(row.items() >= shape.items() for row in results['train'])
@@ -98,7 +100,7 @@ def test_quick_run_prints_a_table_per_section_and_the_conclusions(quick_run):
 @pytest.mark.parametrize('wall_b, follows', [(10.0, 'samples'), (7.0, 'samples'), (1.05, 'iterations'),
                                              (3.0, 'between')])
 def test_study_verdict(wall_b, follows):
-    exponent, kind = bench.study_verdict(1.0, wall_b, 50, 500)
+    exponent, kind = bench_train.study_verdict(1.0, wall_b, 50, 500)
     assert kind == follows and exponent == pytest.approx(math.log10(wall_b))
 
 
@@ -113,7 +115,7 @@ def test_study_conclusion_is_computed_from_the_runs():
 
     rows = [row('cpu', 'a', 1.0), row('cpu', 'b', 9.5), row('cpu', 'c', 0.9),
             row('cuda', 'a', 0.1), row('cuda', 'b', 0.12), row('cuda', 'c', 0.012)]
-    summaries, lines = bench.conclude_study(rows, ctx)
+    summaries, lines = bench_train.conclude_study(rows, ctx)
     assert [s['follows'] for s in summaries if 'follows' in s] == ['samples', 'iterations']
     assert 'cpu gpt: 10x the samples (b/a) took 9.50x the time' in lines[0]
     assert 'time follows the number of samples' in lines[0]
@@ -133,7 +135,7 @@ def test_generation_conclusions_are_computed_from_the_runs():
                 'recompute_second_half_tokens_per_s': recompute_half}
 
     rows = [row(2000, 380.0, 60.0, 360.0, 56.0), row(500, 400.0, 80.0, 360.0, 64.0)]
-    assert bench.conclude_generate(rows, ctx) == ([], [
+    assert bench_generate.conclude_generate(rows, ctx) == ([], [
         'cpu gpt 4x128: 500 new tokens with the KV cache at 400 tokens/s, 5.0x recomputing the window at every'
         ' token (80 tokens/s)',
         'cpu gpt 4x128: 2000 new tokens with the KV cache at 380 tokens/s, 6.3x recomputing the window at every'

@@ -1,0 +1,128 @@
+"""bench.py's sections on generation: sampling tokens/s, and sample.generate's KV cache against recomputing."""
+import dataclasses
+import functools
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import perf
+from bench_harness import Job, section
+from model import build_model
+from sample import generate
+
+PROMPT_TOKENS = 16  # the first tokens of the data are the prompt
+
+
+@section('sample', f'sampling: sample.generate after a {PROMPT_TOKENS}-token prompt, float32, median of --repeats',
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('new_tokens', 'new tokens', '{}'),
+          ('tokens_per_s', 'tokens/s', '{:,.1f}'), ('ms_per_token', 'ms/token', '{:.2f}'),
+          ('peak_memory_mb', 'peak MB', '{:,.0f}')])
+def plan_sample(ctx):
+    cfg = ctx.cfg
+
+    def job(model_type, device):
+        torch.manual_seed(cfg.seed)
+        model = build_model(ctx.model_args(model_type)).to(device).eval()
+        prompt_len = min(PROMPT_TOKENS, cfg.block_size - 1)
+        prompt = torch.from_numpy(np.asarray(ctx.tokens[:prompt_len], dtype=np.int64))[None].to(device)
+
+        def draw(n):
+            generator = torch.Generator(device=device).manual_seed(cfg.seed)
+            for _ in generate(model, prompt, n, temperature=1.0, top_k=0, generator=generator):
+                pass
+
+        draw(cfg.warmup)
+        seconds = perf.median_seconds(lambda: draw(cfg.sample_tokens), device, cfg.repeats)
+        return {'model': model_type, 'device': device, 'prompt_tokens': prompt_len,
+                'new_tokens': cfg.sample_tokens, 'tokens_per_s': cfg.sample_tokens / seconds,
+                'ms_per_token': seconds / cfg.sample_tokens * 1e3}
+
+    return [Job(f"sample {model_type} {device}", device, None, functools.partial(job, model_type, device))
+            for device in ctx.devices for model_type in ctx.models]
+
+
+def conclude_generate(rows, ctx):
+    """The cache's speed-up at each output length, and how tokens/s changes from the shortest output to the
+    longest."""
+    lines = []
+    for device in ctx.devices:
+        runs = sorted((r for r in rows if r['device'] == device), key=lambda r: r['new_tokens'])
+        for r in runs:
+            lines.append(f"{device} gpt {r['shape']}: {r['new_tokens']} new tokens with the KV cache at"
+                         f" {r['cached_tokens_per_s']:,.0f} tokens/s, {r['speedup']:.1f}x recomputing the window"
+                         f" at every token ({r['recompute_tokens_per_s']:,.0f} tokens/s)"
+                         + ('' if r['same_tokens'] else '; WARNING: the two generated different tokens'))
+        if len(runs) > 1:
+            first, last = runs[0], runs[-1]
+            change = {f'{mode}_{rate}': last[f'{mode}_{rate}'] / first[f'{mode}_{rate}']
+                      for mode in ('cached', 'recompute') for rate in ('tokens_per_s', 'second_half_tokens_per_s')}
+            lines.append(f"{device} gpt {first['shape']}: from {first['new_tokens']} to {last['new_tokens']} new"
+                         f" tokens the cached tokens/s changes {change['cached_tokens_per_s']:.2f}x overall and"
+                         f" {change['cached_second_half_tokens_per_s']:.2f}x over each output's second half"
+                         f" (recomputing: {change['recompute_tokens_per_s']:.2f}x and"
+                         f" {change['recompute_second_half_tokens_per_s']:.2f}x)")
+    return [], lines
+
+
+@section('generate', f'generation: sample.generate with the KV cache against recomputing the window at every'
+         f' token (the same windows and tokens), greedy, after a {PROMPT_TOKENS}-token prompt, median of'
+         f' --generate_repeats alternating runs',
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('shape', 'shape', '{}'),
+          ('block_size', 'block', '{}'), ('new_tokens', 'new tokens', '{:,}'),
+          ('cached_tokens_per_s', 'cached tokens/s', '{:,.1f}'),
+          ('recompute_tokens_per_s', 'recompute tokens/s', '{:,.1f}'), ('speedup', 'speed-up', '{:.2f}x'),
+          ('cached_second_half_tokens_per_s', 'cached 2nd half', '{:,.1f}'),
+          ('recompute_second_half_tokens_per_s', 'recompute 2nd half', '{:,.1f}'),
+          ('peak_memory_mb', 'peak MB', '{:,.0f}')],
+         conclude=conclude_generate)
+def plan_generate(ctx):
+    cfg = ctx.cfg
+    n_layer, n_head, n_embd, block_size = cfg.generate_shape
+    args = dataclasses.replace(ctx.model_args('gpt'), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                               block_size=block_size)
+
+    def job(device, new_tokens):
+        torch.manual_seed(cfg.seed)
+        model = build_model(args).to(device).eval()
+        prompt_len = min(PROMPT_TOKENS, block_size)
+        prompt = torch.from_numpy(np.asarray(ctx.tokens[:prompt_len], dtype=np.int64))[None].to(device)
+
+        def timed_run(use_cache):
+            """(seconds, seconds of the second half, the tokens) of one greedy generation. The device is
+            synchronized at the ends and halfway: the second half's rate is the steady cost per token."""
+            tokens, half = [], new_tokens // 2
+            perf.synchronize(device)
+            start = time.perf_counter()
+            for token in generate(model, prompt, new_tokens, temperature=0, use_cache=use_cache):
+                tokens.append(token)
+                if len(tokens) == half:
+                    perf.synchronize(device)
+                    halfway = time.perf_counter()
+            perf.synchronize(device)
+            end = time.perf_counter()
+            return end - start, end - halfway, torch.stack(tokens).tolist()
+
+        for use_cache in (True, False):
+            for _ in generate(model, prompt, cfg.warmup, temperature=0, use_cache=use_cache):
+                pass
+        # alternating, so that other work on the machine slows both modes alike
+        runs = {'cached': [], 'recompute': []}
+        for _ in range(cfg.generate_repeats):
+            for mode in runs:
+                runs[mode].append(timed_run(use_cache=mode == 'cached'))
+        row = {'model': 'gpt', 'device': device, 'shape': f'{n_layer}x{n_embd}', 'block_size': block_size,
+               'prompt_tokens': prompt_len, 'new_tokens': new_tokens, 'repeats': cfg.generate_repeats,
+               'same_tokens': len({str(tokens) for mode in runs for _, _, tokens in runs[mode]}) == 1}
+        for mode, timings in runs.items():
+            seconds = statistics.median(t for t, _, _ in timings)
+            row.update({f'{mode}_s': seconds, f'{mode}_tokens_per_s': new_tokens / seconds,
+                        f'{mode}_ms_per_token': seconds / new_tokens * 1e3,
+                        f'{mode}_second_half_tokens_per_s':
+                            (new_tokens - new_tokens // 2) / statistics.median(t for _, t, _ in timings)})
+        row['speedup'] = row['cached_tokens_per_s'] / row['recompute_tokens_per_s']
+        return row
+
+    return [Job(f"generate {device} {n} tokens", device, None, functools.partial(job, device, n))
+            for device in ctx.devices for n in cfg.generate_tokens]

@@ -1,0 +1,71 @@
+"""Optimization: AdamW with weight decay on the matrices, the learning-rate schedule, and one optimizer step
+(train_step: gradient accumulation, the gradient average of several processes, clipping, non-finite steps)."""
+import math
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import runtime
+from distributed import unwrap
+
+
+def learning_rate(it, cfg):
+    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters, then flat."""
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / cfg.warmup_iters
+    if it >= decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def make_optimizer(model, cfg, device):
+    """AdamW with weight decay on matrices (2-D and up) only, with the kernels --adamw picks."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
+              {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                             **runtime.adamw_options(cfg.adamw, device))
+
+
+def train_step(batch_loss, optimizer, scaler, cfg, micro_steps=None):
+    """One optimizer step: forward and backward over gradient_accumulation_steps batches, clip, update (unless
+    the step is not finite and cfg.on_nonfinite is skip). bench.py times this.
+
+    micro_steps: how many of those batches this process runs when several share the step (see
+    micro_steps_per_process); their gradients are averaged over the processes in the last one's backward pass.
+    Returns (the step's loss as a device tensor, NaN when its loss or gradients were not finite, whether the
+    step was skipped). Reading the loss waits for the device; see StepLosses for why the loop waits rarely.
+    """
+    micro_steps = micro_steps or cfg.gradient_accumulation_steps
+    ddp = batch_loss.model if isinstance(batch_loss.model, DistributedDataParallel) else None
+    params = [p for p in unwrap(batch_loss.model).parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), device=params[0].device)
+    for micro_step in range(micro_steps):
+        if ddp:
+            # Average the gradients over the processes in the last micro-step's backward only: the others just
+            # accumulate. DDP's no_sync() context manager does this by setting this flag for its block; setting
+            # it here keeps one forward-backward line for both cases instead of two copies of it.
+            ddp.require_backward_grad_sync = micro_step == micro_steps - 1
+        loss = batch_loss() * batch_loss.weight / micro_steps  # weight: see batching.Batch (1 but for shared rows)
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    if ddp:  # the mean of all processes' losses: each must decide alike below, or one would wait for the others
+        dist.all_reduce(loss_sum, group=ddp.process_group)
+        loss_sum /= ddp.process_group.size()
+    scaler.unscale_(optimizer)  # a no-op unless float16; the gradients are the true ones from here on
+    is_finite = torch.isfinite(loss_sum)
+    if cfg.grad_clip:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    elif not scaler.is_enabled():
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if not scaler.is_enabled():  # float16's overflowing gradients are the scaler's to skip (it lowers its scale)
+        is_finite &= torch.isfinite(grad_norm)
+    is_skipped = cfg.on_nonfinite == 'skip' and not is_finite.item()  # the skip mode's one host sync per step
+    if not is_skipped:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return torch.where(is_finite, loss_sum, torch.nan), is_skipped

@@ -1,0 +1,105 @@
+"""What keeps a long run's work safe: out_dir checked before training, a signal that stops after the step and
+saves, the step-loss record that no non-finite step gets past into a checkpoint, and the command that resumes."""
+import dataclasses
+import math
+import os
+import shlex
+import signal
+import threading
+
+import torch
+
+import storage
+from configurator import UserError
+
+
+def prepare_out_dir(out_dir, checkpoint_bytes):
+    """Create out_dir and prove it is writable and has room for the checkpoints now, rather than at the first
+    checkpoint an hour from now."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with storage.atomic_write(os.path.join(out_dir, '.write-test')) as f:
+            f.write(b'ok')
+        os.remove(os.path.join(out_dir, '.write-test'))
+    except OSError as error:
+        raise UserError(f"cannot write to out_dir {out_dir}: {error.strerror}; choose another --out_dir")
+    storage.remove_stray_temporaries(out_dir)
+    # ckpt.pt, best.pt, and the temporary file of the one being replaced; files there now make room as replaced
+    present = sum(os.path.getsize(p) for name in ('ckpt.pt', 'best.pt')
+                  if os.path.exists(p := os.path.join(out_dir, name)))
+    storage.check_free_space(out_dir, 3 * checkpoint_bytes - present, 'the checkpoints (ckpt.pt, best.pt)')
+
+
+class StopOnSignal:
+    """While active, SIGINT (Ctrl-C) and SIGTERM only ask the training loop to stop: it finishes the step it is
+    in, saves a checkpoint and exits. A second signal stops at once (the atomic writes keep the files whole)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
+            self.previous = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _request(self, signum, frame):
+        if self.signum is not None:
+            self.__exit__()
+            signal.raise_signal(signum)  # to the previous handler: KeyboardInterrupt, or the default death
+            return
+        self.signum = signum
+        # os.write, not print: this handler may run while the main code is inside a print to the same stream
+        os.write(2, f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint"
+                    f" (send it again to stop at once)\n".encode())
+
+
+class StepLosses:
+    """The loss of each step since the last log line, left on the device so that the hot loop never waits.
+
+    Why not check every loss for NaN at once: reading a value from the GPU makes the CPU wait for the GPU to
+    finish all the work queued so far, which stops it from queuing the next steps ahead, and that idle time is
+    a real share of a small model's step. So a step whose loss or gradients were not finite is recorded as NaN
+    here, and the loop reads the record where it waits anyway (log lines, evaluations, checkpoints). With
+    --on_nonfinite=stop, that means up to log_interval steps run on from a non-finite step before the run
+    stops; their weights are never saved, since every checkpoint reads this record (and checks the weights)
+    first. --on_nonfinite=skip must decide before the optimizer step, so it pays one wait per step.
+    """
+
+    def __init__(self, device, first_iter, values=()):
+        self.first_iter = first_iter  # iteration of the first step recorded
+        self.losses = [torch.tensor(v, device=device) for v in values]
+
+    def record(self, loss):
+        self.losses.append(loss)
+
+    def values(self):
+        """The recorded losses as floats (a host sync)."""
+        return torch.stack(self.losses).tolist() if self.losses else []
+
+    def first_nonfinite(self, values):
+        """The iteration of the first step of values (as read from this record) that was not finite, or None."""
+        return next((self.first_iter + i for i, v in enumerate(values) if not math.isfinite(v)), None)
+
+
+MAX_SKIPPED_IN_A_ROW = 20  # --on_nonfinite=skip gives up after this many: the run is diverging, not unlucky
+
+
+def weights_finite(model):
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
+def resume_command(cfg, argv=None, launcher='python'):
+    """The command that continues this run from its ckpt.pt: the arguments it was started with (or, when they
+    are unknown, the settings that differ from the defaults), then --init_from=resume."""
+    if argv is None:
+        defaults = dataclasses.asdict(type(cfg)())
+        argv = [f'--{k}={v}' for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]]
+    kept = [arg for arg in argv if not arg.startswith('--init_from=')]
+    return f"{launcher} {shlex.join(['train.py', *kept, '--init_from=resume'])}"
