@@ -234,6 +234,12 @@ def test_every_docs_page_is_linked_from_the_readme():
     assert pages <= linked, f"not linked from README.md: {sorted(pages - linked)}"
 
 
+def test_every_picture_in_docs_is_shown_somewhere():
+    shown = {os.path.normpath(os.path.join(os.path.dirname(doc), t)) for doc in DOC_FILES for t in links(doc)}
+    pictures = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'docs', '*.png'))}
+    assert pictures and pictures <= shown, f"shown by no page: {sorted(pictures - shown)}"
+
+
 @pytest.mark.parametrize('doc', DOC_FILES)
 def test_relative_links_point_at_files_and_headings_that_exist(doc):
     for target in links(doc):
