@@ -114,10 +114,13 @@ def bpe_data(tmp_path_factory, gpt2_vocab):
     return data_dir
 
 
+# float32 whatever the CPU: `auto` picks bfloat16 autocast on CPUs with bfloat16 instructions, and the runs these
+# tests compare (1 against 2 processes, resumed against straight) agree to float32 rounding, not bfloat16's
 TINY_GPT = ['--model_type=gpt', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
-            '--batch_size=8', '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu']
+            '--batch_size=8', '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu',
+            '--dtype=float32']
 TINY_LSTM = ['--model_type=lstm', '--n_layer=2', '--n_embd=32', '--block_size=16', '--batch_size=8',
-             '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu']
+             '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu', '--dtype=float32']
 
 
 @pytest.fixture(scope='session')
