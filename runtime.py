@@ -12,7 +12,7 @@ train.py's defaults (`auto` for each) pick the fastest path that stays correct; 
                             (OMP_NUM_THREADS, when set, wins)
     AdamW       adamw       fused kernels (one kernel over all parameters) on CPU and CUDA; foreach elsewhere
 
-Why, measured by bench.py's `defaults` section and recorded in the README: on a CPU without bfloat16 matrix
+Why, measured by bench.py's `defaults` section and recorded in docs/results.md: on a CPU without bfloat16 matrix
 instructions (this project's AVX2 machine) bfloat16 autocast runs a GPT step about 12x slower than float32,
 because every product converts to and from float32 in software; torch.compile gave 0.97x on the CPU while its
 start-up (tens of seconds) costs a short run more than it saves; the fused AdamW update is 3-4x faster than

@@ -1,5 +1,5 @@
 # GPT on the AKJV Bible, character level: the lowest val bits/char we could reach in five minutes of wall clock
-# (start-up included) on 2 CPU cores; see the README's Learning per minute for the curve and what was tried.
+# (start-up included) on 2 CPU cores; see docs/results.md, Learning per minute, for the curve and what was tried.
 # Prepare first: python prepare.py data/akjv_char
 # On a GPU, scale up: n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
 # max_iters=5000 (train.py compiles on CUDA by default).
