@@ -91,7 +91,7 @@ def test_bad_runtime_choices_are_one_line_errors(char_data, tmp_path, key, value
 
 def test_training_records_its_wall_clock_and_keeps_counting_on_resume(char_data, tmp_path, capsys):
     common = [f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--eval_interval=10', '--log_interval=5',
-              *TINY_GPT]
+              *TINY_GPT, '--dtype=auto']
     train.main([*common, '--max_iters=10'])
     dtype = str(runtime.resolve_dtype('auto', 'cpu')).removeprefix('torch.')
     assert f'({dtype}, eager, fused AdamW, ' in capsys.readouterr().out  # the path train.py chose, said once
