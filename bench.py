@@ -29,6 +29,7 @@ from tqdm import tqdm
 # importing a module of sections registers them, in this order: the order of the tables
 import bench_train  # peak, train, defaults, profile, windowing, study
 import bench_generate  # noqa: F401 (sample, generate)
+import bench_memory  # memory, busy
 import batching
 import perf
 import runtime
@@ -45,7 +46,7 @@ SCHEMA_VERSION = 1
 class BenchConfig:
     device: str = 'all'           # all (cpu, and cuda when present) | auto (cuda, else cpu) | cpu | cuda | cuda:N
     model: str = 'all'            # all | gpt | lstm
-    sections: str = 'all'         # all, or some of peak,train,defaults,windowing,study,sample,generate (commas)
+    sections: str = 'all'         # all, or some of peak,train,defaults,profile,windowing,study,sample,generate,memory,busy
     quick: bool = False           # tiny sizes, few repeats, no compile: every section in seconds
     data_dir: str = ''            # a prepared data directory to draw batches from ('' = random tokens)
     vocab_size: int = 256         # random tokens: vocabulary size (with --data_dir, the data's)
@@ -76,6 +77,14 @@ class BenchConfig:
     defaults_models: tuple[str, ...] = ('gpt:6:6:384:256:8', 'gpt:4:4:128:128:32', 'lstm:2:1:512:128:32')
     # where a step's time goes (torch.profiler), plain and default path, on these small models
     profile_models: tuple[str, ...] = ('gpt:4:4:128:128:32', 'gpt:2:4:128:32:16', 'lstm:2:1:128:32:16')
+    # big batches: whole against train.py's micro-batches under max_memory, on these models, whatever the shape
+    # above: model:n_layer:n_head:n_embd:block_size:batch_size:vocab_size (the word-level AKJV GPT, and the
+    # TinyStories CPU GPT with GPT-2's vocabulary)
+    memory_models: tuple[str, ...] = ('gpt:4:4:128:64:32:12964', 'gpt:4:4:128:64:128:12964',
+                                      'gpt:4:4:128:64:500:12964', 'gpt:4:4:128:128:8:50257',
+                                      'gpt:4:4:128:128:32:50257')
+    max_memory: str = 'auto'      # the memory section's budget for micro-batches (train.py's --max_memory)
+    busy_model: str = 'gpt:4:4:128:128:32'  # the busy section's model, as in defaults_models
     threads: int = 0              # CPU threads torch uses (0 = one per physical core, as train.py)
     seed: int = 1337
     out: str = ''                 # also write the results here as JSON ('' = table only)
@@ -84,7 +93,9 @@ class BenchConfig:
 QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=4, batch_sizes=(2, 20),
              warmup=1, repeats=2, sample_tokens=8, compile='False', generate_shape=(1, 2, 32, 16),
              generate_tokens=(8, 40), generate_repeats=1,
-             defaults_models=('gpt:1:2:32:16:4', 'lstm:1:1:32:16:4'), profile_models=('gpt:1:2:32:16:4',))
+             defaults_models=('gpt:1:2:32:16:4', 'lstm:1:1:32:16:4'), profile_models=('gpt:1:2:32:16:4',),
+             memory_models=('gpt:1:2:32:16:4:500', 'gpt:1:2:32:16:32:500'), max_memory='1MB',
+             busy_model='gpt:1:2:32:16:4')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -121,8 +132,11 @@ def check(cfg):
         raise UserError(f"--generate_tokens={cfg.generate_tokens} must be one or more counts of at least 2"
                         f" (each run is timed in halves)")
     runtime.resolve_threads(cfg.threads)  # raises for a negative count
-    for text in (*cfg.defaults_models, *cfg.profile_models):
+    for text in (*cfg.defaults_models, *cfg.profile_models, cfg.busy_model):
         bench_train.defaults_model(text)  # raises for a malformed one
+    for text in cfg.memory_models:
+        bench_memory.memory_model(text)
+    runtime.memory_budget(cfg.max_memory, 'cpu')
     small, large = cfg.batch_sizes
     if not 0 < small < large or (cfg.iters * small) % large:
         raise UserError(f"--batch_sizes={small},{large} --iters={cfg.iters}: need 0 < small < large and"

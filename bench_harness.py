@@ -54,16 +54,16 @@ class Context:
         """The model shape measured: --n_layer, --n_head, --n_embd, --block_size, or overrides of them."""
         return {k: overrides.get(k, getattr(self.cfg, k)) for k in ('n_layer', 'n_head', 'n_embd', 'block_size')}
 
-    def train_config(self, model_type, batch_size, windowing=None, shape=None, adamw='auto'):
+    def train_config(self, model_type, batch_size, windowing=None, shape=None, adamw='auto', max_memory='auto'):
         """The train.py config of a measurement: its optimizer settings and clipping are what is timed."""
         cfg = train.TrainConfig(data_dir=self.cfg.data_dir or 'random tokens', model_type=model_type,
                                 **(shape or self.shape()), batch_size=batch_size, seed=self.cfg.seed,
-                                windowing=windowing or self.cfg.windowing, adamw=adamw)
+                                windowing=windowing or self.cfg.windowing, adamw=adamw, max_memory=max_memory)
         train.check_config(cfg)
         return cfg
 
-    def model_args(self, model_type, shape=None):
-        return ModelArgs(model_type=model_type, vocab_size=self.vocab_size, pad_id=self.pad_id,
+    def model_args(self, model_type, shape=None, vocab_size=None):
+        return ModelArgs(model_type=model_type, vocab_size=vocab_size or self.vocab_size, pad_id=self.pad_id,
                          **(shape or self.shape()))
 
     def peak(self, device, dtype):
@@ -92,17 +92,20 @@ def resolve_devices(name):
 
 
 class Trainer:
-    """A fresh model, AdamW and batch source built as train.py builds them; step() is one train.train_step."""
+    """A fresh model, AdamW and batch source built as train.py builds them, micro-batches under --max_memory
+    included; step() is one train.train_step. vocab_size: another head than the data's (the tokens stay)."""
 
     def __init__(self, ctx, model_type, device, dtype, batch_size, compiled, windowing=None, shape=None,
-                 adamw='auto'):
-        self.tcfg = ctx.train_config(model_type, batch_size, windowing, shape, adamw)
+                 adamw='auto', vocab_size=None, max_memory='auto'):
+        self.tcfg = ctx.train_config(model_type, batch_size, windowing, shape, adamw, max_memory)
         self.batches = train.make_batches(self.tcfg, ctx.documents, 'train', self.tcfg.seed, device)
         torch.manual_seed(ctx.cfg.seed)
-        self.raw_model = build_model(ctx.model_args(model_type, shape)).to(device)
+        self.raw_model = build_model(ctx.model_args(model_type, shape, vocab_size)).to(device)
         self.optimizer = train.make_optimizer(self.raw_model, self.tcfg, device)
         model = torch.compile(self.raw_model) if compiled else self.raw_model
-        self.batch_loss = train.BatchLoss(model, self.batches, device, dtype, ctx.ignore_index)
+        self.chunk_rows = train.micro_batch_rows(self.raw_model.args, self.tcfg, device, dtype, batch_size)[0]
+        self.batch_loss = train.BatchLoss(model, self.batches, device, dtype, ctx.ignore_index,
+                                          rows_per_chunk=self.chunk_rows)
         self.scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
         self.device, self.dtype, self.compiled, self.batch_size = device, dtype, compiled, batch_size
         self.flops_per_token = perf.train_flops_per_token(self.raw_model, self.tcfg.block_size)

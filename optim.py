@@ -43,15 +43,14 @@ def train_step(batch_loss, optimizer, scaler, cfg, micro_steps=None):
     ddp = batch_loss.model if isinstance(batch_loss.model, DistributedDataParallel) else None
     params = [p for p in unwrap(batch_loss.model).parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=params[0].device)
+
+    def backward(loss):  # each micro-batch's loss as soon as it is computed; weight: see batching.Batch
+        scaler.scale(loss * batch_loss.weight / micro_steps).backward()
+
     for micro_step in range(micro_steps):
-        if ddp:
-            # Average the gradients over the processes in the last micro-step's backward only: the others just
-            # accumulate. DDP's no_sync() context manager does this by setting this flag for its block; setting
-            # it here keeps one forward-backward line for both cases instead of two copies of it.
-            ddp.require_backward_grad_sync = micro_step == micro_steps - 1
-        loss = batch_loss() * batch_loss.weight / micro_steps  # weight: see batching.Batch (1 but for shared rows)
-        scaler.scale(loss).backward()
-        loss_sum += loss.detach()
+        # the gradients are averaged over the processes in the last micro-step's backward only (BatchLoss.sync)
+        batch_loss.sync = micro_step == micro_steps - 1
+        loss_sum += batch_loss(backward) * batch_loss.weight / micro_steps
     if ddp:  # the mean of all processes' losses: each must decide alike below, or one would wait for the others
         dist.all_reduce(loss_sum, group=ddp.process_group)
         loss_sum /= ddp.process_group.size()

@@ -170,3 +170,17 @@ def train_flops_per_token(model, seq_len):
     if model.args.model_type == 'gpt':
         flops += 12 * model.args.n_layer * seq_len * model.args.n_embd
     return flops
+
+
+def training_bytes_per_token(args, dtype_bytes=4):
+    """An upper estimate of the memory one token of a batch holds during forward and backward: its logits
+    (the float32 copy the loss takes, the log-softmax saved for backward, and their gradient) and the
+    activations each layer saves for backward (GPT: about 17 x n_embd values a layer for LayerNorms, q, k, v,
+    attention output, projections and the 4x MLP, plus n_head attention rows of block_size for a masked
+    attention; LSTM: gates, cell and hidden states, 8 x hidden). For bounding a micro-batch, not for reporting."""
+    logits = args.vocab_size * (dtype_bytes + 3 * 4)
+    if args.model_type == 'gpt':
+        per_layer = 17 * args.n_embd * dtype_bytes + 2 * args.n_head * args.block_size * 4
+    else:
+        per_layer = 8 * (args.n_hidden or args.n_embd) * 4 + args.n_embd * dtype_bytes
+    return logits + args.n_layer * per_layer + 4 * args.n_embd * dtype_bytes

@@ -21,6 +21,7 @@ for the 0.8M GPT) and attention (20%).
 """
 import contextlib
 import os
+import time
 
 import torch
 
@@ -91,16 +92,54 @@ def physical_cores():
     return max(1, len(cores))
 
 
-def resolve_threads(threads, processes_on_machine=1):
+def is_auto_threads(threads):
+    """Whether the thread count is left to resolve_threads: no --threads, no OMP_NUM_THREADS."""
+    return not threads and not (os.environ.get('OMP_NUM_THREADS', '').isdigit() and
+                                int(os.environ['OMP_NUM_THREADS']) > 0)
+
+
+def resolve_threads(threads, processes_on_machine=1, busy_cpus=0.0):
     """CPU threads for torch in one process: threads when set; else OMP_NUM_THREADS when the user (or torchrun)
-    set it; else the physical cores shared evenly among the machine's processes."""
+    set it; else the physical cores that other work leaves idle (busy_cpus: see measure_busy_cpus), shared evenly
+    among the machine's processes. Why leave busy cores out: torch's threads meet at the end of every operation,
+    so one thread that shares its core with other work holds up all the others."""
     if threads < 0:
         raise UserError(f"--threads={threads} must be 0 (one per physical core) or more")
     if threads:
         return threads
-    if os.environ.get('OMP_NUM_THREADS', '').isdigit() and int(os.environ['OMP_NUM_THREADS']) > 0:
+    if not is_auto_threads(threads):
         return int(os.environ['OMP_NUM_THREADS'])
-    return max(1, physical_cores() // processes_on_machine)
+    idle_fraction = max(0.0, 1 - busy_cpus / (os.cpu_count() or 1))
+    return max(1, round(physical_cores() * idle_fraction) // processes_on_machine)
+
+
+def measure_busy_cpus(seconds=0.2):
+    """How many CPUs' worth of work the machine ran over the next seconds (Linux's /proc/stat), while this
+    process waits: the load other work puts on the CPU as training starts. 0.0 where it cannot be read."""
+    def times():
+        with open('/proc/stat') as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+    try:
+        total_a, idle_a = times()
+        time.sleep(seconds)
+        total_b, idle_b = times()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return (os.cpu_count() or 1) * (1 - (idle_b - idle_a) / max(1, total_b - total_a))
+
+
+def busy_note(busy_cpus, threads):
+    """A line for a run that starts on a CPU other work keeps busy (None when it does not): what was seen, and
+    what --threads does about it."""
+    cpus = os.cpu_count() or 1
+    if busy_cpus < 0.5:
+        return None
+    advice = ("took fewer threads than cores: a thread that shares its core with other work holds up the others"
+              if threads < physical_cores() else
+              f"with {threads} threads on a busy CPU a step can run several times slower: try --threads=1")
+    return (f"the CPU is busy: other work kept {busy_cpus:.1f} of its {cpus} CPUs busy as training started, so"
+            f" it {advice}; --threads=N sets the count")
 
 
 def adamw_kernel(name, device):
@@ -116,3 +155,58 @@ def adamw_options(name, device):
     """AdamW's keyword arguments for a kernel choice."""
     kernel = adamw_kernel(name, device)
     return {'fused': kernel == 'fused', 'foreach': kernel == 'foreach'}
+
+
+SIZE_UNITS = {'KB': 2**10, 'MB': 2**20, 'GB': 2**30, 'TB': 2**40}
+
+
+def parse_size(text):
+    """Bytes from a size such as 2GB, 500MB or 1.5GB (binary units: 1GB = 2**30 bytes)."""
+    number, unit = text[:-2], text[-2:].upper()
+    try:
+        size = float(number) * SIZE_UNITS[unit]
+    except (KeyError, ValueError):
+        raise UserError(f"--max_memory={text} is not a size: write auto, or a number and a unit (500MB, 2GB)")
+    if size <= 0:
+        raise UserError(f"--max_memory={text} must be more than zero")
+    return int(size)
+
+
+def free_memory(device):
+    """Bytes the device could give this process now: free GPU memory on CUDA; on the CPU, Linux's MemAvailable
+    (what can be had without swapping), elsewhere None."""
+    if torch.device(device).type == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open('/proc/meminfo') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration):
+        return None
+
+
+# auto's ceiling for one micro-batch on the CPU: past about a GB, a step gets slower per token, not faster
+# (fresh multi-GB tensors every step cost page faults and fall out of the caches; bench.py's memory section
+# measures it, docs/benchmarking.md has the numbers), so a bigger batch runs as more micro-batches of this.
+CPU_MICRO_BATCH_BYTES = 2**30
+
+
+def memory_budget(max_memory, device):
+    """The bytes a training micro-batch's logits and activations may take: --max_memory, or with auto half of
+    what the device has free at start-up (the other half leaves room for the weights, the optimizer, the data
+    pages and the rest of the machine), on the CPU at most CPU_MICRO_BATCH_BYTES; None when nothing can be
+    told (then batches run whole)."""
+    if max_memory != 'auto':
+        return parse_size(max_memory)
+    free = free_memory(device)
+    if torch.device(device).type == 'cpu':
+        return min(free // 2, CPU_MICRO_BATCH_BYTES) if free else CPU_MICRO_BATCH_BYTES
+    return free // 2 if free else None
+
+
+def rows_per_chunk(batch_size, bytes_per_row, budget):
+    """Rows of a micro-batch: as many of a batch's rows as fit in budget, the whole batch when it fits, and a
+    micro-batch cut in near-equal parts (500 rows for 180 that fit: 3 chunks of 167, not 180 + 180 + 140)."""
+    if budget is None or batch_size * bytes_per_row <= budget:
+        return batch_size
+    chunks = -(-batch_size * bytes_per_row // budget)
+    return max(1, -(-batch_size // chunks))

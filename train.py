@@ -18,11 +18,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import batching
 import checkpoint
 import distributed
+import perf
 import runtime
 import storage
 from checkpoint import seed_everything
@@ -67,9 +69,13 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0        # clip the gradient norm to this (0 = off)
+    max_memory: str = 'auto'      # memory for one micro-batch's logits and activations, e.g. 2GB or 500MB: a batch
+    #                               that needs more runs in micro-batches (auto: half of what is free, at most 1GB
+    #                               on the CPU; see runtime.memory_budget)
     # evaluation and logging
     eval_interval: int = 250      # evaluate, checkpoint and plot every this many steps (and at the end)
-    eval_iters: int = 20          # batches per evaluation, the same batches every time
+    eval_tokens: int = 81920      # tokens per evaluation of each split (whole batches: at least one), the same
+    #                               windows every time
     log_interval: int = 10        # steps between train-loss and tokens/s log lines
     # system
     device: str = 'auto'          # auto | cpu | cuda | cuda:N | mps
@@ -84,9 +90,10 @@ class TrainConfig:
     verify_data: bool = True      # check the data files' sha256 against meta.json at start (about 1 s per GB)
 
 
-def lm_loss(logits, targets, ignore_index):
-    """Mean next-token cross-entropy in nats over the targets that are not ignore_index."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+def lm_loss(logits, targets, ignore_index, reduction='mean'):
+    """Next-token cross-entropy in nats over the targets that are not ignore_index: their mean, or their sum."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index,
+                           reduction=reduction)
 
 
 def detach_hidden(hidden):
@@ -94,58 +101,119 @@ def detach_hidden(hidden):
     return tuple(h.detach() for h in hidden)
 
 
+def row_chunks(batch_size, rows_per_chunk):
+    """The row slices that cut a batch into micro-batches of at most rows_per_chunk rows."""
+    return [slice(a, min(a + rows_per_chunk, batch_size)) for a in range(0, batch_size, rows_per_chunk)]
+
+
 class BatchLoss:
     """Calling it runs the model on the next batch of one batch source and returns the mean loss over the
     batch's real targets; target_count holds how many there were (a device tensor: reading it waits), and
     weight the batch's weight in a training step (batching.Batch.weight).
+
+    A batch whose logits and activations would not fit in memory runs in micro-batches of rows_per_chunk rows
+    (see runtime.rows_per_chunk): each chunk's loss is its sum over its targets divided by the whole batch's
+    target count, so the chunks' losses (and gradients) add up to the batch's mean. Given backward, calling it
+    runs backward on each chunk's loss as soon as it is computed, so that one chunk's graph is held at a time,
+    and returns the loss detached. On a DistributedDataParallel model, gradients are averaged over the processes
+    in the backward pass of the last chunk only, and only when sync is set (see train_step).
 
     For the LSTM it carries the hidden state from batch to batch of a contiguous source (streams, packed):
     detached between batches, reset to zeros where the source starts its streams over. With any other source
     every batch starts from zeros, and there is no state to carry (hidden stays None).
     """
 
-    def __init__(self, model, batches, device, dtype, ignore_index, hidden=None):
+    def __init__(self, model, batches, device, dtype, ignore_index, hidden=None, rows_per_chunk=None):
         self.model, self.batches = model, batches
         self.device, self.dtype, self.ignore_index = device, dtype, ignore_index
         self.is_recurrent = unwrap(model).args.model_type == 'lstm'
         self.hidden, self.target_count, self.weight = hidden, None, 1.0
+        self.rows_per_chunk, self.sync = rows_per_chunk, True
 
-    def __call__(self):
+    def __call__(self, backward=None):
         is_fresh = self.hidden is None or self.batches.is_epoch_start
         batch = batching.to_device(next(self.batches), self.device)
+        rows = batch.x.shape[0]
         hidden = self.hidden
         if self.is_recurrent and is_fresh:
-            hidden = unwrap(self.model).init_hidden(batch.x.shape[0], self.device)
+            hidden = unwrap(self.model).init_hidden(rows, self.device)
         self.target_count, self.weight = (batch.y != self.ignore_index).sum(), batch.weight
+        chunks = row_chunks(rows, self.rows_per_chunk or rows)
+        if len(chunks) == 1:  # the whole batch at once: its mean loss, as computed before chunking existed
+            loss, hidden = self._forward(batch, hidden, is_last=True)
+            if backward:
+                backward(loss)
+                loss = loss.detach()
+        else:
+            total, pieces = torch.zeros((), device=batch.x.device), []
+            for i, part in enumerate(chunks):
+                chunk = batch._replace(**{k: t[part] for k, t in batching.tensors(batch)})
+                chunk_hidden = tuple(h[:, part] for h in hidden) if hidden is not None else None
+                loss, chunk_hidden = self._forward(chunk, chunk_hidden, is_last=i == len(chunks) - 1, total=True)
+                loss = loss / self.target_count
+                if backward:
+                    backward(loss)
+                    loss = loss.detach()
+                total = total + loss
+                pieces.append(chunk_hidden)
+            loss = total
+            hidden = tuple(torch.cat(h, dim=1) for h in zip(*pieces)) if self.is_recurrent else None
+        if self.is_recurrent:
+            self.hidden = detach_hidden(hidden) if self.batches.is_contiguous else None
+        return loss
+
+    def _forward(self, batch, hidden, is_last, total=False):
+        """The loss of one (micro-)batch, its mean or (total) its sum, and the LSTM state after it."""
+        if isinstance(self.model, DistributedDataParallel):
+            # Average the gradients over the processes in one backward pass per optimizer step: the last chunk's
+            # of its last micro-step. DDP's no_sync() context manager does this by setting this flag for its
+            # block (DDP reads it in forward); setting it here keeps one line for both cases instead of two.
+            self.model.require_backward_grad_sync = self.sync and is_last
         with runtime.autocast(self.device, self.dtype):
             if self.is_recurrent:
                 logits, hidden = self.model(batch.x, hidden, positions=batch.positions)
-                self.hidden = detach_hidden(hidden) if self.batches.is_contiguous else None
             else:
                 logits = self.model(batch.x, positions=batch.positions, doc_ids=batch.doc_ids)
-            return lm_loss(logits, batch.y, self.ignore_index)
+            if total:
+                return lm_loss(logits, batch.y, self.ignore_index, reduction='sum'), hidden
+            return lm_loss(logits, batch.y, self.ignore_index), hidden
 
 
-def evaluate(model, documents, cfg, device, dtype, ignore_index, world=None):
-    """Loss per real target over the same eval_iters batches of a split every time, cut as training cuts them;
+def micro_batch_rows(args, cfg, device, dtype, rows):
+    """(rows per micro-batch, bytes a row needs, the budget in bytes) for batches of rows rows of the model
+    args describes, under --max_memory (see BatchLoss and runtime.memory_budget)."""
+    bytes_per_row = perf.training_bytes_per_token(args, dtype.itemsize) * cfg.block_size
+    budget = runtime.memory_budget(cfg.max_memory, device)
+    return runtime.rows_per_chunk(rows, bytes_per_row, budget), bytes_per_row, budget
+
+
+def eval_batches(cfg):
+    """How many batches an evaluation of eval_tokens runs: whole batches, at least one."""
+    return max(1, -(-cfg.eval_tokens // (cfg.batch_size * cfg.block_size)))
+
+
+def evaluate(model, documents, cfg, device, dtype, ignore_index, world=None, rows_per_chunk=None, name='eval'):
+    """Loss per real target over the same eval_tokens of a split every time, cut as training cuts them;
     shared out among the processes of a run as training is, every process gets the single process's figure."""
     world = world or distributed.World()
     batches = make_batches(cfg, documents, 'evaluation', EVAL_SEED, world=world)
-    n = min(cfg.eval_iters, getattr(batches, 'batches_per_epoch', cfg.eval_iters))
-    return mean_loss(model, batches, n, device, dtype, ignore_index, world)
+    n = min(eval_batches(cfg), getattr(batches, 'batches_per_epoch', eval_batches(cfg)))
+    return mean_loss(model, batches, n, device, dtype, ignore_index, world, rows_per_chunk, name)
 
 
 @torch.no_grad()
-def mean_loss(model, batches, n, device, dtype, ignore_index, world=None):
+def mean_loss(model, batches, n, device, dtype, ignore_index, world=None, rows_per_chunk=None, name='eval'):
     """Loss per real target token over the single process's next n batches of batches (batches with more
-    padding weigh less). In a run of several processes each runs its share of them (every batch on its rows,
-    or batches rank, rank + size, ...; see batching.py), and every process gets the whole figure."""
+    padding weigh less), in micro-batches of at most rows_per_chunk rows, with a progress bar named name. In
+    a run of several processes each runs its share of them (every batch on its rows, or batches rank,
+    rank + size, ...; see batching.py), and every process gets the whole figure."""
     world = world or distributed.World()
-    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index)
+    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index, rows_per_chunk=rows_per_chunk)
     mine = n if batches.is_contiguous else len(range(world.rank, n, world.size))
     total, count = torch.zeros((), device=device), torch.zeros((), device=device)
     model.eval()
-    for _ in range(mine):
+    for _ in tqdm(range(mine), desc=name, unit='batch', leave=False, dynamic_ncols=True,
+                  disable=not world.is_main or mine < 2):
         loss = batch_loss()
         total, count = total + loss * batch_loss.target_count, count + batch_loss.target_count
     model.train()
@@ -195,7 +263,7 @@ def check_config(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--{f.name}={value} must be a finite number")
-    for key in ('batch_size', 'block_size', 'n_layer', 'n_embd', 'n_head', 'eval_iters', 'eval_interval',
+    for key in ('batch_size', 'block_size', 'n_layer', 'n_embd', 'n_head', 'eval_tokens', 'eval_interval',
                 'log_interval', 'gradient_accumulation_steps'):
         if getattr(cfg, key) <= 0:
             raise UserError(f"--{key}={getattr(cfg, key)} must be positive")
@@ -212,9 +280,14 @@ def train(cfg, argv=None):
     world = distributed.World.from_environment()
     device = world.device_for(runtime.resolve_device(cfg.device))
     threads = torch.get_num_threads()
-    torch.set_num_threads(runtime.resolve_threads(cfg.threads, world.local_size))
+    # another process's load at start-up decides the threads of a lone process (torchrun's set OMP_NUM_THREADS)
+    is_measured = world.local_size == 1 and (runtime.is_auto_threads(cfg.threads) or cfg.threads > 1)
+    busy_cpus = runtime.measure_busy_cpus() if is_measured and torch.device(device).type == 'cpu' else 0.0
+    torch.set_num_threads(runtime.resolve_threads(cfg.threads, world.local_size, busy_cpus))
     try:
         with world.join(device):
+            if note := runtime.busy_note(busy_cpus, torch.get_num_threads()):
+                world.say(note)
             return train_loop(Run(cfg, argv, world, device))
     finally:
         torch.set_num_threads(threads)  # as it was: ablate.py and the tests call train() in their own process
@@ -308,8 +381,12 @@ class Run:
         hidden = self.resume(resumed, batches) if resumed else None
         is_compiled = runtime.resolve_compile(cfg.compile, device)
         self.model = torch.compile(self.raw_model) if is_compiled else self.raw_model
+        self.rows = cfg.batch_size // world.size if batching.shares_rows(cfg.windowing, cfg.model_type) \
+            else cfg.batch_size  # the rows of a batch this process runs
+        self.chunk_rows, self.bytes_per_row, self.budget = micro_batch_rows(self.args, cfg, device, self.dtype,
+                                                                            self.rows)
         self.batch_loss = BatchLoss(world.wrap(self.model), batches, device, self.dtype, batching.IGNORE_INDEX,
-                                    hidden)
+                                    hidden, self.chunk_rows)
         self.log = MetricsLog(cfg.out_dir, resume_iter=self.state.iter_num if resumed else None) \
             if world.is_main else None
         # bits per character (text) or per note (music), besides per token: a figure that tokenizers do not change;
@@ -321,6 +398,11 @@ class Run:
         self.tokens_per_unit = float(val_targets) / val_counts[self.unit + 's'] if self.unit != 'token' else 1.0
         self.tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         world.say(self.description())
+        if self.chunk_rows < self.rows:
+            world.say(f"a batch of {self.rows} rows needs about {self.rows * self.bytes_per_row / 2**20:,.0f} MB for"
+                      f" its logits and activations, over the {self.budget / 2**20:,.0f} MB of --max_memory="
+                      f"{cfg.max_memory}: it runs in micro-batches of {self.chunk_rows} rows (the same step, in"
+                      f" {-(-self.rows // self.chunk_rows)} parts)")
 
     def check_resumable(self, resumed):
         """Refuse a checkpoint trained on another vocabulary or cut into windows another way."""
@@ -382,17 +464,19 @@ class Run:
         """Evaluate on both splits, log the record and say its line; return (val loss, whether it is the best)."""
         cfg, state, unit = self.cfg, self.state, self.unit
         self.stop_if_nonfinite(state.step_losses.values(), check_weights=True)  # evaluate, log nothing non-finite
+        started = time.perf_counter()
         val_loss = evaluate(self.model, self.val_docs, cfg, self.device, self.dtype, batching.IGNORE_INDEX,
-                            self.world)
+                            self.world, self.chunk_rows, 'eval val')
         if not math.isfinite(val_loss):  # finite weights can still be garbage (1e30s), in either mode
             raise UserError(f"non-finite validation loss at iteration {state.iter_num}: training stopped,"
                             f" nothing saved; {self.last_good()}")
         bits = val_loss / math.log(2)
         train_loss = evaluate(self.model, self.train_docs, cfg, self.device, self.dtype, batching.IGNORE_INDEX,
-                              self.world)
+                              self.world, self.chunk_rows, 'eval train')
         record = {'iter': state.iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
                   'val_bits_per_token': bits, f'val_bits_per_{unit}': bits * self.tokens_per_unit,
-                  'eval_train_loss': train_loss, 'elapsed_s': state.elapsed()}
+                  'eval_train_loss': train_loss, 'eval_s': time.perf_counter() - started,
+                  'elapsed_s': state.elapsed()}
         if self.log:
             self.log.write(**record)
         self.world.say(f"iter {state.iter_num}: val loss {val_loss:.4f}, perplexity {record['val_perplexity']:.2f},"

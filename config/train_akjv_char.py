@@ -17,4 +17,4 @@ learning_rate = 3e-3
 min_lr = 3e-4
 warmup_iters = 100
 eval_interval = 200
-eval_iters = 20
+eval_tokens = 81920

@@ -17,4 +17,4 @@ min_lr = 3e-4
 warmup_iters = 50
 weight_decay = 0.01
 eval_interval = 200
-eval_iters = 20
+eval_tokens = 20480

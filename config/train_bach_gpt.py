@@ -17,4 +17,4 @@ learning_rate = 2e-3
 min_lr = 2e-4
 warmup_iters = 60
 eval_interval = 150
-eval_iters = 20
+eval_tokens = 40960

@@ -25,6 +25,6 @@ warmup_iters = 1000
 weight_decay = 0.1
 beta2 = 0.95           # many tokens per step: a shorter second-moment memory is the usual GPT choice
 eval_interval = 1000
-eval_iters = 100
+eval_tokens = 3276800
 log_interval = 50
 compile = True

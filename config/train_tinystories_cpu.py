@@ -20,6 +20,6 @@ learning_rate = 3e-3
 min_lr = 3e-4
 warmup_iters = 50
 eval_interval = 125
-eval_iters = 10
+eval_tokens = 10240
 log_interval = 10
 device = 'cpu'

@@ -42,7 +42,7 @@ def metrics(out_dir):
         return [record for line in f if (record := trainlog.read_record(line))]
 
 
-TIMING_KEYS = ('tokens_per_sec', 'elapsed_s')  # what differs between two runs of the same training
+TIMING_KEYS = ('tokens_per_sec', 'elapsed_s', 'eval_s')  # what differs between two runs of the same training
 
 
 def without_timing(records):
@@ -116,10 +116,10 @@ def bpe_data(tmp_path_factory, gpt2_vocab):
 
 
 TINY_GPT = ['--model_type=gpt', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
-            '--batch_size=8', '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu',
+            '--batch_size=8', '--eval_tokens=1024', '--log_interval=5', '--warmup_iters=5', '--device=cpu',
             '--dtype=float32']
 TINY_LSTM = ['--model_type=lstm', '--n_layer=2', '--n_embd=32', '--block_size=16', '--batch_size=8',
-             '--eval_iters=4', '--log_interval=5', '--warmup_iters=5', '--device=cpu',
+             '--eval_tokens=512', '--log_interval=5', '--warmup_iters=5', '--device=cpu',
              '--dtype=float32']
 
 

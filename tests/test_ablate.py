@@ -16,7 +16,7 @@ BUDGET = 3000  # real target tokens per run: 12 iterations of 8 x 32 positions a
 @pytest.fixture(scope='module')
 def windowing_run(tmp_path_factory, char_data):
     out = tmp_path_factory.mktemp('ablate')
-    args = [f'--data_dir={char_data}', f'--out_dir={out}/out', *TINY_GPT, '--eval_iters=2', '--what=windowing',
+    args = [f'--data_dir={char_data}', f'--out_dir={out}/out', *TINY_GPT, '--eval_tokens=512', '--what=windowing',
             '--windowings=random,lines_slide,packed', f'--target_tokens={BUDGET}', '--points=2',
             '--eval_documents=20']
     return args, ablate.main(args), out / 'out-ablate-windowing'
@@ -92,7 +92,7 @@ def test_data_size_ablation_scores_every_size_on_the_same_val_split(char_data, t
     small, full = str(tmp_path / 'genesis_40'), str(tmp_path / 'genesis_all')
     smaller_copy(char_data, small, keep_documents=40)
     shutil.copytree(char_data, full)
-    results = ablate.main([f'--data_dir={full}', f'--out_dir={tmp_path}/out', *TINY_GPT, '--eval_iters=2',
+    results = ablate.main([f'--data_dir={full}', f'--out_dir={tmp_path}/out', *TINY_GPT, '--eval_tokens=512',
                            '--what=data_size', f'--data_dirs={small},{full}', '--target_tokens=1000',
                            '--points=1', '--eval_documents=10'])
     assert [r['name'] for r in results] == ['genesis_40', 'genesis_all']

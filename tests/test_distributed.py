@@ -97,7 +97,7 @@ def test_two_processes_share_every_windowing_as_its_batch_source_says(char_data,
     # packed rows continue from batch to batch: shared by row, even for the GPT; lines windows do not: shared by
     # micro-step, even for the LSTM. Either way the run is the single process's, evaluations included.
     common = [f'--data_dir={char_data}', *model_args, '--gradient_accumulation_steps=2', '--log_interval=1',
-              '--eval_interval=2', '--eval_iters=3', '--max_iters=4', '--learning_rate=3e-3']
+              '--eval_interval=2', '--eval_tokens=768', '--max_iters=4', '--learning_rate=3e-3']
     torchrun(*common, f'--out_dir={tmp_path / "shared"}')
     train.main([*common, f'--out_dir={tmp_path / "single"}'])
     assert_same_run(tmp_path / 'shared', tmp_path / 'single', weights_tolerance=1e-5)
@@ -106,7 +106,7 @@ def test_two_processes_share_every_windowing_as_its_batch_source_says(char_data,
 def test_sigterm_to_torchrun_saves_one_checkpoint_from_which_the_lstm_continues(char_data, tmp_path):
     # the LSTM's 8 streams: process 0 carries rows 0-3, process 1 rows 4-7, each through both micro-steps
     args = [f'--data_dir={char_data}', *TINY_LSTM, '--gradient_accumulation_steps=2', '--eval_interval=4',
-            '--log_interval=3', '--eval_iters=2', '--lr_decay_iters=100']
+            '--log_interval=3', '--eval_tokens=256', '--lr_decay_iters=100']
     out_dir, straight = tmp_path / 'stopped', tmp_path / 'straight'
     with open(tmp_path / 'out', 'w') as out, open(tmp_path / 'err', 'w') as err:
         # 2000 steps, not more: they would outlive a test that failed to stop them (its processes have sessions

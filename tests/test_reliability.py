@@ -78,7 +78,7 @@ def assert_same_weights(path_a, path_b):
 def crash_args(char_data, max_iters):
     # evaluations every 4 steps and log lines every 3, so that checkpoints fall inside a log window too
     return [f'--data_dir={char_data}', *TINY_GPT, '--dropout=0.1', '--eval_interval=4', '--log_interval=3',
-            '--eval_iters=2', '--lr_decay_iters=100', f'--max_iters={max_iters}']
+            '--eval_tokens=512', '--lr_decay_iters=100', f'--max_iters={max_iters}']
 
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
