@@ -26,6 +26,9 @@ import torch
 
 from configurator import UserError
 
+DEVICES = ('auto', 'cpu', 'cuda', 'cuda:N', 'mps')  # N: a GPU's index
+DTYPES = ('float32', 'bfloat16', 'float16')
+COMPILE = ('auto', True, False)
 ADAMW_KERNELS = ('fused', 'foreach', 'for_loop')
 
 
@@ -54,8 +57,8 @@ def resolve_dtype(name, device):
         if kind == 'cuda':
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if kind == 'cpu' and cpu_has_fast_bfloat16() else torch.float32
-    if name not in ('float32', 'bfloat16', 'float16'):
-        raise UserError(f"--dtype={name} is not one of auto, float32, bfloat16, float16")
+    if name not in DTYPES:
+        raise UserError(f"--dtype={name} is not one of auto, {', '.join(DTYPES)}")
     return getattr(torch, name)
 
 
