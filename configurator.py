@@ -293,6 +293,7 @@ WHAT = {ast.Call: 'a function call', ast.Name: 'a name', ast.Attribute: 'an attr
         ast.Import: 'an import', ast.ImportFrom: 'an import', ast.If: 'an if statement', ast.For: 'a for loop',
         ast.While: 'a while loop', ast.FunctionDef: 'a function definition', ast.ClassDef: 'a class definition',
         ast.Subscript: 'a subscript', ast.Lambda: 'a lambda', ast.With: 'a with statement', ast.Try: 'a try',
+        ast.Raise: 'a raise',
         ast.AugAssign: 'an augmented assignment', ast.AnnAssign: 'an annotated assignment',
         ast.BinOp: 'an operator other than + - * / // **', ast.Set: 'a set', ast.Compare: 'a comparison',
         ast.BoolOp: 'a boolean operator', ast.IfExp: 'a conditional expression'}
@@ -300,7 +301,8 @@ WHAT = {ast.Call: 'a function call', ast.Name: 'a name', ast.Attribute: 'an attr
 
 class _NotLiteral(Exception):
     def __init__(self, node, what=None):
-        super().__init__(what or WHAT.get(type(node), f'a {type(node).__name__} expression'))
+        kind = 'statement' if isinstance(node, ast.stmt) else 'expression'
+        super().__init__(what or WHAT.get(type(node), f'a {type(node).__name__} {kind}'))
         self.line = getattr(node, 'lineno', None)
 
 
@@ -326,7 +328,7 @@ def _read_config_file(path):
                     and isinstance(statement.value.value, str):
                 continue  # the docstring
             if not isinstance(statement, ast.Assign):
-                raise _NotLiteral(statement)
+                raise _NotLiteral(statement.value if isinstance(statement, ast.Expr) else statement)
             if len(statement.targets) != 1 or not isinstance(statement.targets[0], ast.Name):
                 raise _NotLiteral(statement, 'an assignment to something other than one name')
             value = _literal_value(statement.value)
