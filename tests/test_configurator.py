@@ -4,11 +4,20 @@ import os
 
 import pytest
 
+import ablate
 import batching
+import bench
+import bench_prepare
 import model
+import prepare
 import runtime
+import sample
+import train
 from configurator import UserError, check, field_comments, option, parse, positional, usage
 from conftest import ROOT, run_script
+
+SCRIPT_CONFIGS = (train.TrainConfig, sample.SampleConfig, prepare.PrepareConfig, bench.BenchConfig,
+                  ablate.AblateConfig, bench_prepare.BenchConfig)
 
 
 @dataclasses.dataclass
@@ -159,14 +168,7 @@ def test_help_shows_type_valid_values_and_the_comment_lines_under_a_field():
 
 
 def test_every_scripts_defaults_are_valid_and_every_choice_is_in_its_help():
-    import ablate
-    import bench
-    import bench_prepare
-    import prepare
-    import sample
-    import train
-    for cls in (train.TrainConfig, sample.SampleConfig, prepare.PrepareConfig, bench.BenchConfig,
-                ablate.AblateConfig, bench_prepare.BenchConfig):
+    for cls in SCRIPT_CONFIGS:
         check(cls())
     train_help, bench_help = usage(train.TrainConfig), usage(bench.BenchConfig)
     for name in (*batching.WINDOWINGS, *model.MODELS, *runtime.DTYPES, *runtime.ADAMW_KERNELS, 'cuda:N', 'mps'):
@@ -178,14 +180,7 @@ def test_every_scripts_defaults_are_valid_and_every_choice_is_in_its_help():
 
 
 def test_every_script_field_has_a_comment():
-    import ablate
-    import bench
-    import bench_prepare
-    import prepare
-    import sample
-    import train
-    for cls in (train.TrainConfig, sample.SampleConfig, prepare.PrepareConfig, bench.BenchConfig,
-                ablate.AblateConfig, bench_prepare.BenchConfig):
+    for cls in SCRIPT_CONFIGS:
         comments = field_comments(cls)
         assert [f.name for f in dataclasses.fields(cls) if not comments.get(f.name)] == [], cls
     assert field_comments(train.TrainConfig)['windowing'].endswith('auto: random (GPT), streams (LSTM)')
@@ -269,7 +264,6 @@ def test_config_file_values_are_checked_naming_the_file_and_line(tmp_path):
 
 
 def test_every_config_file_in_the_repository_parses_with_its_script():
-    import train
     paths = sorted(glob.glob(os.path.join(ROOT, 'config', '*.py')))
     assert paths
     for path in paths:
