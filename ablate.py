@@ -28,11 +28,11 @@ import torch
 
 import batching
 import checkpoint
+import configurator
 import runtime
 import storage
 import tokenizer as tok
 import train
-import configurator
 from configurator import UserError, option, parse, run
 
 DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'

@@ -29,11 +29,11 @@ import torch
 from tqdm import tqdm
 
 import batching
+import configurator
 import perf
 import runtime
 import storage
 import train
-import configurator
 from configurator import UNKNOWN, UserError, option, parse, run
 from model import MODELS, ModelArgs, build_model
 from sample import generate

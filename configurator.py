@@ -14,19 +14,24 @@ the file and line. Names starting with an underscore are ignored.
 Values are Python literals checked against the field's type; a string field takes the text as written.
 A field marked positional (prepare.py's data directory) also takes one bare positional argument.
 
-Each field declares its valid values beside its default, and `parse` checks them for every script:
+Each field declares its valid values beside its default with option(), and `parse` checks them, right after
+building the config, for every script (`check` does the same for a config built in code):
 
-    grad_clip: float = option(1.0, low=0)                     # ... (0 = off)
-    dropout: float = option(0.0, low=0, high=1, high_open=True)
-    windowing: str = option('auto', choices=('auto', batching.WINDOWINGS))   # auto, or one of the registry's
-    sections: str = option('all', choices=('all',), some_of=lambda: SECTIONS)  # 'all' or a comma list of names
+    grad_clip: float = option(1.0, low=0)  # clip the gradient norm to this (0 = off)
+    dropout: float = option(0.0, low=0, high=1, high_open=True)  # ...   -> "--dropout=2.0 must be in [0, 1)"
+    windowing: str = option('auto', choices=('auto', batching.WINDOWINGS))  # auto, or one of the registry's
+    sections: str = option('all', choices=('all',), some_of=lambda: SECTIONS)  # all, or a comma list of them
+    out: str = option('', extensions=('.json',))  # '' (no file) or a file name with one of these endings
 
-Bounds apply to each item of a tuple or list; choices may be a callable, read when checked (a registry that
-fills after the class is defined), and an `N` in a choice stands for a whole number (`cuda:N`). Every float
-must be finite. A failure is one line: `--dropout=2.0 must be in [0, 1)`.
+Bounds apply to each item of a tuple or list field. A collection inside choices is a registry the code keeps
+(its names are listed, never retyped); a callable is read when checked, for a registry that fills after the
+class is defined; an `N` in a choice stands for a whole number (`cuda:N`). Every float must be finite. A value
+outside its field's values is one line, prefixed with the config file and line that set it if one did;
+`error=` words it otherwise where a script keeps an older wording (the UNKNOWN wording, say).
 
-`-h` lists every key with its default, type, valid values and the comment written beside it in the dataclass
-(with the comment lines under it that line up with it); markdown_table renders the same as a docs table.
+`-h` lists every key with its default, type, valid values and the comment written beside it in the dataclass,
+joined with the indented comment lines under it (`#` and two or more spaces); markdown_table renders the same
+as a Markdown table, which tools/docs_tables.py writes into docs/.
 
 User mistakes raise UserError; `run` turns that into one line on stderr and exit code 2.
 """
@@ -42,7 +47,6 @@ import sys
 import tokenize
 import types
 import typing
-
 
 UNKNOWN = 'unknown {arg}: choose {valid}'  # an error= wording for choices: "unknown --windowing=x: choose ..."
 

@@ -30,10 +30,10 @@ import uuid
 import numpy as np
 from tqdm import tqdm
 
+import configurator
 import music
 import storage
 import tokenizer as tok
-import configurator
 from configurator import UNKNOWN, UserError, option, parse, positional, run
 
 HUB_NAMES = {'tinystories': 'roneneldan/TinyStories'}

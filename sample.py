@@ -37,11 +37,11 @@ import torch
 from tqdm import tqdm
 
 import checkpoint
+import configurator
 import music
 import runtime
 import storage
 import tokenizer as tok
-import configurator
 from configurator import UserError, option, parse, run
 from model import KVCache
 

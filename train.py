@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 import batching
 import checkpoint
+import configurator
 import distributed
 import runtime
 import storage
-import configurator
 from configurator import UNKNOWN, UserError, option, parse, run
 from model import MODELS, ModelArgs, build_model
 
