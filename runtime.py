@@ -39,7 +39,7 @@ def resolve_device(name):
         return 'mps' if torch.backends.mps.is_available() else 'cpu'
     if name.startswith('cuda') and not torch.cuda.is_available():
         raise UserError(f"--device={name} but CUDA is not available here: use --device=cpu or auto")
-    if name.startswith('cuda:') and int(name[5:]) >= torch.cuda.device_count():
+    if name.startswith('cuda:') and name[5:].isdigit() and int(name[5:]) >= torch.cuda.device_count():
         raise UserError(f"--device={name} but this machine has {torch.cuda.device_count()} CUDA device(s):"
                         f" use cuda:0 to cuda:{torch.cuda.device_count() - 1}, or cuda")
     if name == 'mps' and not torch.backends.mps.is_available():

@@ -269,3 +269,15 @@ def test_every_config_file_in_the_repository_parses_with_its_script():
     for path in paths:
         cfg = parse(train.TrainConfig, [path])
         assert cfg.out_dir != train.TrainConfig().out_dir, path  # it was applied
+
+
+def test_a_device_name_that_fits_but_is_not_here_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(runtime.torch.backends.mps, 'is_available', lambda: False)
+    with pytest.raises(UserError, match=r'^--device=mps but MPS \(Apple\'s GPU\) is not available here'):
+        runtime.resolve_device('mps')
+    monkeypatch.setattr(runtime.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(runtime.torch.cuda, 'device_count', lambda: 2)
+    assert runtime.resolve_device('cuda:1') == 'cuda:1'
+    with pytest.raises(UserError, match=r'^--device=cuda:2 but this machine has 2 CUDA device\(s\): use cuda:0 to'
+                                        r' cuda:1, or cuda$'):
+        runtime.resolve_device('cuda:2')
