@@ -76,7 +76,7 @@ class SampleConfig:
     device: str = option('auto', choices=runtime.DEVICES)  # auto: cuda if present, else mps, else cpu
     threads: int = option(0, low=0)  # CPU threads torch uses (0 = one per physical core; 1 when sharing them)
     out: str = option('', extensions=(*TEXT_OUTPUTS, *MUSIC_OUTPUTS))  # also write the samples to this file, in
-    #                               order ('' = no); music: .mid, .png
+    #                               order ('' = no): the text, or music as MIDI or as a piano roll (.png)
     tempo: int = option(100, low=1)  # .mid output: quarter notes per minute
     program: int = option(0, low=0, high=127)  # .mid output: General MIDI instrument (0 piano, 19 church organ,
     #                               52 choir)
