@@ -28,25 +28,31 @@ import torch
 
 import batching
 import checkpoint
+import configurator
 import runtime
 import storage
 import tokenizer as tok
 import train
-from configurator import UserError, parse, run
+from configurator import UserError, option, parse, run
 
 DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'
+UNKNOWN_WINDOWINGS = '--windowings: unknown {bad}; choose from {choices}'
 DATA_SIZE_PREPARE = {'data/tinystories_20k': ' --max_docs=20000', 'data/tinystories_200k': ' --max_docs=200000'}
 
 
 @dataclasses.dataclass
 class AblateConfig(train.TrainConfig):
-    what: str = 'windowing'       # windowing (a run per --windowings) | data_size (per --data_dirs) | dtype (per --dtypes)
-    windowings: str = ''          # windowing: strategies to compare, comma-separated ('' = all that suit a model)
+    what: str = option('windowing', choices=('windowing', 'data_size', 'dtype'))  # what differs between the
+    #                               runs: a run per --windowings, per --data_dirs or per --dtypes
+    windowings: str = option('', choices=('',), some_of=batching.WINDOWINGS, error=UNKNOWN_WINDOWINGS)
+    #                               windowing: strategies to compare, comma-separated ('' = all that suit a model)
     data_dirs: str = DATA_SIZE_DIRS  # data_size: prepared directories, scored on the first one's val split
-    dtypes: str = 'float32,bfloat16'  # dtype: autocast dtypes to compare (auto = train.py's default here)
-    target_tokens: int = 0        # real target tokens per run (0 = the config's max_iters x tokens per iteration)
-    points: int = 4               # scores per run, evenly spaced in its training, the last at its end
-    eval_documents: int = 0       # score on the first N held-out documents (0 = all of them)
+    dtypes: str = option('float32,bfloat16', some_of=('auto', runtime.DTYPES))  # dtype: autocast dtypes to
+    #                               compare, comma-separated (auto = train.py's default here)
+    target_tokens: int = option(0, low=0)  # real target tokens per run (0 = the config's max_iters x tokens
+    #                               per iteration)
+    points: int = option(4, low=1)  # scores per run, evenly spaced in its training, the last at its end
+    eval_documents: int = option(0, low=0)  # score on the first N held-out documents (0 = all of them)
     ablation_dir: str = ''        # where the results and runs go ('' = <out_dir>-ablate-<what>)
 
 
@@ -62,10 +68,6 @@ def variants(cfg):
         # streams is the LSTM's TBPTT layout: for a GPT, strided windows in a fixed order, so left out by default
         everything = [w for w in batching.WINDOWINGS if cfg.model_type == 'lstm' or w != 'streams']
         names = [w.strip() for w in cfg.windowings.split(',') if w.strip()] or everything
-        unknown = [w for w in names if w not in batching.WINDOWINGS]
-        if unknown:
-            raise UserError(f"--windowings: unknown {', '.join(unknown)}; choose from"
-                            f" {', '.join(batching.WINDOWINGS)}")
         return [Variant(w, {'windowing': w}) for w in names]
     if cfg.what == 'data_size':
         dirs = [d.strip() for d in cfg.data_dirs.split(',') if d.strip()]
@@ -197,8 +199,7 @@ def plot(results, path, title):
 
 def ablate(cfg):
     """Run every variant; write and return the results."""
-    if cfg.points <= 0:
-        raise UserError(f"--points={cfg.points} must be positive")
+    configurator.check(cfg)
     variant_list = variants(cfg)
     cfg = dataclasses.replace(cfg, ablation_dir=cfg.ablation_dir or f"{cfg.out_dir}-ablate-{cfg.what}")
     documents, chars, scored_on = held_out(cfg, variant_list)

@@ -31,12 +31,13 @@ import bench_train  # peak, train, defaults, profile, windowing, study
 import bench_generate  # noqa: F401 (sample, generate)
 import bench_memory  # memory, busy
 import batching
+import configurator
 import perf
 import runtime
 import storage
 import train
 from bench_harness import SECTIONS, Context, Unsupported
-from configurator import UserError, parse, run
+from configurator import UNKNOWN, UserError, option, parse, run
 from model import MODELS, build_model
 
 SCHEMA_VERSION = 1
@@ -44,50 +45,59 @@ SCHEMA_VERSION = 1
 
 @dataclasses.dataclass
 class BenchConfig:
-    device: str = 'all'           # all (cpu, and cuda when present) | auto (cuda, else cpu) | cpu | cuda | cuda:N
-    model: str = 'all'            # all | gpt | lstm
-    sections: str = 'all'         # all, or some of peak,train,defaults,profile,windowing,study,sample,generate,memory,busy
+    device: str = option('all', choices=('all', 'auto', 'cpu', 'cuda', 'cuda:N'))  # all: cpu, and cuda when
+    #                               present; auto: cuda, else cpu
+    model: str = option('all', choices=('all', MODELS))  # the models timed (all: every one)
+    sections: str = option('all', choices=('all',), some_of=lambda: SECTIONS)  # what to measure: all, or some
+    #                               sections, comma-separated
     quick: bool = False           # tiny sizes, few repeats, no compile: every section in seconds
     data_dir: str = ''            # a prepared data directory to draw batches from ('' = random tokens)
-    vocab_size: int = 256         # random tokens: vocabulary size (with --data_dir, the data's)
+    vocab_size: int = option(256, low=1)  # random tokens: vocabulary size (with --data_dir, the data's)
     # model shape, the same for both models (see model.ModelArgs)
-    n_layer: int = 2
-    n_head: int = 4               # GPT only
-    n_embd: int = 128
-    block_size: int = 32          # tokens per sequence
-    windowing: str = 'auto'       # how the train and study sections cut batches (train.py --windowing)
+    n_layer: int = option(2, low=1)  # transformer blocks (GPT) or stacked LSTM layers
+    n_head: int = option(4, low=1)   # GPT only
+    n_embd: int = option(128, low=1)  # width of the embedding (and of the GPT's residual stream)
+    block_size: int = option(32, low=1)  # tokens per sequence
+    windowing: str = option('auto', choices=('auto', batching.WINDOWINGS), error=UNKNOWN)  # how the train and
+    #                               study sections cut batches (train.py --windowing)
     # training step
-    batch_size: int = 16          # sequences per step in the training-step section
-    dtype: str = 'both'           # both (float32, and bfloat16 where supported) | float32 | bfloat16 | float16
-    compile: str = 'both'         # both | True | False: torch.compile, in the device's training dtype if several
+    batch_size: int = option(16, low=1)  # sequences per step in the training-step section
+    dtype: str = option('both', choices=('both', runtime.DTYPES))  # both: float32, and bfloat16 where supported
+    compile: str = option('both', choices=('both', 'True', 'False'))  # torch.compile, in the device's training
+    #                               dtype if several
     # batch-size study: (a) small batch x iters, (b) large batch x iters, (c) large batch, the samples of (a)
     batch_sizes: tuple[int, int] = (50, 500)  # (small, large)
-    iters: int = 10               # iterations of (a) and (b); (c) runs iters * small / large
+    iters: int = option(10, low=1)  # iterations of (a) and (b); (c) runs iters * small / large
     # timing
-    warmup: int = 2               # untimed steps before every measurement (at least 1)
-    repeats: int = 5              # timed repeats; the median is reported
-    sample_tokens: int = 64       # sampling: tokens generated after the prompt
+    warmup: int = option(2, low=1)  # untimed steps before every measurement
+    repeats: int = option(5, low=1)  # timed repeats; the median is reported
+    sample_tokens: int = option(64, low=1)  # sampling: tokens generated after the prompt
     # generation: sample.generate with its KV cache against recomputing the window at every token, on a GPT of
     # this shape (the character-level config's 4 x 128, at a 256-token context) whatever the shape above
     generate_shape: tuple[int, int, int, int] = (4, 4, 128, 256)  # n_layer, n_head, n_embd, block_size
     generate_tokens: tuple[int, ...] = (500, 2000)  # new tokens per run: the cost per token as the output grows
-    generate_repeats: int = 3     # timed runs of each mode per length, alternating; the median is reported
-    # train.py's default path (runtime.py) against plain eager float32, on these models, whatever the shape above:
-    # model:n_layer:n_head:n_embd:block_size:batch_size (GPT ~10M and ~0.8M parameters, LSTM 2 x 512)
+    generate_repeats: int = option(3, low=1)  # timed runs of each mode per length, alternating; the median
+    #                               is reported
+    # models whatever the shape above
     defaults_models: tuple[str, ...] = ('gpt:6:6:384:256:8', 'gpt:4:4:128:128:32', 'lstm:2:1:512:128:32')
-    # where a step's time goes (torch.profiler), plain and default path, on these small models
+    #                               the defaults section's models, as
+    #                               model:n_layer:n_head:n_embd:block_size:batch_size: train.py's default path
+    #                               (runtime.py) against plain eager float32 (GPT ~10M and ~0.8M parameters,
+    #                               LSTM 2 x 512)
     profile_models: tuple[str, ...] = ('gpt:4:4:128:128:32', 'gpt:2:4:128:32:16', 'lstm:2:1:128:32:16')
-    # big batches: whole against train.py's micro-batches under max_memory, on these models, whatever the shape
-    # above: model:n_layer:n_head:n_embd:block_size:batch_size:vocab_size (the word-level AKJV GPT, and the
-    # TinyStories CPU GPT with GPT-2's vocabulary)
+    #                               the profile section's models, as above: where a step's time goes
+    #                               (torch.profiler), plain and default path
     memory_models: tuple[str, ...] = ('gpt:4:4:128:64:32:12964', 'gpt:4:4:128:64:128:12964',
                                       'gpt:4:4:128:64:500:12964', 'gpt:4:4:128:128:8:50257',
                                       'gpt:4:4:128:128:32:50257')
+    #                               the memory section's models, as model:n_layer:n_head:n_embd:block_size:
+    #                               batch_size:vocab_size: whole batches against train.py's micro-batches (the
+    #                               word-level AKJV GPT, and the TinyStories CPU GPT with GPT-2's vocabulary)
     max_memory: str = 'auto'      # the memory section's budget for micro-batches (train.py's --max_memory)
     busy_model: str = 'gpt:4:4:128:128:32'  # the busy section's model, as in defaults_models
-    threads: int = 0              # CPU threads torch uses (0 = one per physical core, as train.py)
-    seed: int = 1337
-    out: str = ''                 # also write the results here as JSON ('' = table only)
+    threads: int = option(0, low=0)  # CPU threads torch uses (0 = one per physical core, as train.py)
+    seed: int = option(1337, low=0, high=2**32 - 1)  # seeds the models, the random tokens and the sampling
+    out: str = option('', extensions=('.json',))  # also write the results here as JSON ('' = table only)
 
 
 QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=4, batch_sizes=(2, 20),
@@ -107,23 +117,9 @@ def check(cfg):
         defaults = BenchConfig()
         cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items()
                                           if getattr(cfg, k) == getattr(defaults, k)})
-    if cfg.windowing not in ('auto', *batching.WINDOWINGS):
-        raise UserError(f"unknown --windowing={cfg.windowing}: choose auto or one of"
-                        f" {', '.join(batching.WINDOWINGS)}")
-    if cfg.model not in ('all', *MODELS):
-        raise UserError(f"--model={cfg.model} must be all or one of {', '.join(MODELS)}")
-    if cfg.compile not in ('both', 'True', 'False'):
-        raise UserError(f"--compile={cfg.compile} must be both, True or False")
-    if cfg.dtype not in ('both', 'float32', 'bfloat16', 'float16'):
-        raise UserError(f"--dtype={cfg.dtype} must be both, float32, bfloat16 or float16")
-    unknown = sorted(set(selected_sections(cfg)) - set(SECTIONS))
-    if unknown or not selected_sections(cfg):
-        raise UserError(f"--sections={cfg.sections}: choose all or some of {','.join(SECTIONS)}")
+    configurator.check(cfg)
     if len(cfg.batch_sizes) != 2:
         raise UserError(f"--batch_sizes={cfg.batch_sizes} must be two sizes, small and large: e.g. 50,500")
-    for key in ('iters', 'repeats', 'warmup', 'sample_tokens', 'vocab_size', 'batch_size', 'generate_repeats'):
-        if getattr(cfg, key) <= 0:
-            raise UserError(f"--{key}={getattr(cfg, key)} must be positive")
     if len(cfg.generate_shape) != 4 or min(cfg.generate_shape) <= 0 or \
             cfg.generate_shape[2] % cfg.generate_shape[1]:
         raise UserError(f"--generate_shape={cfg.generate_shape} must be n_layer, n_head, n_embd, block_size,"
@@ -131,7 +127,6 @@ def check(cfg):
     if not cfg.generate_tokens or min(cfg.generate_tokens) < 2:
         raise UserError(f"--generate_tokens={cfg.generate_tokens} must be one or more counts of at least 2"
                         f" (each run is timed in halves)")
-    runtime.resolve_threads(cfg.threads)  # raises for a negative count
     for text in (*cfg.defaults_models, *cfg.profile_models, cfg.busy_model):
         bench_train.defaults_model(text)  # raises for a malformed one
     for text in cfg.memory_models:

@@ -29,18 +29,18 @@ import threading
 import time
 
 import prepare
-from configurator import UserError, parse, run
+from configurator import UserError, option, parse, run
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclasses.dataclass
 class BenchConfig:
-    sizes_mb: list[int] = dataclasses.field(default_factory=lambda: [200, 400])  # corpus sizes to measure
-    num_proc: int = 0             # prepare's workers and tiktoken's threads (0 = one per CPU core)
+    sizes_mb: list[int] = option([200, 400], low=1)  # corpus sizes to measure, in MB
+    num_proc: int = option(0, low=0)  # prepare's workers and tiktoken's threads (0 = one per CPU core)
     work_dir: str = ''            # where corpora and prepared data go ('' = a directory in the system temp)
     keep: bool = False            # keep the corpora for the next run (they are regenerated only if missing)
-    seed: int = 1337
+    seed: int = option(1337, low=0, high=2**32 - 1)  # seeds the generated corpus
 
 
 NAMES = ['Lily', 'Tom', 'Mia', 'Ben', 'Sara', 'Max', 'Anna', 'Sam', 'Lucy', 'Jack', 'Zoe', 'Leo', 'Ella', 'Finn',

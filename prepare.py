@@ -30,10 +30,11 @@ import uuid
 import numpy as np
 from tqdm import tqdm
 
+import configurator
 import music
 import storage
 import tokenizer as tok
-from configurator import UserError, parse, positional, run
+from configurator import UNKNOWN, UserError, option, parse, positional, run
 
 HUB_NAMES = {'tinystories': 'roneneldan/TinyStories'}
 DEFAULT_TOKENIZER = {'akjv': 'word', 'text': 'word', 'bach': 'midi', 'midi': 'midi'}  # else (datasets): bpe
@@ -48,21 +49,26 @@ class PrepareConfig:
     source: str = ''             # akjv | text | tinystories | bach | midi | hub name | .jsonl/.parquet/.txt/.csv
     input: str = ''              # a text file, one document per line (source text), or a folder of .mid files
     text_column: str = 'text'    # dataset sources: the column that holds each document's text
-    tokenizer: str = ''          # char | word | bpe | midi ('' = word for akjv/text, midi for music, else bpe)
+    tokenizer: str = option('', choices=('', tok.TOKENIZERS), error=UNKNOWN)  # '' = word for akjv/text, midi
+    #                              for music, else bpe (or the one the directory name gives)
     booked: bool = False         # AKJV: prefix each verse with its book name ("Genesis: In the beginning ...")
-    max_docs: int | None = None  # keep only the first max_docs training documents (None = all); val stays whole
-    val_fraction: float = 0.1    # share of documents held out for validation (sources with no validation split)
-    seed: int = 1337             # seed of the document shuffle before that split
-    num_proc: int = 0            # tokenizing processes (0 = one per CPU core)
-    batch_size: int = 1000       # documents per tokenizing batch: memory grows with this, not with the corpus
-    max_vocab: int = 0           # word tokenizer: cap on the vocabulary size (0 = every distinct piece)
-    min_count: int = 1           # word tokenizer: pieces seen fewer times are spelled with characters
-    transpose: int = 0           # music: train also on each training piece moved by -N..N semitones (val as is)
-    steps_per_quarter: int = 4   # music: time grid, steps per quarter note (4: sixteenth notes)
+    max_docs: int | None = option(None, low=1)  # keep only the first max_docs training documents (None = all);
+    #                              val stays whole
+    val_fraction: float = option(0.1, low=0, high=1, low_open=True, high_open=True)  # share of documents held
+    #                              out for validation (sources with no validation split)
+    seed: int = option(1337, low=0, high=2**32 - 1)  # seed of the document shuffle before that split
+    num_proc: int = option(0, low=0)  # tokenizing processes (0 = one per CPU core)
+    batch_size: int = option(1000, low=1)  # documents per tokenizing batch: memory grows with this, not the corpus
+    max_vocab: int = option(0, low=0)  # word tokenizer: cap on the vocabulary size (0 = every distinct piece)
+    min_count: int = option(1, low=1)  # word tokenizer: pieces seen fewer times are spelled with characters
+    transpose: int = option(0, low=0, error='--transpose must be 0 or more, not {value}')  # music: train also
+    #                              on each training piece moved by -N..N semitones (val as is)
+    steps_per_quarter: int = option(4, low=1)  # music: time grid, steps per quarter note (4: sixteenth notes)
 
 
 def resolve(cfg):
     """Fill in source, tokenizer and booked from the directory name where they were not given; check values."""
+    configurator.check(cfg)
     name_parts = os.path.basename(os.path.normpath(cfg.data_dir)).split('_')
     source = cfg.source or ('midi' if os.path.isdir(cfg.input) else 'text' if cfg.input else name_parts[0])
     if not cfg.source and source not in DEFAULT_TOKENIZER and source not in HUB_NAMES:
@@ -74,20 +80,10 @@ def resolve(cfg):
         raise UserError(f"source midi needs --input=FOLDER, a folder of .mid files ({cfg.input or 'none'} given)")
     named_tokenizer = next((p for p in name_parts[1:] if p in tok.TOKENIZERS), '')
     tokenizer = cfg.tokenizer or named_tokenizer or DEFAULT_TOKENIZER.get(source, 'bpe')
-    if tokenizer not in tok.TOKENIZERS:
-        raise UserError(f"unknown --tokenizer={tokenizer}: choose one of {', '.join(tok.TOKENIZERS)}")
     if (source in MUSIC_SOURCES) != (tokenizer == 'midi'):
         raise UserError(f"--tokenizer={tokenizer} does not fit source {source}: music (data/bach, --input=FOLDER"
                         f" of .mid files) takes the midi tokenizer, text takes char, word or bpe")
-    if cfg.transpose < 0 or cfg.steps_per_quarter <= 0:
-        raise UserError("--transpose must be 0 or more (semitones each way) and --steps_per_quarter positive")
     booked = cfg.booked or (source == 'akjv' and 'booked' in name_parts[1:])
-    if not 0 < cfg.val_fraction < 1:
-        raise UserError(f"--val_fraction={cfg.val_fraction} must lie strictly between 0 and 1")
-    if cfg.max_docs is not None and cfg.max_docs <= 0:
-        raise UserError(f"--max_docs={cfg.max_docs} must be positive (leave it out to keep every document)")
-    if cfg.batch_size <= 0 or cfg.num_proc < 0:
-        raise UserError("--batch_size must be positive and --num_proc positive or 0 (one per core)")
     return dataclasses.replace(cfg, source=source, tokenizer=tokenizer, booked=booked)
 
 

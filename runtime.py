@@ -27,6 +27,9 @@ import torch
 
 from configurator import UserError
 
+DEVICES = ('auto', 'cpu', 'cuda', 'cuda:N', 'mps')  # N: a GPU's index
+DTYPES = ('float32', 'bfloat16', 'float16')
+COMPILE = ('auto', True, False)
 ADAMW_KERNELS = ('fused', 'foreach', 'for_loop')
 
 
@@ -37,6 +40,11 @@ def resolve_device(name):
         return 'mps' if torch.backends.mps.is_available() else 'cpu'
     if name.startswith('cuda') and not torch.cuda.is_available():
         raise UserError(f"--device={name} but CUDA is not available here: use --device=cpu or auto")
+    if name.startswith('cuda:') and name[5:].isdigit() and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device={name} but this machine has {torch.cuda.device_count()} CUDA device(s):"
+                        f" use cuda:0 to cuda:{torch.cuda.device_count() - 1}, or cuda")
+    if name == 'mps' and not torch.backends.mps.is_available():
+        raise UserError("--device=mps but MPS (Apple's GPU) is not available here: use --device=cpu or auto")
     return name
 
 
@@ -55,8 +63,8 @@ def resolve_dtype(name, device):
         if kind == 'cuda':
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if kind == 'cpu' and cpu_has_fast_bfloat16() else torch.float32
-    if name not in ('float32', 'bfloat16', 'float16'):
-        raise UserError(f"--dtype={name} is not one of auto, float32, bfloat16, float16")
+    if name not in DTYPES:
+        raise UserError(f"--dtype={name} is not one of auto, {', '.join(DTYPES)}")
     return getattr(torch, name)
 
 

@@ -27,7 +27,7 @@ else after max_new_tokens), so ones that stop early come first.
 
 A model trained on music (the midi tokenizer) prints its events as text (NOTE_ON_60 TIME_SHIFT_4 ...);
 --out=FILE.mid writes the notes they play as a MIDI file, --out=FILE.png draws them as a piano roll (several
-samples: FILE-1.mid, FILE-2.mid, ...). Any other --out gets the text.
+samples: FILE-1.mid, FILE-2.mid, ...); --out=FILE.txt (or .md) gets the text.
 """
 import dataclasses
 import os
@@ -37,15 +37,21 @@ import torch
 from tqdm import tqdm
 
 import checkpoint
+import configurator
 import music
 import runtime
 import storage
 import tokenizer as tok
-from configurator import UserError, parse, run
+from configurator import UserError, option, parse, run
 from model import KVCache
 
 SEPARATOR = '\n' + '-' * 40 + '\n'  # printed after every sample
+TEXT_OUTPUTS = ('.txt', '.md')  # --out extensions that get the text
 MUSIC_OUTPUTS = ('.mid', '.midi', '.png')  # --out extensions that write music rather than text
+# two options' errors, worded together as they were before each field declared its own
+COUNTS = '{arg}: --num_samples and --max_new_tokens must be positive (--max_new_tokens=0 only with --show_probs)'
+OFF_OR_MORE = '{arg}: --top_k and --show_probs must be 0 (off) or positive'
+GREEDY = '{arg} is negative: use 0 for greedy, or a positive value'
 
 
 @dataclasses.dataclass
@@ -53,21 +59,27 @@ class SampleConfig:
     out_dir: str = 'out'          # where train.py wrote its checkpoints
     checkpoint: str = ''          # a checkpoint file ('' = out_dir/best.pt, else out_dir/ckpt.pt)
     start: str = ''               # the prompt, or FILE:path to read it from a file
-    num_samples: int = 1          # samples drawn together, in one batch
-    max_new_tokens: int = 200     # tokens generated per sample (0: only print --show_probs's table)
-    temperature: float = 0.8      # 0 = greedy (the most likely token); < 1 sharpens the distribution, > 1 widens
-    top_k: int = 0                # sample only among the k most likely tokens (0 = all)
-    top_p: float = 1.0            # nucleus: only among the fewest most likely tokens whose probabilities reach it
+    num_samples: int = option(1, low=1, error=COUNTS)  # samples drawn together, in one batch
+    max_new_tokens: int = option(200, low=0, error=COUNTS)  # tokens per sample (0: only print --show_probs's table)
+    temperature: float = option(0.8, low=0, error=GREEDY)  # 0 = greedy (the most likely token); < 1 sharpens
+    #                               the distribution, > 1 widens it
+    top_k: int = option(0, low=0, error=OFF_OR_MORE)  # sample only among the k most likely tokens (0 = all)
+    top_p: float = option(1.0, low=0, high=1, low_open=True)  # nucleus: only among the fewest most likely tokens
+    #                               whose probabilities reach it
     stop_at_eos: bool = False     # end a sample at the end-of-document token (</s>; GPT-2 BPE: end of text)
-    show_probs: int = 0           # first print the N most likely tokens to follow the prompt, with probabilities
+    show_probs: int = option(0, low=0, error=OFF_OR_MORE)  # first print the N most likely tokens to follow the
+    #                               prompt, with their probabilities
     kv_cache: bool = True         # GPT: keep earlier keys and values (False: recompute them; same output, slower)
-    context_shift: float = 0.25   # GPT past block_size: share of the full window dropped before it is re-read
-    seed: int = 1337              # same seed and num_samples, same samples
-    device: str = 'auto'          # auto | cpu | cuda | mps
-    threads: int = 0              # CPU threads torch uses (0 = one per physical core; 1 when other work shares them)
-    out: str = ''                 # also write the samples to this file, in order ('' = no); music: .mid, .png
-    tempo: int = 100              # .mid output: quarter notes per minute
-    program: int = 0              # .mid output: General MIDI instrument (0 piano, 19 church organ, 52 choir)
+    context_shift: float = option(0.25, low=0, high=1, high_open=True)  # GPT past block_size: share of the full
+    #                               window dropped before it is re-read
+    seed: int = option(1337, low=0, high=2**32 - 1)  # same seed and num_samples, same samples
+    device: str = option('auto', choices=runtime.DEVICES)  # auto: cuda if present, else mps, else cpu
+    threads: int = option(0, low=0)  # CPU threads torch uses (0 = one per physical core; 1 when sharing them)
+    out: str = option('', extensions=(*TEXT_OUTPUTS, *MUSIC_OUTPUTS))  # also write the samples to this file, in
+    #                               order ('' = no): the text, or music as MIDI or as a piano roll (.png)
+    tempo: int = option(100, low=1)  # .mid output: quarter notes per minute
+    program: int = option(0, low=0, high=127)  # .mid output: General MIDI instrument (0 piano, 19 church organ,
+    #                               52 choir)
 
 
 def checkpoint_path(cfg):
@@ -238,23 +250,11 @@ def probability_table(model, tokenizer, ids, n, cfg):
 
 def check(cfg):
     """One-line errors for options that cannot work, before anything is loaded."""
-    if cfg.temperature < 0:
-        raise UserError(f"--temperature={cfg.temperature} is negative: use 0 for greedy, or a positive value")
-    if not 0 < cfg.top_p <= 1:
-        raise UserError(f"--top_p={cfg.top_p} must be in (0, 1]: the share of probability to sample from")
-    if cfg.top_k < 0 or cfg.show_probs < 0:
-        raise UserError("--top_k and --show_probs must be 0 (off) or positive")
-    if not 0 <= cfg.context_shift < 1:
-        raise UserError(f"--context_shift={cfg.context_shift} must be in [0, 1): the share of a full window"
-                        f" dropped before it is re-read")
-    if cfg.num_samples <= 0 or cfg.max_new_tokens < 0 or not (cfg.max_new_tokens or cfg.show_probs):
-        raise UserError("--num_samples and --max_new_tokens must be positive (--max_new_tokens=0 only with"
-                        " --show_probs)")
-    runtime.resolve_threads(cfg.threads)  # raises for a negative count
+    configurator.check(cfg)
+    if not (cfg.max_new_tokens or cfg.show_probs):
+        raise UserError("--max_new_tokens=0 only with --show_probs: give one of them a positive value")
     if cfg.out and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.out))):
         raise UserError(f"--out={cfg.out}: its directory does not exist; create it or write elsewhere")
-    if cfg.tempo <= 0 or not 0 <= cfg.program <= 127:
-        raise UserError("--tempo must be positive (quarter notes per minute) and --program in 0-127")
 
 
 def sample(cfg, out=sys.stdout):

@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 import batching
 import checkpoint
+import configurator
 import distributed
 import perf
 import runtime
 import storage
 from checkpoint import seed_everything
-from configurator import UserError, parse, run
+from configurator import UNKNOWN, UserError, option, parse, run
 from distributed import micro_steps_per_process, unwrap
 from model import MODELS, ModelArgs, build_model
 from optim import learning_rate, make_optimizer, train_step
@@ -44,49 +45,51 @@ class TrainConfig:
     # input and output
     data_dir: str = 'data/akjv'   # a directory written by prepare.py
     out_dir: str = 'out'          # checkpoints, metrics.jsonl and loss.png go here
-    init_from: str = 'scratch'    # scratch | resume (continue from out_dir/ckpt.pt)
+    init_from: str = option('scratch', choices=('scratch', 'resume'))  # resume: continue from out_dir/ckpt.pt
     # model (see model.ModelArgs; ignored on resume, where the checkpoint's shape is used)
-    model_type: str = 'gpt'       # gpt | lstm
-    n_layer: int = 4
-    n_head: int = 4               # GPT only
-    n_embd: int = 128
-    n_hidden: int = 0             # LSTM only: hidden size (0 = n_embd)
-    dropout: float = 0.0
-    bias: bool = False
-    block_size: int = 128         # tokens per window (GPT context; LSTM steps of backprop through time)
-    windowing: str = 'auto'       # auto|random|sliding|strided|lines_left|lines_slide|lines_full|packed|streams
-    #                               how batches are cut (batching.py); auto: random (GPT), streams (LSTM)
-    num_workers: int = 0          # sliding/strided: DataLoader worker processes (0 = load in the main process)
+    model_type: str = option('gpt', choices=MODELS)  # the network: a decoder-only transformer or an LSTM
+    n_layer: int = option(4, low=1)  # transformer blocks (GPT) or stacked LSTM layers
+    n_head: int = option(4, low=1)   # GPT only: attention heads, n_embd divided among them
+    n_embd: int = option(128, low=1)  # width: the token embedding and the residual stream (GPT)
+    n_hidden: int = option(0, low=0)  # LSTM only: hidden size (0 = n_embd)
+    dropout: float = option(0.0, low=0, high=1, high_open=True)  # share of activations zeroed in training
+    bias: bool = False            # biases in the linear layers and layer norms
+    block_size: int = option(128, low=1)  # tokens per window (GPT context; LSTM steps of backprop through time)
+    windowing: str = option('auto', choices=('auto', batching.WINDOWINGS), error=UNKNOWN)  # how batches are cut
+    #                               (batching.py); auto: random (GPT), streams (LSTM)
+    num_workers: int = option(0, low=0)  # sliding/strided: DataLoader worker processes (0 = in this process)
     # batches and optimization
-    batch_size: int = 32          # windows per micro-step
-    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
-    max_iters: int = 2000         # optimizer steps in total
-    learning_rate: float = 1e-3   # peak learning rate, reached after warmup
-    min_lr: float = 1e-4          # floor of the cosine decay
-    warmup_iters: int = 100       # linear warmup steps
-    lr_decay_iters: int = 0       # step where the cosine reaches min_lr (0 = max_iters)
-    weight_decay: float = 0.1     # AdamW decay, applied to weight matrices and embeddings only
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0        # clip the gradient norm to this (0 = off)
-    max_memory: str = 'auto'      # memory for one micro-batch's logits and activations, e.g. 2GB or 500MB: a batch
-    #                               that needs more runs in micro-batches (auto: half of what is free, at most 1GB
-    #                               on the CPU; see runtime.memory_budget)
+    batch_size: int = option(32, low=1)  # windows per micro-step
+    gradient_accumulation_steps: int = option(1, low=1)  # micro-steps per optimizer step
+    max_iters: int = option(2000, low=0)  # optimizer steps in total (0: evaluate and save the initial model)
+    learning_rate: float = option(1e-3, low=0, low_open=True)  # peak learning rate, reached after warmup
+    min_lr: float = option(1e-4, low=0)  # floor of the cosine decay
+    warmup_iters: int = option(100, low=0)  # linear warmup steps
+    lr_decay_iters: int = option(0, low=0)  # step where the cosine reaches min_lr (0 = max_iters)
+    weight_decay: float = option(0.1, low=0)  # AdamW decay, applied to weight matrices and embeddings only
+    beta1: float = option(0.9, low=0, high=1, high_open=True)   # AdamW: decay rate of the gradient's mean
+    beta2: float = option(0.99, low=0, high=1, high_open=True)  # AdamW: decay rate of its mean square
+    grad_clip: float = option(1.0, low=0)  # clip the gradient norm to this (0 = off)
+    max_memory: str = 'auto'      # memory for one micro-batch's logits and activations, e.g. 2GB or 500MB: a
+    #                               batch that needs more runs in micro-batches, the same step (auto: half of
+    #                               what is free, at most 1GB on the CPU; see runtime.memory_budget)
     # evaluation and logging
-    eval_interval: int = 250      # evaluate, checkpoint and plot every this many steps (and at the end)
-    eval_tokens: int = 81920      # tokens per evaluation of each split (whole batches: at least one), the same
-    #                               windows every time
-    log_interval: int = 10        # steps between train-loss and tokens/s log lines
+    eval_interval: int = option(250, low=1)  # evaluate, checkpoint and plot every this many steps (and at the end)
+    eval_tokens: int = option(81920, low=1)  # tokens per evaluation of each split (whole batches, at least one),
+    #                               the same windows every time
+    log_interval: int = option(10, low=1)  # steps between train-loss and tokens/s log lines
     # system
-    device: str = 'auto'          # auto | cpu | cuda | cuda:N | mps
-    dtype: str = 'auto'           # auto | float32 | bfloat16 | float16: autocast (auto: bfloat16 on CUDA and on
+    device: str = option('auto', choices=runtime.DEVICES)  # auto: cuda if present, else mps, else cpu
+    dtype: str = option('auto', choices=('auto', runtime.DTYPES))  # autocast (auto: bfloat16 on CUDA and on
     #                               CPUs with bfloat16 instructions, else float32; see runtime.py)
-    compile: bool | str = 'auto'  # auto | True | False: torch.compile the model (auto: on CUDA; see runtime.py)
-    threads: int = 0              # CPU threads per process (0 = one per physical core, shared among processes)
-    adamw: str = 'auto'           # auto | fused | foreach | for_loop: AdamW's kernels (auto: fused on CPU, CUDA)
-    seed: int = 1337
+    compile: bool | str = option('auto', choices=runtime.COMPILE)  # torch.compile the model (auto: on CUDA)
+    threads: int = option(0, low=0)  # CPU threads per process (0 = one per physical core, shared among processes)
+    adamw: str = option('auto', choices=('auto', runtime.ADAMW_KERNELS))  # AdamW's kernels (auto: fused on
+    #                               CPU and CUDA, else foreach)
+    seed: int = option(1337, low=0, high=2**32 - 1)  # seeds the initial weights, the batches and dropout
     # reliability
-    on_nonfinite: str = 'stop'    # stop | skip: a step with a NaN/inf loss or gradient stops the run or is skipped
+    on_nonfinite: str = option('stop', choices=('stop', 'skip'))  # a step with a NaN/inf loss or gradient
+    #                               stops the run, or is skipped
     verify_data: bool = True      # check the data files' sha256 against meta.json at start (about 1 s per GB)
 
 
@@ -245,28 +248,10 @@ def resolved_windowing(config):
 
 
 def check_config(cfg):
-    if cfg.model_type not in MODELS:
-        raise UserError(f"unknown --model_type={cfg.model_type}: choose one of {', '.join(MODELS)}")
-    if cfg.init_from not in ('scratch', 'resume'):
-        raise UserError(f"--init_from={cfg.init_from} must be scratch or resume")
-    if cfg.on_nonfinite not in ('stop', 'skip'):
-        raise UserError(f"--on_nonfinite={cfg.on_nonfinite} must be stop or skip")
-    if cfg.windowing not in ('auto', *batching.WINDOWINGS):
-        raise UserError(f"unknown --windowing={cfg.windowing}: choose auto or one of"
-                        f" {', '.join(batching.WINDOWINGS)}")
-    if cfg.num_workers < 0:
-        raise UserError(f"--num_workers={cfg.num_workers} must be 0 (load in the main process) or more")
-    runtime.resolve_compile(cfg.compile, 'cpu')  # these raise for a value they do not know
-    runtime.adamw_kernel(cfg.adamw, 'cpu')
-    runtime.resolve_threads(cfg.threads)
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"--{f.name}={value} must be a finite number")
-    for key in ('batch_size', 'block_size', 'n_layer', 'n_embd', 'n_head', 'eval_tokens', 'eval_interval',
-                'log_interval', 'gradient_accumulation_steps'):
-        if getattr(cfg, key) <= 0:
-            raise UserError(f"--{key}={getattr(cfg, key)} must be positive")
+    """Each field's declared valid values, then what no one field can say alone."""
+    configurator.check(cfg)
+    if cfg.max_memory != 'auto':
+        runtime.parse_size(cfg.max_memory)  # raises for a size it cannot read
     if cfg.model_type == 'gpt' and cfg.n_embd % cfg.n_head:
         raise UserError(f"--n_embd={cfg.n_embd} must be a multiple of --n_head={cfg.n_head}")
 

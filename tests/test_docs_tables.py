@@ -1,0 +1,91 @@
+"""The option tables in docs/*.md are what tools/docs_tables.py renders from the config dataclasses now."""
+import dataclasses
+import glob
+import os
+import re
+
+import pytest
+
+import configurator
+import train
+from configurator import option
+from conftest import ROOT, run_script
+from tools import docs_tables
+
+
+def all_blocks():
+    found = {}
+    for path in docs_tables.docs_pages():
+        with open(path, encoding='utf-8') as f:
+            for block in docs_tables.blocks(f.read()):
+                found.setdefault(block, []).append(os.path.relpath(path, ROOT))
+    return found
+
+
+def test_every_docs_table_is_what_the_generator_prints_now():
+    for path in docs_tables.docs_pages():
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+        assert docs_tables.regenerate(text) == (text, []), f"{path}: run python tools/docs_tables.py"
+    assert docs_tables.main(['--check']) == 0
+
+
+def test_every_scripts_config_class_has_a_table():
+    expected = set()  # every class a script hands to configurator.parse
+    for path in glob.glob(os.path.join(ROOT, '*.py')):
+        module = os.path.splitext(os.path.basename(path))[0]
+        with open(path, encoding='utf-8') as f:
+            expected |= {f'{module}.{name}' for name in re.findall(r'\bparse\(([A-Z]\w*)', f.read())}
+    assert {'train.TrainConfig', 'prepare.PrepareConfig', 'sample.SampleConfig', 'bench.BenchConfig',
+            'ablate.AblateConfig', 'bench_prepare.BenchConfig'} <= expected
+    assert sorted(expected - set(all_blocks())) == []
+
+
+def test_a_table_has_every_key_with_its_default_valid_values_and_comment():
+    table = configurator.markdown_table(train.TrainConfig).splitlines()
+    assert table[:2] == ['| key | default | valid values | what it does |', '|---|---|---|---|']
+    assert len(table) == 2 + len(dataclasses.fields(train.TrainConfig))
+    assert '| `--grad_clip` | `1.0` | float, 0 or more | clip the gradient norm to this (0 = off) |' in table
+    assert any(row.startswith('| `--windowing` | `\'auto\'` | str, auto or one of random, sliding,') and
+               row.endswith('how batches are cut (batching.py); auto: random (GPT), streams (LSTM) |')
+               for row in table)
+
+
+def test_a_changed_default_makes_the_check_fail(monkeypatch, capsys):
+    @dataclasses.dataclass
+    class Changed(train.TrainConfig):
+        learning_rate: float = option(5e-3, low=0, low_open=True)  # peak learning rate, reached after warmup
+    monkeypatch.setattr(train, 'TrainConfig', Changed)
+    assert docs_tables.main(['--check']) == 1
+    assert 'docs/options.md: train.TrainConfig' in capsys.readouterr().err
+
+
+def test_a_changed_comment_makes_the_check_fail(monkeypatch, capsys):
+    real = configurator.class_source
+
+    def edited(cls):
+        return real(cls).replace('# clip the gradient norm to this (0 = off)', '# clip it (0 = off)')
+    monkeypatch.setattr(configurator, 'class_source', edited)
+    assert docs_tables.main(['--check']) == 1
+    err = capsys.readouterr().err
+    assert 'docs/options.md: train.TrainConfig' in err and 'docs/options.md: ablate.AblateConfig' in err
+    assert 'sample.SampleConfig' not in err  # only the tables the comment is in
+
+
+def test_regenerating_rewrites_a_stale_block_and_nothing_else(tmp_path, monkeypatch):
+    page = tmp_path / 'page.md'
+    page.write_text('# Title\n\ntext\n\n<!-- options: sample.SampleConfig -->\n| stale |\n<!-- /options -->\n\nend\n',
+                    encoding='utf-8')
+    monkeypatch.setattr(docs_tables, 'docs_pages', lambda: [str(page)])
+    assert docs_tables.main(['--check']) == 1
+    assert docs_tables.main([]) == 0 and docs_tables.main(['--check']) == 0
+    import sample
+    assert page.read_text(encoding='utf-8') == ('# Title\n\ntext\n\n<!-- options: sample.SampleConfig -->\n'
+                                                 + configurator.markdown_table(sample.SampleConfig)
+                                                 + '\n<!-- /options -->\n\nend\n')
+
+
+@pytest.mark.parametrize('args, code', [(['--check'], 0), (['--bogus'], 2)])
+def test_the_command_runs_as_the_docs_show(args, code):
+    result = run_script(os.path.join('tools', 'docs_tables.py'), *args)
+    assert result.returncode == code, result.stderr
