@@ -41,6 +41,9 @@ from configurator import UNKNOWN, UserError, option, parse, run
 from model import MODELS, build_model
 
 SCHEMA_VERSION = 1
+# the word-level AKJV GPT at three batch sizes, and the TinyStories CPU GPT with GPT-2's vocabulary at two
+MEMORY_MODELS = ('gpt:4:4:128:64:32:12964', 'gpt:4:4:128:64:128:12964', 'gpt:4:4:128:64:500:12964',
+                 'gpt:4:4:128:128:8:50257', 'gpt:4:4:128:128:32:50257')
 
 
 @dataclasses.dataclass
@@ -87,12 +90,9 @@ class BenchConfig:
     profile_models: tuple[str, ...] = ('gpt:4:4:128:128:32', 'gpt:2:4:128:32:16', 'lstm:2:1:128:32:16')
     #                               the profile section's models, as above: where a step's time goes
     #                               (torch.profiler), plain and default path
-    memory_models: tuple[str, ...] = ('gpt:4:4:128:64:32:12964', 'gpt:4:4:128:64:128:12964',
-                                      'gpt:4:4:128:64:500:12964', 'gpt:4:4:128:128:8:50257',
-                                      'gpt:4:4:128:128:32:50257')
-    #                               the memory section's models, as model:n_layer:n_head:n_embd:block_size:
-    #                               batch_size:vocab_size: whole batches against train.py's micro-batches (the
-    #                               word-level AKJV GPT, and the TinyStories CPU GPT with GPT-2's vocabulary)
+    memory_models: tuple[str, ...] = MEMORY_MODELS  # the memory section's models: whole batches against
+    #                               train.py's micro-batches (the word-level AKJV GPT, the TinyStories CPU GPT),
+    #                               each model:n_layer:n_head:n_embd:block_size:batch_size:vocab_size
     max_memory: str = 'auto'      # the memory section's budget for micro-batches (train.py's --max_memory)
     busy_model: str = 'gpt:4:4:128:128:32'  # the busy section's model, as in defaults_models
     threads: int = option(0, low=0)  # CPU threads torch uses (0 = one per physical core, as train.py)
