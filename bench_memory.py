@@ -21,10 +21,14 @@ def memory_model(text):
     """A --memory_models entry, model:n_layer:n_head:n_embd:block_size:batch_size:vocab_size, as
     (model, shape, batch, vocab)."""
     head, _, vocab = text.rpartition(':')
-    if not vocab.isdigit() or int(vocab) < 2:
+    try:
+        model = defaults_model(head)
+    except UserError:
+        model = None
+    if model is None or not vocab.isdigit() or int(vocab) < 2:
         raise UserError(f"--memory_models: {text!r} must be model:n_layer:n_head:n_embd:block_size:batch_size:"
-                        f"vocab_size, e.g. gpt:4:4:128:64:500:12964")
-    return (*defaults_model(head), int(vocab))
+                        f"vocab_size, positive, n_embd a multiple of n_head: e.g. gpt:4:4:128:64:500:12964")
+    return (*model, int(vocab))
 
 
 def conclude_memory(rows, ctx):
