@@ -253,6 +253,11 @@ def check(cfg):
     runtime.resolve_threads(cfg.threads)  # raises for a negative count
     if cfg.out and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.out))):
         raise UserError(f"--out={cfg.out}: its directory does not exist; create it or write elsewhere")
+    if cfg.out and os.path.isdir(cfg.out):
+        raise UserError(f"--out={cfg.out} is a directory: give a file name, e.g."
+                        f" {os.path.join(cfg.out, 'sample.txt')}")
+    if cfg.out and not os.access(os.path.dirname(os.path.abspath(cfg.out)), os.W_OK):
+        raise UserError(f"--out={cfg.out}: its directory is not writable; write elsewhere")
     if cfg.tempo <= 0 or not 0 <= cfg.program <= 127:
         raise UserError("--tempo must be positive (quarter notes per minute) and --program in 0-127")
 
