@@ -92,7 +92,7 @@ class StopOnSignal:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.signum, self.previous = None, {}
+        self.signum, self.previous, self.pid = None, {}, os.getpid()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
@@ -105,6 +105,8 @@ class StopOnSignal:
         self.previous = {}
 
     def _request(self, signum, frame):
+        if os.getpid() != self.pid:  # a DataLoader worker forked with this handler (Ctrl-C reaches the whole process
+            return  # group): the training process stops it
         if self.signum is not None:
             os.write(2, f"\n{signal.Signals(signum).name} again: stopped at once, nothing more saved\n".encode())
             os._exit(128 + signum)

@@ -288,11 +288,14 @@ def sample(cfg, out=sys.stdout):
     if not cfg.max_new_tokens:
         return []
     samples, new = draw(model, tokenizer, prompt, ids.repeat(cfg.num_samples, 1), cfg, out)
-    if is_music_out:
-        write_music(tokenizer, [ids[0].tolist() + tokens for tokens in new], cfg)
-    elif cfg.out:
-        with storage.atomic_write(cfg.out) as f:
-            f.write(''.join(text + SEPARATOR for text in samples).encode('utf-8'))
+    try:
+        if is_music_out:
+            write_music(tokenizer, [ids[0].tolist() + tokens for tokens in new], cfg)
+        elif cfg.out:
+            with storage.atomic_write(cfg.out) as f:
+                f.write(''.join(text + SEPARATOR for text in samples).encode('utf-8'))
+    except OSError as error:  # a full disk, say (the samples were printed all the same)
+        raise UserError(f"cannot write --out={cfg.out}: {error.strerror}; free some space or write elsewhere")
     return samples
 
 

@@ -57,12 +57,18 @@ def test_scratch_run_into_a_trained_out_dir_is_refused_and_touches_nothing(train
     assert files_of(trained) == before
     # and are replaced when the new run saves its first checkpoint. Here that is not a best one (a signal before
     # the first evaluation, which is skipped), so the old best.pt, log and plot must not stay beside it either.
-    monkeypatch.setattr(train.Run, 'is_evaluation_due', lambda run: os.kill(os.getpid(), signal.SIGTERM))
-    with pytest.raises(SystemExit) as stopped:
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
+        patch.setattr(train.Run, 'is_evaluation_due', lambda run: os.kill(os.getpid(), signal.SIGTERM))
         train.main([*args, '--overwrite=True'])
     assert stopped.value.code == 128 + signal.SIGTERM
     assert sorted(os.listdir(trained)) == ['.lock', 'ckpt.pt', 'metrics.jsonl'] and metrics(trained) == []
     assert checkpoint.load(trained / 'ckpt.pt')['iter_num'] == 1
+    # the same command twice (make demo does this): each run replaces the last
+    for _ in range(2):
+        train.main([*args, '--overwrite=True'])
+        evaluations = {r['iter']: r['val_loss'] for r in metrics(trained) if 'val_loss' in r}
+        assert list(evaluations) == [0, 4] and checkpoint.load(trained / 'ckpt.pt')['iter_num'] == 4
+        assert checkpoint.load(trained / 'best.pt')['best_val_loss'] == min(evaluations.values())
 
 
 def test_a_second_run_in_the_same_out_dir_is_refused_naming_the_first(char_data, tmp_path):
@@ -222,3 +228,16 @@ def save(path, contents):
 checkpoint.save = save
 run(lambda: train.main(sys.argv[1:]))
 """
+
+
+def test_a_forked_worker_leaves_the_signals_to_the_training_process():
+    """A DataLoader worker is forked with the training process's handler, and Ctrl-C reaches it too: there the
+    handler does nothing (no second 'finishing this step' line, no exit at once), and the parent is not asked."""
+    with reliability.StopOnSignal() as stop:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGINT)
+            os._exit(0 if stop.signum is None else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0 and stop.signum is None
