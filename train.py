@@ -248,8 +248,9 @@ def train_loop(run):
             progress.update()
             if state.iter_num % cfg.log_interval == 0:
                 run.log_steps(progress)
-        if signum and state.iter_num < cfg.max_iters:
-            run.stop_on_signal(signum)  # in the block: a second signal while it saves stops at once, in one line
+        if signum and state.iter_num < cfg.max_iters:  # in the block: a second signal while it saves stops at once
+            progress.close()  # its last line before the resume command, not after it
+            run.stop_on_signal(signum)
     return state.result
 
 
