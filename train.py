@@ -290,7 +290,7 @@ class Run:
         if cfg.init_from == 'scratch' and not cfg.overwrite:  # before anything in out_dir is touched
             world.on_main(refuse_to_replace, cfg.out_dir)
         self.resumed_path = self.resume_source(cfg.out_dir) if cfg.init_from == 'resume' else None
-        resumed = checkpoint.load(self.resumed_path) if self.resumed_path else None
+        resumed = self.load_resumed() if self.resumed_path else None
         if resumed:  # the model's shape is the checkpoint's, whatever the config says
             cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
         check_config(cfg)
@@ -344,6 +344,16 @@ class Run:
                             f" (--init_from=scratch) or fix --out_dir")
         self.world.say(f"{out_dir} has no ckpt.pt: resuming best.pt, the checkpoint of its lowest val loss")
         return self.best_path
+
+    def load_resumed(self):
+        """The checkpoint to resume; where ckpt.pt is damaged and best.pt is there, the error says how to use it."""
+        try:
+            return checkpoint.load(self.resumed_path)
+        except UserError as error:
+            if self.resumed_path != self.ckpt_path or not os.path.exists(self.best_path):
+                raise
+            raise UserError(f"{error}; to resume from best.pt (the checkpoint of the lowest val loss), move"
+                            f" {self.ckpt_path} aside and resume again") from None
 
     def check_resumable(self, resumed):
         """Refuse a checkpoint trained on another vocabulary or cut into windows another way."""

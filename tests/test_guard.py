@@ -118,6 +118,17 @@ def test_a_kill_in_the_first_ckpt_write_leaves_best_pt_which_resumes_at_once(cha
     assert checkpoint.load(out_dir / 'ckpt.pt')['iter_num'] == 8
 
 
+def test_a_damaged_ckpt_pt_beside_best_pt_says_how_to_resume_best_pt(trained, char_data):
+    (trained / 'ckpt.pt').write_bytes((trained / 'ckpt.pt').read_bytes()[:1000])
+    args = [f'--data_dir={char_data}', f'--out_dir={trained}', '--init_from=resume', *TINY_GPT, '--max_iters=44']
+    with pytest.raises(UserError, match=rf'ckpt.pt is not a readable checkpoint .*; to resume from best.pt \(the'
+                                        rf' checkpoint of the lowest val loss\), move {trained}/ckpt.pt aside'):
+        train.main(args)
+    os.rename(trained / 'ckpt.pt', trained / 'ckpt.pt.damaged')
+    train.main(args)  # as the message says
+    assert checkpoint.load(trained / 'ckpt.pt')['iter_num'] == 44
+
+
 def test_a_full_disk_says_what_to_do_about_the_disk(char_data, tmp_path, monkeypatch):
     """A full disk (or quota) while plotting after the checkpoints: one line on the disk, the checkpoints kept."""
     def full(self):
