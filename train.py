@@ -2,10 +2,14 @@
 
     python train.py config/train_akjv.py --batch_size=500
     python train.py config/train_akjv_lstm.py
-    python train.py config/train_akjv.py --init_from=resume      # continue out_dir/ckpt.pt
+    python train.py config/train_akjv.py --init_from=resume      # continue out_dir/ckpt.pt (or best.pt alone)
+    python train.py config/train_akjv.py --overwrite=True        # from scratch, replacing out_dir's old run
     torchrun --standalone --nproc_per_node=4 train.py config/train_akjv.py --gradient_accumulation_steps=4
 
-Writes to out_dir: ckpt.pt (latest), best.pt (lowest val loss), metrics.jsonl, loss.png.
+Writes to out_dir: ckpt.pt (latest), best.pt (lowest val loss), metrics.jsonl, loss.png, and .lock, held while
+a run trains there (one run per out_dir). A scratch run into an out_dir that holds a checkpoint stops at once
+unless told --overwrite=True: then the old run's files are replaced as the new run writes its first evaluation
+and checkpoint.
 Ctrl-C or SIGTERM finishes the current step, saves ckpt.pt and prints the command that resumes the run.
 Under torchrun (see distributed.py) the processes share each optimizer step's batches and process 0 writes.
 """
