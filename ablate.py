@@ -146,7 +146,8 @@ def run_variant(cfg, variant, documents, chars, budget):
     for k in range(1, cfg.points + 1):
         stop = round(iters * k / cfg.points)
         started = time.perf_counter()
-        train.train(dataclasses.replace(run_cfg, max_iters=stop, init_from='resume' if k > 1 else 'scratch'))
+        train.train(dataclasses.replace(run_cfg, max_iters=stop, init_from='resume' if k > 1 else 'scratch',
+                                        overwrite=True))  # a run of other settings, or cut short
         train_s += time.perf_counter() - started
         loss, bits_per_char = score(run_dir, documents, chars, cfg)
         curve.append({'iter': stop, 'target_tokens': stop * tokens_per_iter * share, 'train_s': train_s,

@@ -60,8 +60,9 @@ def load(path, map_location='cpu'):
     if checkpoint['format_version'] != FORMAT_VERSION:  # before the keys: an older format lacks newer ones
         raise UserError(f"{path} has checkpoint format {checkpoint['format_version']}, this code reads"
                         f" format {FORMAT_VERSION}: use the matching version of the code")
-    if any(key not in checkpoint for key in REQUIRED):
-        raise UserError(f"{path} is a torch file but not a checkpoint of this project (keys missing)")
+    if any(key not in checkpoint for key in REQUIRED) or not all(
+            isinstance(checkpoint[key], dict) for key in ('model_args', 'model', 'tokenizer')):
+        raise UserError(f"{path} is a torch file but not a checkpoint of this project (keys missing or wrong)")
     if digest(checkpoint) != checkpoint['digest']:
         raise UserError(f"{path} is corrupted (its contents do not match the sha256 saved with them):"
                         f" use another checkpoint, e.g. best.pt or ckpt.pt beside it")
@@ -70,7 +71,25 @@ def load(path, map_location='cpu'):
         raise UserError(f"{path} holds an unknown model type {model_type!r}")
     if checkpoint['tokenizer'].get('kind') not in tok.TOKENIZERS:
         raise UserError(f"{path} holds an unknown tokenizer kind {checkpoint['tokenizer'].get('kind')!r}")
+    check_weights_fit(path, checkpoint)
     return checkpoint
+
+
+def check_weights_fit(path, checkpoint):
+    """Raise a UserError unless the checkpoint's weights have the names and shapes of the model its model_args
+    describe (built on the meta device: shapes only, no memory, no initialization)."""
+    try:
+        with torch.device('meta'):
+            expected = model_module.build_model(model_module.ModelArgs(**checkpoint['model_args'])).state_dict()
+    except (TypeError, ValueError, AssertionError, ZeroDivisionError, RuntimeError) as error:
+        raise UserError(f"{path} holds model_args that describe no model ({error}): use another checkpoint")
+    shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint['model'].items()}
+    wanted = {name: tuple(tensor.shape) for name, tensor in expected.items()}
+    if shapes != wanted:
+        name = next(n for n in sorted({*shapes, *wanted}) if shapes.get(n) != wanted.get(n))
+        raise UserError(f"{path} is inconsistent: its weights do not fit the model its model_args describe ({name}:"
+                        f" {shapes.get(name)} in the weights, {wanted.get(name)} by the model_args): use another"
+                        f" checkpoint")
 
 
 def restore_model(checkpoint):

@@ -1,6 +1,8 @@
-"""What keeps a long run's work safe: out_dir checked before training, a signal that stops after the step and
-saves, the step-loss record that no non-finite step gets past into a checkpoint, and the command that resumes."""
+"""What keeps a long run's work safe: one run per out_dir (a lock), no scratch run over a trained model, out_dir
+checked before training, a signal that stops after the step and saves, the step-loss record that no non-finite
+step gets past into a checkpoint, and the command that resumes."""
 import dataclasses
+import fcntl
 import math
 import os
 import shlex
@@ -9,8 +11,59 @@ import threading
 
 import torch
 
+import checkpoint
 import storage
 from configurator import UserError
+
+CHECKPOINTS = ('ckpt.pt', 'best.pt')  # the latest, and the one of the lowest val loss
+
+
+class OutDirLock:
+    """An exclusive lock on out_dir for the length of a run: an flock on out_dir/.lock, which holds the PID of
+    the process holding it. The operating system drops an flock when its process dies, however it dies, so a
+    killed run leaves no stale lock. The file stays (deleting it would let two runs lock two files of one name)."""
+
+    NAME = '.lock'
+
+    def __init__(self, out_dir):
+        self.out_dir, self.fd = out_dir, None
+
+    def acquire(self):
+        try:
+            os.makedirs(self.out_dir, exist_ok=True)
+            fd = os.open(os.path.join(self.out_dir, self.NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise UserError(f"cannot write to out_dir {self.out_dir}: {error.strerror}; choose another --out_dir")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or 'unknown'
+            os.close(fd)
+            raise UserError(f"{self.out_dir} is in use by another training run (process {holder}): wait for it to"
+                            f" finish or stop it, or choose another --out_dir")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # and with it the lock
+            self.fd = None
+
+
+def refuse_to_replace(out_dir):
+    """Raise if out_dir holds a checkpoint, naming it and the ways on: a scratch run would replace it."""
+    path = next((p for name in CHECKPOINTS if os.path.exists(p := os.path.join(out_dir, name))), None)
+    if path is None:
+        return
+    try:
+        held = checkpoint.load(path)
+        what = f"iteration {held['iter_num']}, best val loss {held['best_val_loss']:.4f}"
+    except UserError:
+        what = "unreadable"
+    raise UserError(f"{out_dir} already holds a trained model ({path}: {what}): continue it with"
+                    f" --init_from=resume, train into another --out_dir, or replace it with --overwrite=True")
 
 
 def prepare_out_dir(out_dir, checkpoint_bytes):
@@ -32,12 +85,14 @@ def prepare_out_dir(out_dir, checkpoint_bytes):
 
 class StopOnSignal:
     """While active, SIGINT (Ctrl-C) and SIGTERM only ask the training loop to stop: it finishes the step it is
-    in, saves a checkpoint and exits. A second signal stops at once (the atomic writes keep the files whole)."""
+    in, saves a checkpoint and exits. A second signal stops at once, with one line: os._exit, not an exception
+    that could surface as a traceback from wherever it lands (the atomic writes keep the files on disk whole; the
+    next run in out_dir removes a temporary file this one leaves, and the operating system its lock)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.signum, self.previous = None, {}
+        self.signum, self.previous, self.pid = None, {}, os.getpid()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
@@ -50,10 +105,11 @@ class StopOnSignal:
         self.previous = {}
 
     def _request(self, signum, frame):
+        if os.getpid() != self.pid:  # a DataLoader worker forked with this handler (Ctrl-C reaches the whole process
+            return  # group): the training process stops it
         if self.signum is not None:
-            self.__exit__()
-            signal.raise_signal(signum)  # to the previous handler: KeyboardInterrupt, or the default death
-            return
+            os.write(2, f"\n{signal.Signals(signum).name} again: stopped at once, nothing more saved\n".encode())
+            os._exit(128 + signum)
         self.signum = signum
         # os.write, not print: this handler may run while the main code is inside a print to the same stream
         os.write(2, f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint"

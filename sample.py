@@ -255,6 +255,11 @@ def check(cfg):
         raise UserError("--max_new_tokens=0 only with --show_probs: give one of them a positive value")
     if cfg.out and not os.path.isdir(os.path.dirname(os.path.abspath(cfg.out))):
         raise UserError(f"--out={cfg.out}: its directory does not exist; create it or write elsewhere")
+    if cfg.out and os.path.isdir(cfg.out):
+        raise UserError(f"--out={cfg.out} is a directory: give a file name, e.g."
+                        f" {os.path.join(cfg.out, 'sample.txt')}")
+    if cfg.out and not os.access(os.path.dirname(os.path.abspath(cfg.out)), os.W_OK):
+        raise UserError(f"--out={cfg.out}: its directory is not writable; write elsewhere")
 
 
 def sample(cfg, out=sys.stdout):
@@ -283,11 +288,14 @@ def sample(cfg, out=sys.stdout):
     if not cfg.max_new_tokens:
         return []
     samples, new = draw(model, tokenizer, prompt, ids.repeat(cfg.num_samples, 1), cfg, out)
-    if is_music_out:
-        write_music(tokenizer, [ids[0].tolist() + tokens for tokens in new], cfg)
-    elif cfg.out:
-        with storage.atomic_write(cfg.out) as f:
-            f.write(''.join(text + SEPARATOR for text in samples).encode('utf-8'))
+    try:
+        if is_music_out:
+            write_music(tokenizer, [ids[0].tolist() + tokens for tokens in new], cfg)
+        elif cfg.out:
+            with storage.atomic_write(cfg.out) as f:
+                f.write(''.join(text + SEPARATOR for text in samples).encode('utf-8'))
+    except OSError as error:  # a full disk, say (the samples were printed all the same)
+        raise UserError(f"cannot write --out={cfg.out}: {error.strerror}; free some space or write elsewhere")
     return samples
 
 

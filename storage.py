@@ -108,13 +108,62 @@ def load_meta(data_dir):
             meta = json.load(f)
     except (OSError, ValueError) as error:
         raise UserError(f"{meta_path} is unreadable ({error}): run `python prepare.py {data_dir}` again")
-    for name, expected in meta.get('files', {}).items():
+    problem = meta_problem(meta)
+    if problem:
+        raise UserError(f"{meta_path} is not what prepare.py writes ({problem}): run `python prepare.py {data_dir}`"
+                        f" again")
+    for name, expected in meta['files'].items():
         path = os.path.join(data_dir, name)
         size = os.path.getsize(path) if os.path.exists(path) else None
         if size != expected['bytes']:
             raise UserError(f"{path} does not match {meta_path} (size {size}, expected {expected['bytes']}):"
                             f" run `python prepare.py {data_dir}` again")
     return meta
+
+
+def meta_problem(meta):
+    """What is wrong with the shape of a meta.json's contents (what training reads of it), or None."""
+    def is_count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if not isinstance(meta, dict):
+        return f"a JSON {type(meta).__name__}, not an object"
+    missing = [key for key in ('tokenizer', 'vocab_size', 'dtype', 'splits', 'files') if key not in meta]
+    if missing:
+        return f"no {', '.join(missing)}"
+    tokenizer, vocab_size = meta['tokenizer'], meta['vocab_size']
+    if not is_count(vocab_size) or not vocab_size:
+        return f"vocab_size {vocab_size!r} is not a positive integer"
+    if meta['dtype'] not in ('uint16', 'uint32') or vocab_size > np.iinfo(meta['dtype']).max + 1:
+        return f"dtype {meta['dtype']!r} cannot hold {vocab_size} token ids"
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get('special_ids'), dict):
+        return "the tokenizer has no special_ids"
+    vocab = tokenizer.get('vocab')
+    tokenizer_size = len(vocab) if isinstance(vocab, list) else tokenizer.get('vocab_size')  # char, word | bpe, midi
+    if tokenizer_size != vocab_size:
+        return f"vocab_size {vocab_size} disagrees with its tokenizer's {tokenizer_size}"
+    bad = [name for name, i in tokenizer['special_ids'].items() if not (i is None or is_count(i) and i < vocab_size)]
+    if bad:
+        return f"special id {bad[0]}={tokenizer['special_ids'][bad[0]]!r} is not a token id below {vocab_size}"
+    splits, files = meta['splits'], meta['files']
+    for split in SPLITS:
+        if not isinstance(splits, dict) or not isinstance(splits.get(split), dict) or not is_count(
+                splits[split].get('tokens')):
+            return f"no token count of the {split} split"
+    if not isinstance(files, dict) or not all(isinstance(f, dict) and is_count(f.get('bytes')) and isinstance(
+            f.get('sha256'), str) for f in files.values()):
+        return "files is not a table of sizes and sha256s"
+    return None
+
+
+def check_token_ids(data_dir, meta):
+    """Raise a UserError if a split holds a token id that is not below meta.json's vocab_size (reads the split)."""
+    for split in SPLITS:
+        tokens, _ = open_split(data_dir, split, meta)
+        largest = int(tokens.max()) if tokens.size else 0
+        if largest >= meta['vocab_size']:
+            raise UserError(f"{split_paths(data_dir, split)[0]} holds token id {largest}, not below vocab_size"
+                            f" {meta['vocab_size']} of {os.path.join(data_dir, META)}: run `python prepare.py"
+                            f" {data_dir}` again")
 
 
 def verify_checksums(data_dir, meta):
@@ -140,6 +189,14 @@ def check_free_space(directory, need_bytes, what):
     if free < need_bytes:
         raise UserError(f"{directory} has {_mib(free)} free but {what} need about {_mib(need_bytes)}:"
                         f" free some space or choose another directory")
+
+
+def free_space(directory):
+    """'<n> MiB free on <mount point>': the file system a directory is on, and its room, in the user's words."""
+    mount = os.path.abspath(directory)
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    return f"{_mib(shutil.disk_usage(directory).free)} free on {mount}"
 
 
 def _mib(n):

@@ -2,14 +2,20 @@
 
     python train.py config/train_akjv.py --batch_size=500
     python train.py config/train_akjv_lstm.py
-    python train.py config/train_akjv.py --init_from=resume      # continue out_dir/ckpt.pt
+    python train.py config/train_akjv.py --init_from=resume      # continue out_dir/ckpt.pt (or best.pt alone)
+    python train.py config/train_akjv.py --overwrite=True        # from scratch, replacing out_dir's old run
     torchrun --standalone --nproc_per_node=4 train.py config/train_akjv.py --gradient_accumulation_steps=4
 
-Writes to out_dir: ckpt.pt (latest), best.pt (lowest val loss), metrics.jsonl, loss.png.
+Writes to out_dir: ckpt.pt (latest), best.pt (lowest val loss), metrics.jsonl, loss.png, and .lock, held while
+a run trains there (one run per out_dir). A scratch run into an out_dir that holds a checkpoint stops at once
+unless told --overwrite=True: then the old run's files are replaced as the new run writes its first evaluation
+and checkpoint.
 Ctrl-C or SIGTERM finishes the current step, saves ckpt.pt and prints the command that resumes the run.
 Under torchrun (see distributed.py) the processes share each optimizer step's batches and process 0 writes.
 """
+import contextlib
 import dataclasses
+import errno
 import math
 import os
 import signal
@@ -33,8 +39,8 @@ from configurator import UNKNOWN, UserError, option, parse, run
 from distributed import micro_steps_per_process, unwrap
 from model import MODELS, ModelArgs, build_model
 from optim import learning_rate, make_optimizer, train_step
-from reliability import (MAX_SKIPPED_IN_A_ROW, StepLosses, StopOnSignal, prepare_out_dir, resume_command,
-                         weights_finite)
+from reliability import (CHECKPOINTS, MAX_SKIPPED_IN_A_ROW, OutDirLock, StepLosses, StopOnSignal, prepare_out_dir,
+                         refuse_to_replace, resume_command, weights_finite)
 from trainlog import MetricsLog
 
 EVAL_SEED = 0  # the same val windows for every run, whatever its training seed, so runs compare
@@ -45,7 +51,9 @@ class TrainConfig:
     # input and output
     data_dir: str = 'data/akjv'   # a directory written by prepare.py
     out_dir: str = 'out'          # checkpoints, metrics.jsonl and loss.png go here
-    init_from: str = option('scratch', choices=('scratch', 'resume'))  # resume: continue from out_dir/ckpt.pt
+    init_from: str = option('scratch', choices=('scratch', 'resume'))  # resume: continue from out_dir/ckpt.pt (or
+    #                               best.pt where there is no ckpt.pt)
+    overwrite: bool = False       # scratch into an out_dir that holds a checkpoint: replace it (at the first save)
     # model (see model.ModelArgs; ignored on resume, where the checkpoint's shape is used)
     model_type: str = option('gpt', choices=MODELS)  # the network: a decoder-only transformer or an LSTM
     n_layer: int = option(4, low=1)  # transformer blocks (GPT) or stacked LSTM layers
@@ -261,6 +269,7 @@ def train(cfg, argv=None):
     evaluation's metrics.
 
     argv, the command-line arguments it was started with, goes into the resume command printed on a signal.
+    Process 0 holds out_dir's lock for the whole run (the others write nothing there).
     """
     world = distributed.World.from_environment()
     device = world.device_for(runtime.resolve_device(cfg.device))
@@ -269,12 +278,15 @@ def train(cfg, argv=None):
     is_measured = world.local_size == 1 and (runtime.is_auto_threads(cfg.threads) or cfg.threads > 1)
     busy_cpus = runtime.measure_busy_cpus() if is_measured and torch.device(device).type == 'cpu' else 0.0
     torch.set_num_threads(runtime.resolve_threads(cfg.threads, world.local_size, busy_cpus))
+    lock = OutDirLock(cfg.out_dir)
     try:
         with world.join(device):
+            world.on_main(lock.acquire)
             if note := runtime.busy_note(busy_cpus, torch.get_num_threads()):
                 world.say(note)
             return train_loop(Run(cfg, argv, world, device))
     finally:
+        lock.release()  # ablate.py and the tests train into one out_dir after another in one process
         torch.set_num_threads(threads)  # as it was: ablate.py and the tests call train() in their own process
 
 
@@ -290,8 +302,7 @@ def train_loop(run):
         while not (signum := world.agreed_signal(stop.signum)):
             if run.is_evaluation_due():
                 run.save_checkpoints(*run.evaluate())
-                if run.log:
-                    run.log.plot()
+                run.plot()
                 state.restart_timer()  # evaluation time is not training throughput
                 signum = world.agreed_signal(stop.signum)  # a signal that came during the evaluation
             if state.iter_num >= cfg.max_iters or signum:
@@ -300,8 +311,9 @@ def train_loop(run):
             progress.update()
             if state.iter_num % cfg.log_interval == 0:
                 run.log_steps(progress)
-    if signum and state.iter_num < cfg.max_iters:
-        run.stop_on_signal(signum)
+        if signum and state.iter_num < cfg.max_iters:  # in the block: a second signal while it saves stops at once
+            progress.close()  # its last line before the resume command, not after it
+            run.stop_on_signal(signum)
     return state.result
 
 
@@ -336,8 +348,12 @@ class Run:
     def __init__(self, cfg, argv, world, device):
         """Set up the run from scratch or, with --init_from=resume, from out_dir/ckpt.pt; say what it trains."""
         started = time.perf_counter()
-        self.ckpt_path, self.best_path = (os.path.join(cfg.out_dir, name) for name in ('ckpt.pt', 'best.pt'))
-        resumed = checkpoint.load(self.ckpt_path) if cfg.init_from == 'resume' else None
+        self.world = world
+        self.ckpt_path, self.best_path = (os.path.join(cfg.out_dir, name) for name in CHECKPOINTS)
+        if cfg.init_from == 'scratch' and not cfg.overwrite:  # before anything in out_dir is touched
+            world.on_main(refuse_to_replace, cfg.out_dir)
+        self.resumed_path = self.resume_source(cfg.out_dir) if cfg.init_from == 'resume' else None
+        resumed = self.load_resumed() if self.resumed_path else None
         if resumed:  # the model's shape is the checkpoint's, whatever the config says
             cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
         check_config(cfg)
@@ -348,6 +364,7 @@ class Run:
         self.meta = storage.load_meta(cfg.data_dir)
         if cfg.verify_data:
             storage.verify_checksums(cfg.data_dir, self.meta)
+            storage.check_token_ids(cfg.data_dir, self.meta)
         if resumed:
             self.check_resumable(resumed)
         self.train_docs, self.val_docs = (open_documents(cfg.data_dir, s, self.meta) for s in ('train', 'val'))
@@ -389,15 +406,36 @@ class Run:
                       f"{cfg.max_memory}: it runs in micro-batches of {self.chunk_rows} rows (the same step, in"
                       f" {-(-self.rows // self.chunk_rows)} parts)")
 
+    def resume_source(self, out_dir):
+        """ckpt.pt, or best.pt where there is no ckpt.pt (a run killed while it wrote its first ckpt.pt leaves that:
+        best.pt is written first, and holds all a resume needs)."""
+        if os.path.exists(self.ckpt_path):
+            return self.ckpt_path
+        if not os.path.exists(self.best_path):
+            raise UserError(f"nothing to resume in {out_dir} (no ckpt.pt or best.pt): train from scratch first"
+                            f" (--init_from=scratch) or fix --out_dir")
+        self.world.say(f"{out_dir} has no ckpt.pt: resuming best.pt, the checkpoint of its lowest val loss")
+        return self.best_path
+
+    def load_resumed(self):
+        """The checkpoint to resume; where ckpt.pt is damaged and best.pt is there, the error says how to use it."""
+        try:
+            return checkpoint.load(self.resumed_path)
+        except UserError as error:
+            if self.resumed_path != self.ckpt_path or not os.path.exists(self.best_path):
+                raise
+            raise UserError(f"{error}; to resume from best.pt (the checkpoint of the lowest val loss), move"
+                            f" {self.ckpt_path} aside and resume again") from None
+
     def check_resumable(self, resumed):
         """Refuse a checkpoint trained on another vocabulary or cut into windows another way."""
         cfg = self.cfg
         if resumed['tokenizer'] != self.meta['tokenizer']:
-            raise UserError(f"{self.ckpt_path} was trained on another vocabulary than {cfg.data_dir}:"
+            raise UserError(f"{self.resumed_path} was trained on another vocabulary than {cfg.data_dir}:"
                             f" resume with the data_dir it was trained on")
         trained_with = resolved_windowing(resumed['config'])
         if trained_with != resolved_windowing(dataclasses.asdict(cfg)):
-            raise UserError(f"{self.ckpt_path} was trained with --windowing={trained_with}: resume with that"
+            raise UserError(f"{self.resumed_path} was trained with --windowing={trained_with}: resume with that"
                             f" windowing (where a batch source stopped means nothing to another)")
 
     def resume(self, resumed, batches):
@@ -419,7 +457,8 @@ class Run:
         saved_rng = [resumed['rng'], *resumed['rng'].get('other_processes', [])]
         if world.rank < len(saved_rng):  # a process the saved run did not have keeps its seed + rank
             checkpoint.restore_global_rng_state(saved_rng[world.rank], self.device)
-        message = f"resuming {self.ckpt_path} at iteration {state.iter_num} (best val loss {state.best_val_loss:.4f})"
+        message = (f"resuming {self.resumed_path} at iteration {state.iter_num}"
+                   f" (best val loss {state.best_val_loss:.4f})")
         if len(saved_rng) != world.size:
             message += f", saved by {len(saved_rng)} processes, continued by {world.size}"
         world.say(message)
@@ -462,8 +501,7 @@ class Run:
                   'val_bits_per_token': bits, f'val_bits_per_{unit}': bits * self.tokens_per_unit,
                   'eval_train_loss': train_loss, 'eval_s': time.perf_counter() - started,
                   'elapsed_s': state.elapsed()}
-        if self.log:
-            self.log.write(**record)
+        self.log_record(record)
         self.world.say(f"iter {state.iter_num}: val loss {val_loss:.4f}, perplexity {record['val_perplexity']:.2f},"
                        f" {record[f'val_bits_per_{unit}']:.3f} bits/{unit} (train {train_loss:.4f})")
         state.result = record
@@ -509,8 +547,7 @@ class Run:
             progress.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f'{tokens_per_sec:,.0f}')
         if len(finite) < len(values):
             record['skipped_steps'] = len(values) - len(finite)
-        if self.log:
-            self.log.write(**record)
+        self.log_record(record)
         state.restart_timer()
         state.step_losses = StepLosses(self.device, state.iter_num)
 
@@ -529,6 +566,39 @@ class Run:
             return "no checkpoint was written: start again with a lower --learning_rate"
         return (f"{self.ckpt_path} (iteration {self.state.saved_iter}) is the last good checkpoint: resume it with a"
                 f" lower --learning_rate or --on_nonfinite=skip ({self.resume_command})")
+
+    def log_record(self, record):
+        if self.log:
+            with self.writing(self.log.path):
+                self.log.write(**record)
+
+    def plot(self):
+        if self.log:
+            with self.writing(self.log.plot_path):
+                self.log.plot()
+
+    @contextlib.contextmanager
+    def writing(self, path):
+        """Turn an OSError while writing path in out_dir into a UserError that says what to do about it."""
+        try:
+            yield
+        except OSError as error:  # a disk that filled up during the run, say: atomic writes leave the old file whole
+            raise self.write_failed(path, error) from None
+
+    def write_failed(self, path, error):
+        """The UserError for a file of out_dir that could not be written: what to do about the disk, and how to
+        go on from the checkpoints already written."""
+        if self.state.saved_iter is None:
+            then = "then start again"
+        else:
+            then = (f"then resume from {self.ckpt_path} (iteration {self.state.saved_iter}, the last checkpoint"
+                    f" written): {self.resume_command}")
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = (f"{storage.free_space(self.cfg.out_dir)}: free some space there (or move {self.cfg.out_dir} to a"
+                   f" disk with room and pass its new --out_dir)")
+        else:
+            fix = f"make {self.cfg.out_dir} writable again"
+        return UserError(f"cannot write {path} at iteration {self.state.iter_num}: {error.strerror}; {fix}, {then}")
 
     def save_checkpoints(self, val_loss=None, is_best=False):
         """best.pt first, then ckpt.pt: a crash between the two leaves ckpt.pt the older, and resuming it
@@ -557,12 +627,23 @@ class Run:
             'step_losses': step_losses, 'elapsed_s': state.elapsed()}
 
     def write_checkpoints(self, contents, is_best):
+        if self.state.saved_iter is None:
+            self.clear_old_run(is_best)
         for path in ([self.best_path] if is_best else []) + [self.ckpt_path]:
-            try:
+            with self.writing(path):
                 checkpoint.save(path, contents)
-            except OSError as error:  # a disk that filled up during the run, say: the old file is still whole
-                raise UserError(f"cannot write {path} at iteration {self.state.iter_num}: {error.strerror};"
-                                f" {self.last_good()}")
+
+    def clear_old_run(self, is_best):
+        """Before a scratch run's first checkpoint (--overwrite): remove an old run's files that it would not
+        replace, so that none stays beside the new ones, where a resume or sample.py would take it. ckpt.pt goes
+        before best.pt is replaced: a kill between the two must not leave a new best.pt beside the old ckpt.pt."""
+        for path in [self.ckpt_path] + ([] if is_best else [self.best_path]) + [self.log.plot_path]:
+            if os.path.exists(path):
+                with self.writing(path):
+                    os.remove(path)
+        if not self.log.is_started:  # nothing logged yet (a signal before the first evaluation)
+            with self.writing(self.log.path):
+                self.log.rewrite()
 
     def stop_on_signal(self, signum):
         """Save ckpt.pt (unless this iteration's is saved), print the command that resumes, exit 128 + signum."""

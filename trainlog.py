@@ -12,17 +12,25 @@ class MetricsLog:
     def __init__(self, out_dir, resume_iter=None):
         self.path = os.path.join(out_dir, 'metrics.jsonl')
         self.plot_path = os.path.join(out_dir, 'loss.png')
-        self.records = []
-        if resume_iter is not None and os.path.exists(self.path):
-            with open(self.path) as f:  # keep what led up to the checkpoint; later lines were lost work
-                self.records = [r for r in map(read_record, f) if r and r['iter'] <= resume_iter]
-        with storage.atomic_write(self.path, 'w') as f:
-            f.writelines(json.dumps(r) + '\n' for r in self.records)
+        self.records, self.is_started = [], False
+        if resume_iter is not None:
+            if os.path.exists(self.path):
+                with open(self.path) as f:  # keep what led up to the checkpoint; later lines were lost work
+                    self.records = [r for r in map(read_record, f) if r and r['iter'] <= resume_iter]
+            self.rewrite()
+        # a scratch run (--overwrite) replaces the old log with its first record, at its first evaluation
 
     def write(self, **record):
         self.records.append(record)
+        if not self.is_started:
+            return self.rewrite()
         with open(self.path, 'a') as f:
             f.write(json.dumps(record) + '\n')
+
+    def rewrite(self):
+        with storage.atomic_write(self.path, 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in self.records)
+        self.is_started = True
 
     def plot(self):
         import matplotlib

@@ -210,7 +210,7 @@ def test_diverging_run_stops_in_either_mode(char_data, tmp_path):
     # and without an evaluation in sight, skipping gives up after 20 steps in a row
     with pytest.raises(UserError, match=r'20 steps in a row had non-finite losses or gradients \(iterations'
                                         r' 1-20\): training stopped; .*\(iteration 0\) is the last good'):
-        train.main(nonfinite_args(char_data, tmp_path / 'skip', *diverging, '--on_nonfinite=skip',
+        train.main(nonfinite_args(char_data, tmp_path / 'skip-on', *diverging, '--on_nonfinite=skip',
                                   '--eval_interval=100'))
     with pytest.raises(UserError, match='--learning_rate=inf must be a finite number'):
         train.main(nonfinite_args(char_data, tmp_path, '--learning_rate=1e999'))
@@ -299,7 +299,7 @@ def test_too_little_free_space_is_an_error_before_training(char_data, tiny_check
     with pytest.raises(UserError, match=r'out has 0.5 MiB free but the checkpoints \(ckpt.pt, best.pt\) need about'
                                         r' [\d.]+ MiB: free some space or choose another directory'):
         train.main([f'--data_dir={char_data}', f'--out_dir={out_dir}', *TINY_GPT])
-    assert os.listdir(out_dir) == []
+    assert os.listdir(out_dir) == ['.lock'] and (out_dir / '.lock').read_bytes() == b''  # released, nothing else
     # the estimate is an upper bound of a real checkpoint of that model (the tiny one trained 40 steps)
     ckpt = checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))
     estimate = checkpoint.estimated_size(checkpoint.restore_model(ckpt), ckpt['tokenizer'])
@@ -315,8 +315,9 @@ def test_disk_full_during_a_run_keeps_the_previous_checkpoint(char_data, tmp_pat
             raise OSError(errno.ENOSPC, 'No space left on device')
         return real_save(obj, f, *args, **kwargs)
     monkeypatch.setattr(torch, 'save', save)
-    with pytest.raises(UserError, match=r'cannot write .*\.pt at iteration 4: No space left on device; .*ckpt.pt'
-                                        r' \(iteration 0\) is the last good checkpoint'):
+    with pytest.raises(UserError, match=r'cannot write .*\.pt at iteration 4: No space left on device; [\d,.]+ MiB'
+                                        r' free on /.*: free some space there .*, then resume from .*ckpt.pt'
+                                        r' \(iteration 0, the last checkpoint written\): python train.py'):
         train.main(nonfinite_args(char_data, tmp_path))
     assert checkpoint.load(tmp_path / 'ckpt.pt')['iter_num'] == 0 and temporaries(tmp_path) == []
 
