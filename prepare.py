@@ -21,10 +21,14 @@ the corpus size:
         ids (the batch's token ids back to back, uint16)  lengths (tokens per document)  tokens  units
     sum(tokens) --> a .bin of that exact length, pre-allocated; each row is copied into its slice of it
 """
+import contextlib
+import ctypes
 import dataclasses
 import itertools
 import os
 import shutil
+import signal
+import sys
 import uuid
 
 import numpy as np
@@ -40,6 +44,7 @@ DEFAULT_TOKENIZER = {'akjv': 'word', 'text': 'word', 'bach': 'midi', 'midi': 'mi
 MUSIC_SOURCES = ('bach', 'midi')
 FILE_BUILDERS = {'.jsonl': 'json', '.json': 'json', '.parquet': 'parquet', '.txt': 'text', '.csv': 'csv'}
 VAL_SPLIT_NAMES = ('validation', 'valid', 'val')
+PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 
 
 @dataclasses.dataclass
@@ -360,8 +365,50 @@ def write_split(tokenized, bin_path, docs_path, dtype, split, unit):
     return counts, {bin_path: tmp_bin, docs_path: tmp_docs}
 
 
+_fork_guard = {'is_on': False, 'parent': None}
+
+
+def _before_fork():
+    _fork_guard['parent'] = os.getpid()
+
+
+def _in_forked_child():
+    if not _fork_guard['is_on']:
+        return
+    # PR_SET_PDEATHSIG: the kernel sends SIGKILL when the thread that forked this process ends, even by SIGKILL
+    # (fine: datasets starts its pools from the main thread); if the parent died before that, go now.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != _fork_guard['parent']:
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal sends Ctrl-C to every process: the parent stops them
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate's signal, not the parent's handler
+
+
+@contextlib.contextmanager
+def children_die_with_parent():
+    """While active, every process forked from this one (datasets' map workers and the manager process behind
+    them, and their own children) dies with its parent, however it ends, and ignores Ctrl-C. Linux only: elsewhere
+    a killed prepare.py may leave its workers running."""
+    if not sys.platform.startswith('linux'):
+        yield
+        return
+    if _fork_guard['parent'] is None:  # fork hooks cannot be removed: registered once, switched by is_on
+        os.register_at_fork(before=_before_fork, after_in_child=_in_forked_child)
+        _fork_guard['parent'] = os.getpid()
+    _fork_guard['is_on'] = True
+    try:
+        yield
+    finally:
+        _fork_guard['is_on'] = False
+
+
 def prepare(cfg):
     """Run the whole preparation for a resolved config; return the meta dict written."""
+    with children_die_with_parent():
+        return _prepare(cfg)
+
+
+def _prepare(cfg):
     splits, origin = load_splits(cfg)
     tokenizer = build_tokenizer(cfg, splits)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
