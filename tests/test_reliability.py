@@ -41,12 +41,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def launch(log_dir, name, script, *args):
+def launch(log_dir, name, script, *args, **popen):
     """Start python on script with unbuffered output to log_dir/name.out and .err; return the Popen."""
     out, err = (open(os.path.join(log_dir, f'{name}.{kind}'), 'w') for kind in ('out', 'err'))
     with out, err:
         return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, stdout=out,
-                                stderr=err, env=ONE_THREAD)
+                                stderr=err, env=ONE_THREAD, **popen)
 
 
 def output(log_dir, name, kind='out'):
@@ -415,3 +415,37 @@ def test_prepare_killed_at_any_moment_leaves_the_previous_files_or_none(tmp_path
     assert outcomes[:3] == ['none'] * 3  # meta.json goes before the first rename, returns after the last
     assert workers_killed >= 3  # the check above saw processes to check
     assert prepare.main(new_args) and snapshot(data_dir) == new and temporaries(data_dir) == []
+
+
+@pytest.mark.parametrize('signum, moment', [(signal.SIGINT, 'tokenize'), (signal.SIGTERM, 'tokenize'),
+                                            (signal.SIGINT, 'write'), (signal.SIGTERM, 'write')])
+def test_a_signal_stops_prepare_with_one_line_and_leaves_the_previous_files(tmp_path, verses, signum, moment):
+    corpus = tmp_path / 'corpus.txt'
+    corpus.write_text('\n'.join(verses * 25) + '\n', encoding='utf-8')
+    data_dir = tmp_path / 'data'
+    args = [str(data_dir), f'--input={corpus}', '--tokenizer=word', '--num_proc=2']
+    prepare.main([*args, '--tokenizer=char'])
+    previous = snapshot(data_dir)
+    if moment == 'tokenize':  # while the workers run; SIGINT to the whole process group, as Ctrl-C in a terminal
+        process, below = launch(tmp_path, 'run', 'prepare.py', *args, start_new_session=True), {}
+        try:
+            assert wait_until(lambda: len(descendants(process.pid)) >= 3, process)
+            below = descendants(process.pid)
+            (os.killpg if signum == signal.SIGINT else os.kill)(process.pid, signum)
+            assert process.wait(timeout=60) == 128 + signum
+            assert survivors(below, timeout=5) == {}
+        finally:
+            below.update(descendants(process.pid))
+            process.kill()
+            kill_all(below)
+    else:  # halfway through writing the training split: its .bin and .docs.npy are temporary files
+        process = launch(tmp_path, 'run', 'tests/killpoint.py', f'memmap:{signum.name}', '3', 'prepare', *args)
+        assert process.wait(timeout=60) == 128 + signum
+    err = output(tmp_path, 'run', 'err')
+    # tqdm's progress bars share stderr: the lines that are not one (no elapsed time "[00:01") are the messages
+    messages = [line for line in re.split(r'[\r\n]', err) if line.strip() and not re.search(r'\[\d+:\d\d', line)]
+    assert 'Traceback' not in err and messages == [
+        f"{signum.name}: prepare stopped, its temporary files removed; {data_dir} holds a complete dataset"]
+    assert snapshot(data_dir) == previous and temporaries(data_dir) == []
+    tokens_cache = os.path.join(os.environ['HF_DATASETS_CACHE'], 'prepare-tokens')
+    assert [name for name in os.listdir(tokens_cache) if f'.tmp-{process.pid}' in name] == []
