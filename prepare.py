@@ -332,19 +332,30 @@ def token_batches(tokenized):
                 yield batch.column('ids').flatten().to_numpy(), batch.column('lengths').flatten().to_numpy()
 
 
+def split_counts(tokenized):
+    """(tokens, documents, units) of a tokenized split."""
+    return tuple(int(sum(tokenized[count])) for count in ('tokens', 'documents', 'units'))
+
+
+def output_bytes(tokenized, dtype):
+    """About how many bytes a tokenized split's .bin and .docs.npy take (the .npy header at most 4 KiB)."""
+    n_tokens, n_documents, _ = split_counts(tokenized)
+    return n_tokens * np.dtype(dtype).itemsize + (n_documents + 1) * 8 + 4096
+
+
 def write_split(tokenized, bin_path, docs_path, dtype, split, unit):
     """Copy tokenized rows into a pre-allocated .bin and the document offsets into a .npy, both temporary
     files beside the final paths; return the split's counts (tokens, documents, and chars or notes: unit + 's')
     and {final path: temporary path}."""
-    n_tokens, n_documents, units = (sum(tokenized[count]) for count in ('tokens', 'documents', 'units'))
+    n_tokens, n_documents, units = split_counts(tokenized)
     if n_documents == 0:
         content = 'text' if unit == 'char' else f'{unit}s'
         raise UserError(f"the {split} split has no {content}: every document in it is empty or unreadable")
     itemsize = np.dtype(dtype).itemsize
     tmp_bin, tmp_docs = storage.temporary_path(bin_path), storage.temporary_path(docs_path)
-    with open(tmp_bin, 'wb') as f:
-        f.truncate(n_tokens * itemsize)
+    storage.allocate(tmp_bin, n_tokens * itemsize, f'the new {split} files')
     offsets = np.lib.format.open_memmap(tmp_docs, mode='w+', dtype=np.int64, shape=(n_documents + 1,))
+    storage.allocate(tmp_docs, os.path.getsize(tmp_docs), f'the new {split} files')
     offsets[0] = 0
     position, document = 0, 0
     with tqdm(total=n_tokens, desc=f'write {split}', unit='tok', unit_scale=True) as progress:
@@ -414,11 +425,14 @@ def _prepare(cfg):
     storage.remove_stray_temporaries(cfg.data_dir)
     counts, written, cache_dir = {}, {}, token_cache_dir()
     try:
-        for split, dataset in splits.items():
-            cache_path = os.path.join(cache_dir, f'{split}.arrow')
-            tokenized = tokenize(dataset, tokenizer, dtype, cfg, cache_path, split)
-            counts[split], files = write_split(tokenized, *storage.split_paths(cfg.data_dir, split), dtype, split,
-                                               tokenizer.unit)
+        tokenized = {split: tokenize(dataset, tokenizer, dtype, cfg, os.path.join(cache_dir, f'{split}.arrow'),
+                                     split) for split, dataset in splits.items()}
+        # the previous files stay until the new ones replace them: the new ones need room of their own
+        storage.check_free_space(cfg.data_dir, sum(output_bytes(t, dtype) for t in tokenized.values()),
+                                 f"the new {' and '.join(f'{split}.bin' for split in tokenized)}")
+        for split in splits:
+            counts[split], files = write_split(tokenized[split], *storage.split_paths(cfg.data_dir, split), dtype,
+                                               split, tokenizer.unit)
             written.update(files)
         meta = {'format': 1, 'source': cfg.source, 'origin': origin, 'options': dataclasses.asdict(cfg),
                 'tokenizer': tokenizer.to_meta(), 'vocab_size': tokenizer.vocab_size,

@@ -449,3 +449,27 @@ def test_a_signal_stops_prepare_with_one_line_and_leaves_the_previous_files(tmp_
     assert snapshot(data_dir) == previous and temporaries(data_dir) == []
     tokens_cache = os.path.join(os.environ['HF_DATASETS_CACHE'], 'prepare-tokens')
     assert [name for name in os.listdir(tokens_cache) if f'.tmp-{process.pid}' in name] == []
+
+
+@pytest.mark.parametrize('full', ['before', 'at allocation'])
+def test_prepare_onto_a_full_disk_says_so_and_keeps_the_previous_files(tmp_path, corpus_file, monkeypatch, full):
+    data_dir = tmp_path / 'data'
+    prepare.main([str(data_dir), f'--input={corpus_file}', '--tokenizer=char'])
+    previous, real_disk_usage = snapshot(data_dir), shutil.disk_usage
+    if full == 'before':  # what the free-space check reads: less than the new files need
+        monkeypatch.setattr(shutil, 'disk_usage', lambda path: real_disk_usage(path)._replace(free=50_000))
+        match = r'the new train.bin and val.bin need about'
+    else:  # the space went between the check and the allocation (another process filled the disk)
+        def posix_fallocate(fd, offset, size):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        monkeypatch.setattr(os, 'posix_fallocate', posix_fallocate)
+        match = r'the new train files need about'
+    with pytest.raises(UserError, match=rf'^{data_dir} has [\d,.]+ MiB free but {match} [\d.]+ MiB: free some space'
+                                        rf' or choose another directory$'):
+        prepare.main([str(data_dir), f'--input={corpus_file}', '--tokenizer=word'])
+    assert snapshot(data_dir) == previous and temporaries(data_dir) == []
+
+
+def test_allocated_files_have_their_disk_blocks(tmp_path):
+    storage.allocate(tmp_path / 'a.bin', 1 << 20, 'the new a.bin')
+    assert os.path.getsize(tmp_path / 'a.bin') == 1 << 20 and os.stat(tmp_path / 'a.bin').st_blocks * 512 >= 1 << 20
