@@ -17,6 +17,7 @@ A tokenizer serializes to a plain dict (to_meta) that prepare.py writes into met
 every checkpoint; from_meta rebuilds it with nothing else at hand.
 """
 import collections
+import os
 import re
 
 import tiktoken
@@ -24,6 +25,8 @@ import tiktoken
 import music
 from configurator import UserError
 
+# GPT-2's BPE files, put here by tools/fetch_gpt2_vocab.py: read by default, so the bpe tokenizer works offline
+PROJECT_TIKTOKEN_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), '.tiktoken_cache')
 SPECIALS = ('<?>', '<s>', '</s>', '<>')
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = range(len(SPECIALS))
 
@@ -138,11 +141,11 @@ class BPETokenizer:
 
     def __init__(self, encoding='gpt2'):
         try:
-            self.encoding = tiktoken.get_encoding(encoding)
+            self.encoding = load_tiktoken_encoding(encoding)
         except (OSError, ValueError) as error:  # requests' ConnectionError is an OSError
             raise UserError(f"tiktoken cannot load the {encoding} BPE vocabulary ({type(error).__name__}):"
-                            f" go online once, or run `python tools/fetch_gpt2_vocab.py` and set"
-                            f" TIKTOKEN_CACHE_DIR=.tiktoken_cache")
+                            f" go online once, or run `python tools/fetch_gpt2_vocab.py` (it fills"
+                            f" {PROJECT_TIKTOKEN_CACHE}, read when TIKTOKEN_CACHE_DIR is not set)")
         self.eot_id = self.bos_id = self.eos_id = self.encoding.eot_token
 
     @classmethod
@@ -184,6 +187,18 @@ class BPETokenizer:
 
     def __setstate__(self, state):
         self.__init__(state['encoding'])
+
+
+def load_tiktoken_encoding(name):
+    """tiktoken's encoding name, its files read from the cache the environment names (TIKTOKEN_CACHE_DIR, or
+    tiktoken's older DATA_GYM_CACHE_DIR), else from the project's cache where it exists, else as tiktoken does."""
+    if {'TIKTOKEN_CACHE_DIR', 'DATA_GYM_CACHE_DIR'} & set(os.environ) or not os.path.isdir(PROJECT_TIKTOKEN_CACHE):
+        return tiktoken.get_encoding(name)
+    os.environ['TIKTOKEN_CACHE_DIR'] = PROJECT_TIKTOKEN_CACHE  # tiktoken reads it from there only, at loading
+    try:
+        return tiktoken.get_encoding(name)
+    finally:
+        del os.environ['TIKTOKEN_CACHE_DIR']
 
 
 class MidiTokenizer:

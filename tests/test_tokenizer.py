@@ -1,9 +1,14 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import tokenizer as tok
+from conftest import ROOT
+from tools import fetch_gpt2_vocab
 
 CORPUS = ["Hello? You're here.", "In the beginning God created  the heaven\tand the earth!"]
 VOCAB_KINDS = {kind: cls for kind, cls in tok.TOKENIZERS.items() if issubclass(cls, tok.VocabTokenizer)}
@@ -141,3 +146,26 @@ def test_bpe_decode_of_a_cut_character_is_a_replacement_until_it_is_whole(bpe):
 @given(st.text(max_size=80))
 def test_bpe_round_trip_any_text(bpe, text):
     assert bpe.decode(bpe.encode(text)) == text
+
+
+def encode_elsewhere(tmp_path, **env):
+    """Encode 'hello world' with the bpe tokenizer in a fresh process started in tmp_path, offline (a proxy
+    that refuses every connection), with no tiktoken cache variable but those in env; its output lines."""
+    env = {**{k: v for k, v in os.environ.items() if k not in ('TIKTOKEN_CACHE_DIR', 'DATA_GYM_CACHE_DIR')},
+           'TMPDIR': str(tmp_path), 'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9', **env}
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import tokenizer, configurator\n"
+            "try: print(tokenizer.BPETokenizer().encode('hello world'))\n"
+            "except configurator.UserError as error: print(error)")
+    result = subprocess.run([sys.executable, '-c', code, ROOT], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_bpe_reads_the_project_vocabulary_cache_by_default_and_the_environment_wins(tmp_path, gpt2_vocab):
+    assert tok.PROJECT_TIKTOKEN_CACHE == fetch_gpt2_vocab.DEFAULT_DIR  # where `make test` puts the files
+    assert encode_elsewhere(tmp_path) == '[31373, 995]'  # no variable set, the cwd elsewhere: the project's cache
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert encode_elsewhere(tmp_path, TIKTOKEN_CACHE_DIR=str(empty)).startswith(
+        'tiktoken cannot load the gpt2 BPE vocabulary')  # the user's (empty) cache, not the project's
