@@ -16,6 +16,7 @@ The midi tokenizer encodes music, not text: notes (music.py) as performance even
 A tokenizer serializes to a plain dict (to_meta) that prepare.py writes into meta.json and train.py into
 every checkpoint; from_meta rebuilds it with nothing else at hand.
 """
+import codecs
 import collections
 import os
 import re
@@ -63,6 +64,11 @@ class VocabTokenizer:
     def decode(self, ids):
         """The text of a sequence of ids; </s> reads as a line break, <s> and padding as nothing."""
         return ''.join(self._text[i] for i in ids)
+
+    def stream_decoder(self):
+        """A function of one id that returns the text it adds: its returns for ids given one by one join to
+        decode(ids), at a constant cost per id (a stream need not decode its whole text again at every token)."""
+        return self._text.__getitem__
 
     def to_meta(self):
         return {'kind': self.kind, 'vocab': self.vocab, 'special_ids': special_ids(self)}
@@ -174,6 +180,14 @@ class BPETokenizer:
         """The text of a sequence of ids. Bytes that stop inside a UTF-8 character read as U+FFFD."""
         return self.encoding.decode(list(ids))
 
+    def stream_decoder(self):
+        """A function of one id that returns the text it adds: only whole characters, so a token that ends inside
+        one adds nothing until the next completes it. Its returns join to decode(ids) but for the U+FFFD that
+        decode gives bytes left incomplete at the end."""
+        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')  # decode's errors, byte by byte
+        token_bytes = self.encoding.decode_single_token_bytes
+        return lambda i: utf8.decode(token_bytes(i))
+
     def to_meta(self):
         return {'kind': self.kind, 'encoding': self.encoding.name, 'vocab_size': self.vocab_size,
                 'eot_id': self.eot_id, 'special_ids': special_ids(self)}
@@ -277,6 +291,10 @@ class MidiTokenizer:
     def decode(self, ids):
         """The events as text: names each followed by a space; </s> a line break, <s> and padding nothing."""
         return ''.join(self._text[i] for i in ids)
+
+    def stream_decoder(self):
+        """A function of one id that returns the text it adds (see VocabTokenizer.stream_decoder)."""
+        return self._text.__getitem__
 
     def to_notes(self, ids):
         """The notes that ids play, whatever their order (the rules in the class docstring)."""

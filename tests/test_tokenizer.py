@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 import subprocess
@@ -169,3 +170,40 @@ def test_bpe_reads_the_project_vocabulary_cache_by_default_and_the_environment_w
     empty.mkdir()
     assert encode_elsewhere(tmp_path, TIKTOKEN_CACHE_DIR=str(empty)).startswith(
         'tiktoken cannot load the gpt2 BPE vocabulary')  # the user's (empty) cache, not the project's
+
+
+def streamed(tokenizer, ids):
+    """The pieces of text tokenizer's stream decoder returns for ids given one by one, prefix by prefix."""
+    decode_next = tokenizer.stream_decoder()
+    return list(itertools.accumulate((decode_next(i) for i in ids), initial=''))[1:]
+
+
+def assert_streams_as_it_decodes(tokenizer, ids):
+    """After every id, the text streamed so far is the decode of the ids so far, except that the U+FFFD which
+    decode gives bytes that end inside a character (at most three of them) are not streamed until they are."""
+    for n, text in enumerate(streamed(tokenizer, ids), 1):
+        whole = tokenizer.decode(ids[:n])
+        assert whole.startswith(text) and whole[len(text):] in ('', '\ufffd', '\ufffd' * 2, '\ufffd' * 3), n
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_every_vocabulary_tokenizer_streams_exactly_its_decode(data):
+    tokenizer = data.draw(st.sampled_from([tok.CharTokenizer.build(CORPUS), tok.WordTokenizer.build(CORPUS),
+                                           tok.MidiTokenizer.build()]))
+    ids = data.draw(st.lists(st.integers(0, tokenizer.vocab_size - 1), max_size=40))
+    assert ''.join(map(tokenizer.stream_decoder(), ids)) == tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize('text', ['🐉', 'é🐉 said “héllo”', '日本語のテキストを書く', 'Zoë\n\n😀😃 👍🏽 x', 'a\u0301\u200d'])
+def test_bpe_streams_whole_characters_across_the_tokens_that_split_them(bpe, text):
+    ids = bpe.encode(text)
+    assert any(bpe.decode(ids[:n]).endswith('\ufffd') for n in range(1, len(ids) + 1))  # a token ends mid-way
+    assert_streams_as_it_decodes(bpe, ids)
+    assert streamed(bpe, ids)[-1] == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 255) | st.integers(0, 50256), max_size=30))  # 0-255: GPT-2's one-byte tokens
+def test_bpe_streams_exactly_its_decode_for_any_ids(bpe, ids):  # bytes that make no UTF-8 included
+    assert_streams_as_it_decodes(bpe, ids)
