@@ -322,7 +322,7 @@ def draw(model, tokenizer, prompt, ids, cfg, out):
                       context_shift=cfg.context_shift)
     is_streamed = len(ids) == 1
     new, samples = [[] for _ in ids], [None] * len(ids)
-    shown = ''  # of the streamed sample's new text
+    shown, decode_next = 0, tokenizer.stream_decoder()  # characters of the streamed sample's new text written
     if is_streamed:
         out.write(prompt)
     with tqdm(tokens, total=cfg.max_new_tokens, unit='token', leave=False, disable=is_streamed) as progress:
@@ -335,13 +335,11 @@ def draw(model, tokenizer, prompt, ids, cfg, out):
                     new[row].append(token)
                 if is_end or step == cfg.max_new_tokens:
                     samples[row] = prompt + tokenizer.decode(new[row])
-                    out.write((samples[row][len(prompt) + len(shown):] if is_streamed else samples[row])
-                              + SEPARATOR)
-                elif is_streamed:
-                    text = tokenizer.decode(new[row])
-                    if not text.endswith('\ufffd'):  # a byte-level token may end inside a character: wait
-                        out.write(text[len(shown):])
-                        shown = text
+                    out.write((samples[row][len(prompt) + shown:] if is_streamed else samples[row]) + SEPARATOR)
+                elif is_streamed:  # the new token's text only: the cost per token stays flat however long
+                    text = decode_next(token)
+                    out.write(text)
+                    shown += len(text)
             out.flush()
             if all(s is not None for s in samples):
                 break

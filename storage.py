@@ -11,6 +11,7 @@ with its meta, or no meta.json (never prepared, or a prepare interrupted before 
 checks every file's size against meta.json, and its sha256 too when asked (train.py does by default).
 """
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -187,8 +188,29 @@ def check_free_space(directory, need_bytes, what):
     """Raise a UserError now if directory's file system has less than need_bytes free for what will go there."""
     free = shutil.disk_usage(directory).free
     if free < need_bytes:
-        raise UserError(f"{directory} has {_mib(free)} free but {what} need about {_mib(need_bytes)}:"
-                        f" free some space or choose another directory")
+        raise _no_space(directory, free, need_bytes, what)
+
+
+def allocate(path, size, what):
+    """Give the file at path (created if need be) size bytes of real disk blocks, so that a full disk is a
+    UserError here rather than a SIGBUS later, at a write through a memory map of a sparse file."""
+    with open(path, 'ab') as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except AttributeError:  # no posix_fallocate (macOS): a sparse file, as before
+            f.truncate(max(size, os.path.getsize(path)))
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                directory = os.path.dirname(os.path.abspath(path))
+                raise _no_space(directory, shutil.disk_usage(directory).free, size, what) from None
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot: sparse
+                raise
+            f.truncate(max(size, os.path.getsize(path)))
+
+
+def _no_space(directory, free, need_bytes, what):
+    return UserError(f"{directory} has {_mib(free)} free but {what} need about {_mib(need_bytes)}:"
+                     f" free some space or choose another directory")
 
 
 def free_space(directory):

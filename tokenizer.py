@@ -16,7 +16,9 @@ The midi tokenizer encodes music, not text: notes (music.py) as performance even
 A tokenizer serializes to a plain dict (to_meta) that prepare.py writes into meta.json and train.py into
 every checkpoint; from_meta rebuilds it with nothing else at hand.
 """
+import codecs
 import collections
+import os
 import re
 
 import tiktoken
@@ -24,6 +26,8 @@ import tiktoken
 import music
 from configurator import UserError
 
+# GPT-2's BPE files, put here by tools/fetch_gpt2_vocab.py: read by default, so the bpe tokenizer works offline
+PROJECT_TIKTOKEN_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), '.tiktoken_cache')
 SPECIALS = ('<?>', '<s>', '</s>', '<>')
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = range(len(SPECIALS))
 
@@ -60,6 +64,11 @@ class VocabTokenizer:
     def decode(self, ids):
         """The text of a sequence of ids; </s> reads as a line break, <s> and padding as nothing."""
         return ''.join(self._text[i] for i in ids)
+
+    def stream_decoder(self):
+        """A function of one id that returns the text it adds: its returns for ids given one by one join to
+        decode(ids), at a constant cost per id (a stream need not decode its whole text again at every token)."""
+        return self._text.__getitem__
 
     def to_meta(self):
         return {'kind': self.kind, 'vocab': self.vocab, 'special_ids': special_ids(self)}
@@ -138,11 +147,11 @@ class BPETokenizer:
 
     def __init__(self, encoding='gpt2'):
         try:
-            self.encoding = tiktoken.get_encoding(encoding)
+            self.encoding = load_tiktoken_encoding(encoding)
         except (OSError, ValueError) as error:  # requests' ConnectionError is an OSError
             raise UserError(f"tiktoken cannot load the {encoding} BPE vocabulary ({type(error).__name__}):"
-                            f" go online once, or run `python tools/fetch_gpt2_vocab.py` and set"
-                            f" TIKTOKEN_CACHE_DIR=.tiktoken_cache")
+                            f" go online once, or run `python tools/fetch_gpt2_vocab.py` (it fills"
+                            f" {PROJECT_TIKTOKEN_CACHE}, read when TIKTOKEN_CACHE_DIR is not set)")
         self.eot_id = self.bos_id = self.eos_id = self.encoding.eot_token
 
     @classmethod
@@ -171,6 +180,14 @@ class BPETokenizer:
         """The text of a sequence of ids. Bytes that stop inside a UTF-8 character read as U+FFFD."""
         return self.encoding.decode(list(ids))
 
+    def stream_decoder(self):
+        """A function of one id that returns the text it adds: only whole characters, so a token that ends inside
+        one adds nothing until the next completes it. Its returns join to decode(ids) but for the U+FFFD that
+        decode gives bytes left incomplete at the end."""
+        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')  # decode's errors, byte by byte
+        token_bytes = self.encoding.decode_single_token_bytes
+        return lambda i: utf8.decode(token_bytes(i))
+
     def to_meta(self):
         return {'kind': self.kind, 'encoding': self.encoding.name, 'vocab_size': self.vocab_size,
                 'eot_id': self.eot_id, 'special_ids': special_ids(self)}
@@ -184,6 +201,18 @@ class BPETokenizer:
 
     def __setstate__(self, state):
         self.__init__(state['encoding'])
+
+
+def load_tiktoken_encoding(name):
+    """tiktoken's encoding name, its files read from the cache the environment names (TIKTOKEN_CACHE_DIR, or
+    tiktoken's older DATA_GYM_CACHE_DIR), else from the project's cache where it exists, else as tiktoken does."""
+    if {'TIKTOKEN_CACHE_DIR', 'DATA_GYM_CACHE_DIR'} & set(os.environ) or not os.path.isdir(PROJECT_TIKTOKEN_CACHE):
+        return tiktoken.get_encoding(name)
+    os.environ['TIKTOKEN_CACHE_DIR'] = PROJECT_TIKTOKEN_CACHE  # tiktoken reads it from there only, at loading
+    try:
+        return tiktoken.get_encoding(name)
+    finally:
+        del os.environ['TIKTOKEN_CACHE_DIR']
 
 
 class MidiTokenizer:
@@ -262,6 +291,10 @@ class MidiTokenizer:
     def decode(self, ids):
         """The events as text: names each followed by a space; </s> a line break, <s> and padding nothing."""
         return ''.join(self._text[i] for i in ids)
+
+    def stream_decoder(self):
+        """A function of one id that returns the text it adds (see VocabTokenizer.stream_decoder)."""
+        return self._text.__getitem__
 
     def to_notes(self, ids):
         """The notes that ids play, whatever their order (the rules in the class docstring)."""

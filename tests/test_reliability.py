@@ -41,12 +41,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def launch(log_dir, name, script, *args):
+def launch(log_dir, name, script, *args, **popen):
     """Start python on script with unbuffered output to log_dir/name.out and .err; return the Popen."""
     out, err = (open(os.path.join(log_dir, f'{name}.{kind}'), 'w') for kind in ('out', 'err'))
     with out, err:
         return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, stdout=out,
-                                stderr=err, env=ONE_THREAD)
+                                stderr=err, env=ONE_THREAD, **popen)
 
 
 def output(log_dir, name, kind='out'):
@@ -322,6 +322,46 @@ def test_disk_full_during_a_run_keeps_the_previous_checkpoint(char_data, tmp_pat
     assert checkpoint.load(tmp_path / 'ckpt.pt')['iter_num'] == 0 and temporaries(tmp_path) == []
 
 
+def process_table():
+    """{pid: (parent pid, start time, state)} of every process, from /proc (Linux)."""
+    table = {}
+    for name in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{name}/stat') as f:
+                stat = f.read()
+        except OSError:
+            continue  # one that has just ended
+        fields = stat[stat.rindex(')') + 2:].split()  # after "pid (command) ": state, ppid, ..., starttime
+        table[int(name)] = (int(fields[1]), fields[19], fields[0])
+    return table
+
+
+def descendants(pid):
+    """{pid: start time} of every process below pid (children, their children, ...)."""
+    table, found, parents = process_table(), {}, {pid}
+    while parents:
+        parents = {child for child, (parent, _, _) in table.items() if parent in parents and child not in found}
+        found.update((child, table[child][1]) for child in parents)
+    return found
+
+
+def survivors(processes, timeout):
+    """Those of processes ({pid: start time}) still running (not a zombie) after up to timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        table = process_table()
+        alive = {pid: start for pid, start in processes.items()
+                 if pid in table and table[pid][1] == start and table[pid][2] != 'Z'}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def kill_all(processes):
+    for pid, start in survivors(processes, 0).items():
+        os.kill(pid, signal.SIGKILL)
+
+
 def snapshot(data_dir):
     return {name: (data_dir / name).read_bytes() for name in os.listdir(data_dir) if '.tmp-' not in name}
 
@@ -330,26 +370,38 @@ def test_prepare_killed_at_any_moment_leaves_the_previous_files_or_none(tmp_path
     corpus = tmp_path / 'corpus.txt'
     corpus.write_text('\n'.join(verses * 25) + '\n', encoding='utf-8')  # 1 MB: encoding takes a while
     data_dir = tmp_path / 'data'
-    new_args = [str(data_dir), f'--input={corpus}', '--tokenizer=word']
+    new_args = [str(data_dir), f'--input={corpus}', '--tokenizer=word', '--num_proc=2']  # workers on any machine
     prepare.main([*new_args, '--tokenizer=char'])
     previous = snapshot(data_dir)
     start = time.monotonic()
     assert launch(tmp_path, 'whole', 'prepare.py', *new_args).wait(timeout=300) == 0
     duration, new = time.monotonic() - start, snapshot(data_dir)
 
-    rng, outcomes = np.random.default_rng(3), []
-    for run, n in enumerate([1, 3, 5, None, None, None]):
+    rng, outcomes, workers_killed = np.random.default_rng(3), [], 0
+    for run, n in enumerate([1, 3, 5, 'workers', None, None, None]):
         for name in os.listdir(data_dir):
             os.remove(data_dir / name)
         for name, content in previous.items():
             (data_dir / name).write_bytes(content)
-        if n:  # the n-th of the five renames that publish the files, meta.json last
+        if isinstance(n, int):  # the n-th of the five renames that publish the files, meta.json last
             process = launch(tmp_path, f'run{run}', 'tests/killpoint.py', 'rename', str(n), 'prepare', *new_args)
-        else:  # from outside, at a random moment of a run
-            process = launch(tmp_path, f'run{run}', 'prepare.py', *new_args)
-            time.sleep(rng.uniform(0, duration))
-            process.kill()
-        process.wait(timeout=300)
+            process.wait(timeout=300)
+        else:  # from outside: while its tokenizing workers run, or at a random moment of a run
+            process, below = launch(tmp_path, f'run{run}', 'prepare.py', *new_args), {}
+            try:
+                if n == 'workers':  # two pool workers, and the manager process datasets starts after them
+                    assert wait_until(lambda: len(descendants(process.pid)) >= 3, process)
+                else:
+                    time.sleep(rng.uniform(0, duration))
+                below = descendants(process.pid)
+                process.kill()
+                process.wait(timeout=300)
+                workers_killed += len(below)
+                assert survivors(below, timeout=5) == {}, f"outlived the SIGKILL of prepare.py: {below}"
+            finally:  # nothing of this test stays running, whatever failed
+                below.update(descendants(process.pid))
+                process.kill()
+                kill_all(below)
         files = snapshot(data_dir)
         if storage.META not in files:
             outcome = 'none'
@@ -362,4 +414,63 @@ def test_prepare_killed_at_any_moment_leaves_the_previous_files_or_none(tmp_path
         outcomes.append(outcome)
     print(f"prepare killed {len(outcomes)} times, leaving:", outcomes)
     assert outcomes[:3] == ['none'] * 3  # meta.json goes before the first rename, returns after the last
+    assert workers_killed >= 3  # the check above saw processes to check
     assert prepare.main(new_args) and snapshot(data_dir) == new and temporaries(data_dir) == []
+
+
+@pytest.mark.parametrize('signum, moment', [(signal.SIGINT, 'tokenize'), (signal.SIGTERM, 'tokenize'),
+                                            (signal.SIGINT, 'write'), (signal.SIGTERM, 'write')])
+def test_a_signal_stops_prepare_with_one_line_and_leaves_the_previous_files(tmp_path, verses, signum, moment):
+    corpus = tmp_path / 'corpus.txt'
+    corpus.write_text('\n'.join(verses * 25) + '\n', encoding='utf-8')
+    data_dir = tmp_path / 'data'
+    args = [str(data_dir), f'--input={corpus}', '--tokenizer=word', '--num_proc=2']
+    prepare.main([*args, '--tokenizer=char'])
+    previous = snapshot(data_dir)
+    if moment == 'tokenize':  # while the workers run; SIGINT to the whole process group, as Ctrl-C in a terminal
+        process, below = launch(tmp_path, 'run', 'prepare.py', *args, start_new_session=True), {}
+        try:
+            assert wait_until(lambda: len(descendants(process.pid)) >= 3, process)
+            below = descendants(process.pid)
+            (os.killpg if signum == signal.SIGINT else os.kill)(process.pid, signum)
+            assert process.wait(timeout=60) == 128 + signum
+            assert survivors(below, timeout=5) == {}
+        finally:
+            below.update(descendants(process.pid))
+            process.kill()
+            kill_all(below)
+    else:  # halfway through writing the training split: its .bin and .docs.npy are temporary files
+        process = launch(tmp_path, 'run', 'tests/killpoint.py', f'memmap:{signum.name}', '3', 'prepare', *args)
+        assert process.wait(timeout=60) == 128 + signum
+    err = output(tmp_path, 'run', 'err')
+    # tqdm's progress bars share stderr: the lines that are not one (no elapsed time "[00:01") are the messages
+    messages = [line for line in re.split(r'[\r\n]', err) if line.strip() and not re.search(r'\[\d+:\d\d', line)]
+    assert 'Traceback' not in err and messages == [
+        f"{signum.name}: prepare stopped, its temporary files removed; {data_dir} holds a complete dataset"]
+    assert snapshot(data_dir) == previous and temporaries(data_dir) == []
+    tokens_cache = os.path.join(os.environ['HF_DATASETS_CACHE'], 'prepare-tokens')
+    assert [name for name in os.listdir(tokens_cache) if f'.tmp-{process.pid}' in name] == []
+
+
+@pytest.mark.parametrize('full', ['before', 'at allocation'])
+def test_prepare_onto_a_full_disk_says_so_and_keeps_the_previous_files(tmp_path, corpus_file, monkeypatch, full):
+    data_dir = tmp_path / 'data'
+    prepare.main([str(data_dir), f'--input={corpus_file}', '--tokenizer=char'])
+    previous, real_disk_usage = snapshot(data_dir), shutil.disk_usage
+    if full == 'before':  # what the free-space check reads: less than the new files need
+        monkeypatch.setattr(shutil, 'disk_usage', lambda path: real_disk_usage(path)._replace(free=50_000))
+        match = r'the new train.bin and val.bin need about'
+    else:  # the space went between the check and the allocation (another process filled the disk)
+        def posix_fallocate(fd, offset, size):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        monkeypatch.setattr(os, 'posix_fallocate', posix_fallocate)
+        match = r'the new train files need about'
+    with pytest.raises(UserError, match=rf'^{data_dir} has [\d,.]+ MiB free but {match} [\d.]+ MiB: free some space'
+                                        rf' or choose another directory$'):
+        prepare.main([str(data_dir), f'--input={corpus_file}', '--tokenizer=word'])
+    assert snapshot(data_dir) == previous and temporaries(data_dir) == []
+
+
+def test_allocated_files_have_their_disk_blocks(tmp_path):
+    storage.allocate(tmp_path / 'a.bin', 1 << 20, 'the new a.bin')
+    assert os.path.getsize(tmp_path / 'a.bin') == 1 << 20 and os.stat(tmp_path / 'a.bin').st_blocks * 512 >= 1 << 20

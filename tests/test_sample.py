@@ -145,3 +145,22 @@ def test_bpe_sample_in_a_fresh_process(bpe_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr
     [story, rest] = result.stdout.split('\n' + '-' * 40 + '\n')
     assert story.startswith('Once upon a time') and len(story) > len('Once upon a time') + 20 and rest == ''
+
+
+@pytest.mark.parametrize('model', ['tiny_checkpoint', 'bpe_checkpoint'])
+def test_streaming_decodes_each_token_once(model, request, monkeypatch):
+    """The work of streaming grows with the length, not its square: a spy counts the ids decode is given."""
+    out_dir = request.getfixturevalue(model)
+    tokenizer = tok.from_meta(checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))['tokenizer'])
+    ids = (tokenizer.encode(' a dragon 🐉 said “héllo” to Zoë.' if tokenizer.kind == 'bpe' else 'And God said')
+           * 40)[:400]
+    decoded, real_decode = [], type(tokenizer).decode
+    monkeypatch.setattr(type(tokenizer), 'decode', lambda self, ids: decoded.append(len(ids)) or real_decode(
+        self, ids))
+    monkeypatch.setattr(sample, 'generate', scripted(ids))
+    out = Writes()
+    cfg = sample.SampleConfig(out_dir=out_dir, start='And', max_new_tokens=len(ids), device='cpu')
+    [text] = sample.sample(cfg, out)
+    assert out.getvalue() == text + sample.SEPARATOR and text == 'And' + real_decode(tokenizer, ids)
+    assert len(out.pieces) == 1 + len(ids)  # the prompt, then one write per token
+    assert sum(decoded) <= 2 * len(ids)  # the whole sample once at its end (and the prompt); not at every token

@@ -1,9 +1,15 @@
+import itertools
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import tokenizer as tok
+from conftest import ROOT
+from tools import fetch_gpt2_vocab
 
 CORPUS = ["Hello? You're here.", "In the beginning God created  the heaven\tand the earth!"]
 VOCAB_KINDS = {kind: cls for kind, cls in tok.TOKENIZERS.items() if issubclass(cls, tok.VocabTokenizer)}
@@ -141,3 +147,63 @@ def test_bpe_decode_of_a_cut_character_is_a_replacement_until_it_is_whole(bpe):
 @given(st.text(max_size=80))
 def test_bpe_round_trip_any_text(bpe, text):
     assert bpe.decode(bpe.encode(text)) == text
+
+
+def encode_elsewhere(tmp_path, **env):
+    """Encode 'hello world' with the bpe tokenizer in a fresh process started in tmp_path, offline (a proxy
+    that refuses every connection), with no tiktoken cache variable but those in env; its output lines."""
+    env = {**{k: v for k, v in os.environ.items() if k not in ('TIKTOKEN_CACHE_DIR', 'DATA_GYM_CACHE_DIR')},
+           'TMPDIR': str(tmp_path), 'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9', **env}
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import tokenizer, configurator\n"
+            "try: print(tokenizer.BPETokenizer().encode('hello world'))\n"
+            "except configurator.UserError as error: print(error)")
+    result = subprocess.run([sys.executable, '-c', code, ROOT], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_bpe_reads_the_project_vocabulary_cache_by_default_and_the_environment_wins(tmp_path, gpt2_vocab):
+    assert tok.PROJECT_TIKTOKEN_CACHE == fetch_gpt2_vocab.DEFAULT_DIR  # where `make test` puts the files
+    assert encode_elsewhere(tmp_path) == '[31373, 995]'  # no variable set, the cwd elsewhere: the project's cache
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert encode_elsewhere(tmp_path, TIKTOKEN_CACHE_DIR=str(empty)).startswith(
+        'tiktoken cannot load the gpt2 BPE vocabulary')  # the user's (empty) cache, not the project's
+
+
+def streamed(tokenizer, ids):
+    """The pieces of text tokenizer's stream decoder returns for ids given one by one, prefix by prefix."""
+    decode_next = tokenizer.stream_decoder()
+    return list(itertools.accumulate((decode_next(i) for i in ids), initial=''))[1:]
+
+
+def assert_streams_as_it_decodes(tokenizer, ids):
+    """After every id, the text streamed so far is the decode of the ids so far, except that the U+FFFD which
+    decode gives bytes that end inside a character (at most three of them) are not streamed until they are."""
+    for n, text in enumerate(streamed(tokenizer, ids), 1):
+        whole = tokenizer.decode(ids[:n])
+        assert whole.startswith(text) and whole[len(text):] in ('', '\ufffd', '\ufffd' * 2, '\ufffd' * 3), n
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_every_vocabulary_tokenizer_streams_exactly_its_decode(data):
+    tokenizer = data.draw(st.sampled_from([tok.CharTokenizer.build(CORPUS), tok.WordTokenizer.build(CORPUS),
+                                           tok.MidiTokenizer.build()]))
+    ids = data.draw(st.lists(st.integers(0, tokenizer.vocab_size - 1), max_size=40))
+    assert ''.join(map(tokenizer.stream_decoder(), ids)) == tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize('text', ['🐉', 'é🐉 said “héllo”', '日本語のテキストを書く', 'Zoë\n\n😀😃 👍🏽 x', 'a\u0301\u200d'])
+def test_bpe_streams_whole_characters_across_the_tokens_that_split_them(bpe, text):
+    ids = bpe.encode(text)
+    assert any(bpe.decode(ids[:n]).endswith('\ufffd') for n in range(1, len(ids) + 1))  # a token ends mid-way
+    assert_streams_as_it_decodes(bpe, ids)
+    assert streamed(bpe, ids)[-1] == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 255) | st.integers(0, 50256), max_size=30))  # 0-255: GPT-2's one-byte tokens
+def test_bpe_streams_exactly_its_decode_for_any_ids(bpe, ids):  # bytes that make no UTF-8 included
+    assert_streams_as_it_decodes(bpe, ids)
