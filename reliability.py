@@ -1,6 +1,7 @@
 """What keeps a long run's work safe: one run per out_dir (a lock), no scratch run over a trained model, out_dir
 checked before training, a signal that stops after the step and saves, the step-loss record that no non-finite
 step gets past into a checkpoint, and the command that resumes."""
+import contextlib
 import dataclasses
 import fcntl
 import math
@@ -27,11 +28,14 @@ class OutDirLock:
 
     def __init__(self, out_dir):
         self.out_dir, self.fd = out_dir, None
+        self.path = os.path.join(out_dir, self.NAME)
+        self.made_dir = self.made_file = False
 
     def acquire(self):
         try:
+            self.made_dir, self.made_file = not os.path.isdir(self.out_dir), not os.path.exists(self.path)
             os.makedirs(self.out_dir, exist_ok=True)
-            fd = os.open(os.path.join(self.out_dir, self.NAME), os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise UserError(f"cannot write to out_dir {self.out_dir}: {error.strerror}; choose another --out_dir")
         try:
@@ -46,10 +50,19 @@ class OutDirLock:
         self.fd = fd
 
     def release(self):
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            os.close(self.fd)  # and with it the lock
-            self.fd = None
+        """Unlock; a run that stopped before writing anything leaves out_dir as it found it (no .lock in a new
+        or empty directory). The file goes while still locked, so a run that opened it meanwhile is refused
+        rather than locking a file no longer there."""
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)
+        if self.made_file and os.listdir(self.out_dir) == [self.NAME]:
+            os.remove(self.path)
+        os.close(self.fd)  # and with it the lock
+        self.fd = None
+        if self.made_dir:
+            with contextlib.suppress(OSError):  # left alone unless empty
+                os.rmdir(self.out_dir)
 
 
 def refuse_to_replace(out_dir):

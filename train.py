@@ -224,7 +224,7 @@ def mean_loss(model, batches, n, device, dtype, ignore_index, world=None, rows_p
     total, count = torch.zeros((), device=device), torch.zeros((), device=device)
     model.eval()
     for _ in tqdm(range(mine), desc=name, unit='batch', leave=False, dynamic_ncols=True,
-                  disable=not world.is_main or mine < 2):
+                  disable=None if world.is_main and mine > 1 else True):  # None: off where stderr is no terminal
         loss = batch_loss()
         total, count = total + loss * batch_loss.target_count, count + batch_loss.target_count
     model.train()

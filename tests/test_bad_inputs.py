@@ -85,7 +85,9 @@ CASES = [
     ('train', ['{root}/missing_config.py'], r'missing_config.py not found'),
     # train.py: the files it reads and writes
     ('train', ['--data_dir={root}/nothing_here'], r'prepare\.py'),
-    ('train', ['--data_dir={root}/data', '--out_dir={root}/empty_out', '--init_from=resume'], r'ckpt\.pt'),
+    ('train', ['--data_dir={root}/wrong_meta', '--out_dir={root}/new_out'], r'meta\.json'),
+    ('train', ['--data_dir={root}/data', '--out_dir={root}/empty_out', '--init_from=resume'], r'nothing to resume'),
+    ('train', ['--data_dir={root}/data', '--out_dir={root}/out'], r'already holds a trained model'),
     ('train', ['--data_dir={root}/data', '--out_dir={root}/a_file'], r'a_file'),
     ('train', ['--data_dir={root}/data', '--out_dir={root}/new_out', '--block_size=100000'], r'too small'),
     # sample.py

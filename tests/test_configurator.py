@@ -193,8 +193,9 @@ def test_every_script_field_has_a_comment():
     ('sample.py', ['--out=sample.mp3'], "error: --out=sample.mp3 must be '' or a .txt, .md, .mid, .midi or .png"
                                         " file name"),
     ('prepare.py', ['data/x', '--val_fraction=1.5'], 'error: --val_fraction=1.5 must be in (0, 1)'),
-    ('bench.py', ['--sections=train,speed'], 'error: --sections=train,speed: unknown speed; choose all or some of'
-                                             ' peak,train,defaults,profile,windowing,study,sample,generate,memory,busy'),
+    ('bench.py', ['--sections=train,speed'], 'error: --sections=train,speed: unknown speed; choose all or some'
+                                             ' of peak,train,defaults,profile,windowing,study,sample,generate,'
+                                             'memory,busy'),
 ])
 def test_a_bad_value_from_the_command_line_is_one_line_and_exit_2(script, argv, message):
     result = run_script(script, *argv)
