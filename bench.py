@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 # importing a module of sections registers them, in this order: the order of the tables
 import bench_train  # peak, train, defaults, profile, windowing, study
-import bench_generate  # noqa: F401 (sample, generate)
+import bench_generate  # noqa: F401 (sample, generate, stream)
 import bench_memory  # memory, busy
 import batching
 import configurator
@@ -81,6 +81,8 @@ class BenchConfig:
     generate_tokens: tuple[int, ...] = (500, 2000)  # new tokens per run: the cost per token as the output grows
     generate_repeats: int = option(3, low=1)  # timed runs of each mode per length, alternating; the median
     #                               is reported
+    stream_tokens: tuple[int, ...] = option((500, 20000), low=2)  # streaming: new tokens per sample, a short
+    #                               and a long one (sample.py's loop; the cost per token should not grow)
     # models whatever the shape above
     defaults_models: tuple[str, ...] = ('gpt:6:6:384:256:8', 'gpt:4:4:128:128:32', 'lstm:2:1:512:128:32')
     #                               the defaults section's models, as
@@ -102,7 +104,7 @@ class BenchConfig:
 
 QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=4, batch_sizes=(2, 20),
              warmup=1, repeats=2, sample_tokens=8, compile='False', generate_shape=(1, 2, 32, 16),
-             generate_tokens=(8, 40), generate_repeats=1,
+             generate_tokens=(8, 40), generate_repeats=1, stream_tokens=(8, 80),
              defaults_models=('gpt:1:2:32:16:4', 'lstm:1:1:32:16:4'), profile_models=('gpt:1:2:32:16:4',),
              memory_models=('gpt:1:2:32:16:4:500', 'gpt:1:2:32:16:32:500'), max_memory='1MB',
              busy_model='gpt:1:2:32:16:4')

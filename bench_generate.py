@@ -1,6 +1,8 @@
-"""bench.py's sections on generation: sampling tokens/s, and sample.generate's KV cache against recomputing."""
+"""bench.py's sections on generation: sampling tokens/s, sample.generate's KV cache against recomputing, and
+sample.py's streaming loop at a short and a long length."""
 import dataclasses
 import functools
+import io
 import statistics
 import time
 
@@ -8,6 +10,8 @@ import numpy as np
 import torch
 
 import perf
+import sample
+import tokenizer as tok
 from bench_harness import Job, section
 from model import build_model
 from sample import generate
@@ -126,3 +130,50 @@ def plan_generate(ctx):
 
     return [Job(f"generate {device} {n} tokens", device, None, functools.partial(job, device, n))
             for device in ctx.devices for n in cfg.generate_tokens]
+
+
+def conclude_stream(rows, ctx):
+    """Whether streaming costs the same per token however long the sample (linear) or more (quadratic)."""
+    lines = []
+    for device in ctx.devices:
+        runs = sorted((r for r in rows if r['device'] == device), key=lambda r: r['new_tokens'])
+        if len(runs) > 1:
+            first, last = runs[0], runs[-1]
+            lines.append(f"{device} gpt {first['shape']}: sample.py streams {first['new_tokens']:,} new tokens at"
+                         f" {first['tokens_per_s']:,.0f} tokens/s and {last['new_tokens']:,} at"
+                         f" {last['tokens_per_s']:,.0f} ({last['tokens_per_s'] / first['tokens_per_s']:.2f}x): its"
+                         f" cost per token {'stays flat' if last['tokens_per_s'] > 0.7 * first['tokens_per_s'] else 'grows'}"
+                         f" with the length")
+    return [], lines
+
+
+@section('stream', "streaming: sample.py's own loop (sample.draw: generation, decoding each token, writing the"
+         " text) for one sample, KV cache, temperature 1, median of --generate_repeats",
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('shape', 'shape', '{}'),
+          ('new_tokens', 'new tokens', '{:,}'), ('tokens_per_s', 'tokens/s', '{:,.1f}'),
+          ('ms_per_token', 'ms/token', '{:.3f}'), ('peak_memory_mb', 'peak MB', '{:,.0f}')],
+         conclude=conclude_stream)
+def plan_stream(ctx):
+    cfg = ctx.cfg
+    n_layer, n_head, n_embd, block_size = cfg.generate_shape
+    args = dataclasses.replace(ctx.model_args('gpt'), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                               block_size=block_size)
+    # a character tokenizer with one symbol per id of the model's vocabulary (specials first, as prepare.py has)
+    symbols = [chr(0x100 + i) for i in range(args.vocab_size - len(tok.SPECIALS))]
+    tokenizer = tok.CharTokenizer([*tok.SPECIALS, *symbols])
+
+    def job(device, new_tokens):
+        torch.manual_seed(cfg.seed)
+        model = build_model(args).to(device).eval()
+        prompt = torch.tensor([[tok.BOS_ID]], device=device)
+        settings = sample.SampleConfig(max_new_tokens=new_tokens, temperature=1.0, seed=cfg.seed)
+        sample.draw(model, tokenizer, '', prompt, dataclasses.replace(settings, max_new_tokens=cfg.warmup),
+                    io.StringIO())
+        seconds = perf.median_seconds(lambda: sample.draw(model, tokenizer, '', prompt, settings, io.StringIO()),
+                                      device, cfg.generate_repeats)
+        return {'model': 'gpt', 'device': device, 'shape': f'{n_layer}x{n_embd}', 'block_size': block_size,
+                'new_tokens': new_tokens, 'tokens_per_s': new_tokens / seconds,
+                'ms_per_token': seconds / new_tokens * 1e3}
+
+    return [Job(f"stream {device} {n} tokens", device, None, functools.partial(job, device, n))
+            for device in ctx.devices for n in cfg.stream_tokens]

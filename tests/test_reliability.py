@@ -299,7 +299,7 @@ def test_too_little_free_space_is_an_error_before_training(char_data, tiny_check
     with pytest.raises(UserError, match=r'out has 0.5 MiB free but the checkpoints \(ckpt.pt, best.pt\) need about'
                                         r' [\d.]+ MiB: free some space or choose another directory'):
         train.main([f'--data_dir={char_data}', f'--out_dir={out_dir}', *TINY_GPT])
-    assert os.listdir(out_dir) == ['.lock'] and (out_dir / '.lock').read_bytes() == b''  # released, nothing else
+    assert not os.path.exists(out_dir)  # the run made it and wrote nothing: released and gone again
     # the estimate is an upper bound of a real checkpoint of that model (the tiny one trained 40 steps)
     ckpt = checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))
     estimate = checkpoint.estimated_size(checkpoint.restore_model(ckpt), ckpt['tokenizer'])

@@ -93,7 +93,7 @@ def test_training_records_its_wall_clock_and_keeps_counting_on_resume(char_data,
     common = [f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--eval_interval=10', '--log_interval=5',
               *TINY_GPT, '--dtype=auto']  # the path train.py picks on this machine
     train.main([*common, '--max_iters=10'])
-    dtype = next(a for a in TINY_GPT if a.startswith('--dtype=')).removeprefix('--dtype=')  # as TINY_GPT sets it
+    dtype = str(runtime.resolve_dtype('auto', 'cpu')).removeprefix('torch.')
     assert f'({dtype}, eager, fused AdamW, ' in capsys.readouterr().out  # the path train.py chose, said once
     first = [r['elapsed_s'] for r in metrics(tmp_path)]
     train.main([*common, '--max_iters=20', '--init_from=resume'])
