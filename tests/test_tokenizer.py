@@ -4,13 +4,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tokenizer as tok
+from configurator import UserError
 
 CORPUS = ["Hello? You're here.", "In the beginning God created  the heaven\tand the earth!"]
 VOCAB_KINDS = {kind: cls for kind, cls in tok.TOKENIZERS.items() if issubclass(cls, tok.VocabTokenizer)}
 
 
 def test_special_ids_are_fixed_for_every_vocabulary_kind():
-    assert set(VOCAB_KINDS) == {'char', 'word'}
+    assert set(VOCAB_KINDS) == {'char', 'word'}  # learned_bpe: test_learned_bpe_exact_ids_on_a_tiny_corpus
     for kind, cls in VOCAB_KINDS.items():
         t = cls.build(CORPUS)
         assert t.vocab[:4] == ['<?>', '<s>', '</s>', '<>'], kind
@@ -141,3 +142,47 @@ def test_bpe_decode_of_a_cut_character_is_a_replacement_until_it_is_whole(bpe):
 @given(st.text(max_size=80))
 def test_bpe_round_trip_any_text(bpe, text):
     assert bpe.decode(bpe.encode(text)) == text
+
+
+LEARN_FROM = ['the cat and the hat', 'then the end']
+
+
+def test_learned_bpe_exact_ids_on_a_tiny_corpus():
+    t = tok.LearnedBPETokenizer.build(LEARN_FROM, 264)
+    # 'he' and 'th' tie at 4: the lower pair ('h' 104 < 't' 116) first; then ' the' and 'at' tie at 2
+    assert [t.decode([i]) for i in range(260, 264)] == ['he', 'the', ' the', 'at']
+    assert t.vocab_size == 264 and (t.unk_id, t.bos_id, t.eos_id, t.pad_id) == (None, 1, 2, 3)
+    assert t.encode('the hat then') == [261, 4 + ord(' '), 4 + ord('h'), 263, 262, 4 + ord('n')]
+    assert t.encode_lines(['the', 'é']) == [[1, 261, 2], [1, 4 + 0xc3, 4 + 0xa9, 2]]  # bytes are the base
+    assert t.decode([1, 261, 2, 3, 1, 263, 2]) == 'the\nat\n'
+
+
+def test_learned_bpe_meta_is_plain_json_and_round_trips():
+    t = tok.LearnedBPETokenizer.build(LEARN_FROM + ['naïve café ☕'], 280)
+    meta = t.to_meta()
+    assert json.loads(json.dumps(meta)) == meta and all(type(s) is str for s in meta['tokens'])
+    assert meta['special_ids'] == {'unk': None, 'bos': 1, 'eos': 2, 'pad': 3}
+    again = tok.from_meta(meta)
+    assert type(again) is tok.LearnedBPETokenizer and again.to_meta() == meta
+    assert again.encode('naïve cat café ☕') == t.encode('naïve cat café ☕')
+
+
+def test_learned_bpe_says_when_the_corpus_cannot_fill_the_vocabulary():
+    with pytest.raises(UserError, match='yields only 2[0-9]{2} ids'):
+        tok.LearnedBPETokenizer.build(LEARN_FROM, 400)
+    for size in (259, 65537):
+        with pytest.raises(UserError, match='260 .* to 65,536'):
+            tok.LearnedBPETokenizer.build(LEARN_FROM, size)
+
+
+@pytest.fixture(scope='module')
+def learned():
+    return tok.LearnedBPETokenizer.build(CORPUS + LEARN_FROM, 300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_learned_bpe_round_trip_any_text(learned, text):
+    ids = learned.encode(text)
+    assert learned.decode(ids) == text and all(4 <= i < learned.vocab_size for i in ids)
+    assert learned.decode([learned.bos_id, *ids, learned.eos_id]) == text + '\n'
