@@ -5,8 +5,8 @@
 
 On the AKJV Bible (about 4.4 MB of text, one document per verse) it times, in interleaved rounds so that a
 shared CPU's load falls on both alike, each library learning a vocab_size vocabulary from the same texts and
-each encoding those texts with what it learned, one thread each (RAYON_NUM_THREADS=1, as one prepare.py worker encodes); it
-prints the medians and their ratios.
+encoding those texts with what it learned, one thread each (RAYON_NUM_THREADS=1, as one prepare.py worker
+encodes); it prints the medians and their ratios.
 """
 import dataclasses
 import os
