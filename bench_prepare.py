@@ -206,8 +206,8 @@ def run_prepare(corpus, data_dir, num_proc, cache_dir, *options):
     shutil.rmtree(cache_dir, ignore_errors=True)
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'prepare.py'), data_dir, f'--source={corpus}',
-                                f'--num_proc={num_proc}', *options], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                                f'--num_proc={num_proc}', *options], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     memory = TreeMemory(process.pid)
     out, err = process.communicate()
     seconds = time.perf_counter() - start
