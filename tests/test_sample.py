@@ -15,7 +15,6 @@ from configurator import UserError
 from conftest import TINY_GPT, run_script
 
 
-
 def test_sample_in_a_fresh_process_needs_only_the_checkpoint(tiny_checkpoint, tmp_path):
     # the checkpoint alone, copied away from its data directory and training run
     lonely = tmp_path / 'lonely.pt'
