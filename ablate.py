@@ -4,6 +4,19 @@
     python ablate.py config/train_akjv.py --windowings=random,packed --target_tokens=200000
     python ablate.py config/train_tinystories_cpu.py --what=data_size     # 20K / 200K / all TinyStories stories
     python ablate.py config/train_akjv_char.py --what=dtype --max_iters=300  # float32 against bfloat16 autocast
+    python ablate.py config/train_akjv_char.py --what=tokenizer --time_budget=300   # 5 minutes per tokenizer
+
+The tokenizer ablation trains one run per --tokenizers entry, each on its own data directory: the config's
+data_dir with its tokenizer part replaced (data/akjv_char -> data/akjv_word, data/akjv_bpe1k, data/akjv_bpe for
+GPT-2's ...), prepared by prepare.py here when missing. Every directory holds the same documents split the same
+way, so every run is scored on the same held-out text, each in its own tokens. With --same_context (the default)
+each run's block_size covers the config's context in characters (block_size x the config's characters per token,
+divided by the run's), so every run sees the same text per window and per batch, whatever a token is.
+
+--time_budget=SECONDS gives every run the same wall clock instead of the same tokens: a short calibration run
+of the variant's own steps times a step and the fixed cost of a training run (start-up, evaluations, saving);
+max_iters is fitted so that the run's training calls take the budget, then the run trains to exactly that many
+iterations (deterministic, whatever the machine does meanwhile) and records the wall clock it really took.
 
 Every run is train.py's own loop (train.train) from the same seed, so from the same initial weights, and learns
 the same number of real target tokens: padding and pairs across a document boundary do not count, so a
@@ -22,6 +35,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shutil
 import time
 
 import torch
@@ -29,21 +44,25 @@ import torch
 import batching
 import checkpoint
 import configurator
+import prepare
 import runtime
 import storage
 import tokenizer as tok
 import train
+import trainlog
 from configurator import UserError, option, parse, run
 
 DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'
 UNKNOWN_WINDOWINGS = '--windowings: unknown {bad}; choose from {choices}'
 DATA_SIZE_PREPARE = {'data/tinystories_20k': ' --max_docs=20000', 'data/tinystories_200k': ' --max_docs=200000'}
+TOKENIZERS = 'char,word,bpe512,bpe1k,bpe4k,bpe8k,bpe'
+TOKENIZER_PART = re.compile(r'(char|word|bpe|midi|bpe\d+k?)')  # what a data directory's name says of its tokenizer
 
 
 @dataclasses.dataclass
 class AblateConfig(train.TrainConfig):
-    what: str = option('windowing', choices=('windowing', 'data_size', 'dtype'))  # what differs between the
-    #                               runs: a run per --windowings, per --data_dirs or per --dtypes
+    what: str = option('windowing', choices=('windowing', 'data_size', 'dtype', 'tokenizer'))  # what differs
+    #                               between the runs: a run per --windowings, --data_dirs, --dtypes or --tokenizers
     windowings: str = option('', choices=('',), some_of=batching.WINDOWINGS, error=UNKNOWN_WINDOWINGS)
     #                               windowing: strategies to compare, comma-separated ('' = all that suit a model)
     data_dirs: str = DATA_SIZE_DIRS  # data_size: prepared directories, scored on the first one's val split
@@ -54,12 +73,19 @@ class AblateConfig(train.TrainConfig):
     points: int = option(4, low=1)  # scores per run, evenly spaced in its training, the last at its end
     eval_documents: int = option(0, low=0)  # score on the first N held-out documents (0 = all of them)
     ablation_dir: str = ''        # where the results and runs go ('' = <out_dir>-ablate-<what>)
+    tokenizers: str = TOKENIZERS  # tokenizer: data_dir suffixes (bpe4k: learned, 4,096 ids; bpe: GPT-2's)
+    same_context: bool = True     # tokenizer: block_size covers the config's context in characters (False: same)
+    prepare_args: str = ''        # tokenizer: more prepare.py options for the directories it prepares (--source=...)
+    time_budget: float = option(0.0, low=0)  # seconds of training per run, start-up included (0 = the same
+    #                               target tokens)
+    calibration_iters: int = option(20, low=4)  # time_budget: steps of the calibration run that fits max_iters
 
 
 @dataclasses.dataclass
 class Variant:
     name: str       # the table's row label
     overrides: dict  # what this run changes in the training config
+    context_chars: float | None = None  # tokenizer, same context: block_size covers this many characters
 
 
 def variants(cfg):
@@ -81,60 +107,140 @@ def variants(cfg):
         for name in names:
             runtime.resolve_dtype(name, 'cpu')  # raises for an unknown one
         return [Variant(name, {'dtype': name}) for name in names]
-    raise UserError(f"--what={cfg.what} must be windowing, data_size or dtype")
+    if cfg.what == 'tokenizer':
+        names = [t.strip() for t in cfg.tokenizers.split(',') if t.strip()]
+        bad = [t for t in names if not TOKENIZER_PART.fullmatch(t) or t == 'midi']
+        if bad or not names:
+            raise UserError(f"--tokenizers: {', '.join(bad) or 'none given'}: give char, word, bpe (GPT-2's) or"
+                            f" bpeN / bpeNk (learned, N or N x 1,024 ids), comma-separated")
+        context = context_chars(cfg)
+        return [Variant(name, {'data_dir': tokenizer_dir(cfg, name)}, context) for name in names]
+    raise UserError(f"--what={cfg.what} must be windowing, data_size, dtype or tokenizer")
 
 
-def held_out(cfg, variant_list):
-    """(documents scored, characters in them, the data directory they come from): the val split of the first
-    run's data, which every run must share (same tokenizer, same val.bin)."""
+def tokenizer_dir(cfg, name):
+    """The config's data directory with its tokenizer part replaced by name, prepared if it is missing."""
+    head, base = os.path.split(os.path.normpath(cfg.data_dir))
+    parts = [p for p in base.split('_') if not TOKENIZER_PART.fullmatch(p)]
+    data_dir = os.path.join(head, '_'.join([*parts, name]))
+    prepared(cfg, data_dir)
+    return data_dir
+
+
+def prepared(cfg, data_dir):
+    """data_dir, prepared by prepare.py (with --prepare_args) unless it is already."""
+    if not os.path.exists(os.path.join(data_dir, storage.META)):
+        argv = [data_dir, *cfg.prepare_args.split()]
+        print(f"preparing: python prepare.py {' '.join(argv)}")
+        prepare.main(argv)
+    return data_dir
+
+
+def chars_per_token(meta, split='train'):
+    return meta['splits'][split]['chars'] / meta['splits'][split]['tokens']
+
+
+def context_chars(cfg):
+    """Characters of text the config's block_size covers in its own data (None: --same_context=False)."""
+    if not cfg.same_context:
+        return None
+    return cfg.block_size * chars_per_token(storage.load_meta(prepared(cfg, cfg.data_dir)))
+
+
+SPLIT_OPTIONS = ('source', 'input', 'text_column', 'booked', 'val_fraction', 'seed')  # prepare's, that pick val
+
+
+def check_held_out(cfg, variant_list):
+    """The data directory the runs are scored on, after checking that they all hold the same held-out documents:
+    the same val.bin (and tokenizer), or for the tokenizer ablation the same documents split the same way."""
     data_dirs = [v.overrides.get('data_dir', cfg.data_dir) for v in variant_list]
     metas = [storage.load_meta(d) for d in data_dirs]
+    first = metas[0]
     for d, meta in zip(data_dirs[1:], metas[1:]):
-        if meta['tokenizer'] != metas[0]['tokenizer'] or meta['files']['val.bin'] != metas[0]['files']['val.bin']:
+        if cfg.what == 'tokenizer':
+            same = (all(meta['options'].get(k) == first['options'].get(k) for k in SPLIT_OPTIONS) and
+                    all(meta['splits']['val'][k] == first['splits']['val'][k] for k in ('documents', 'chars')))
+            if not same:
+                raise UserError(f"{d} and {data_dirs[0]} hold different held-out documents: prepare both from one"
+                                f" source with the same --seed and --val_fraction")
+        elif meta['tokenizer'] != first['tokenizer'] or meta['files']['val.bin'] != first['files']['val.bin']:
             raise UserError(f"{d} and {data_dirs[0]} hold different held-out documents or tokenizers: compare"
                             f" directories prepared from one source with one tokenizer (--max_docs only)")
-    meta = metas[0]
-    tokens, offsets = storage.open_split(data_dirs[0], 'val', meta)
+    return data_dirs[0]
+
+
+def held_out(cfg, data_dir):
+    """(documents scored, characters in them): data_dir's val split, or its first cfg.eval_documents."""
+    meta = storage.load_meta(data_dir)
+    tokens, offsets = storage.open_split(data_dir, 'val', meta)
     n = len(offsets) - 1 if cfg.eval_documents <= 0 else min(cfg.eval_documents, len(offsets) - 1)
     if n == len(offsets) - 1:
         chars = meta['splits']['val']['chars']
     else:  # as prepare.py counts them: each document's text, and one for the boundary its end token stands for
-        decode = tok.from_meta(meta['tokenizer']).decode
-        chars = sum(len(decode(tokens[offsets[i]:offsets[i + 1] - 1].tolist())) + 1 for i in range(n))
+        t = tok.from_meta(meta['tokenizer'])
+        body = slice(1, -1) if t.bos_id != t.eos_id else slice(None, -1)
+        chars = sum(len(t.decode(tokens[offsets[i]:offsets[i + 1]][body].tolist())) + 1 for i in range(n))
     documents = batching.Documents.from_split(tokens, offsets[:n + 1], meta['tokenizer']['special_ids'])
-    return documents, chars, data_dirs[0]
+    return documents, chars
 
 
 def score(out_dir, documents, chars, cfg):
-    """Nats per real target and bits per character of out_dir/ckpt.pt on the held-out documents."""
+    """Nats per real target and bits per character of out_dir/ckpt.pt on the held-out documents, and the
+    model's parameters."""
     ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))
     device = runtime.resolve_device(cfg.device)
     model = checkpoint.restore_model(ckpt).to(device)
     windows = batching.evaluation_windows(documents, cfg.batch_size, ckpt['model_args']['block_size'])
     # in float32 whatever a run trained in: the dtype ablation compares what training learned, scored alike
     loss = train.mean_loss(model, windows, windows.batches_per_epoch, device, torch.float32, batching.IGNORE_INDEX)
-    return loss, loss * float(documents.pairs.sum()) / math.log(2) / chars
+    parameters = sum(p.numel() for p in model.parameters())
+    return loss, loss * float(documents.pairs.sum()) / math.log(2) / chars, parameters
 
 
-def run_variant(cfg, variant, documents, chars, budget):
-    """Train one variant to the budget of real target tokens, scoring it at cfg.points points."""
+def fit_iters(cfg, run_cfg, run_dir):
+    """(max_iters, calibration) that make a run's cfg.points training calls take cfg.time_budget seconds: a
+    calibration run of the variant's own steps gives the time of a step (between its two log lines) and the fixed
+    cost of one training call (start-up, evaluations, saving: its wall clock less its steps). It runs twice, and
+    the second is timed: the first call in a process pays one-time costs that the real run, after it, does not."""
+    steps = cfg.calibration_iters
+    calibration_dir = os.path.join(run_dir, 'calibration')
+    calibration = dataclasses.replace(run_cfg, out_dir=calibration_dir, init_from='scratch', max_iters=steps,
+                                      eval_interval=steps, log_interval=steps // 2, warmup_iters=0,
+                                      lr_decay_iters=steps)
+    for _ in range(2):
+        shutil.rmtree(calibration_dir, ignore_errors=True)
+        started = time.perf_counter()
+        train.train(calibration)
+        wall_s = time.perf_counter() - started
+    with open(os.path.join(calibration_dir, 'metrics.jsonl')) as f:
+        logged = [r for r in map(trainlog.read_record, f) if r and 'tokens_per_sec' in r]
+    shutil.rmtree(calibration_dir)
+    step_s = (logged[-1]['elapsed_s'] - logged[-2]['elapsed_s']) / (logged[-1]['iter'] - logged[-2]['iter'])
+    overhead_s = max(0.0, wall_s - steps * step_s)
+    iters = math.floor((cfg.time_budget - cfg.points * overhead_s) / step_s)
+    if iters < cfg.points:
+        raise UserError(f"--time_budget={cfg.time_budget:g} s fits {max(iters, 0)} iterations of"
+                        f" {os.path.basename(run_dir)} (a step takes {step_s:.3f} s, each of --points={cfg.points}"
+                        f" training calls {overhead_s:.1f} s more): give it more time or fewer points")
+    return iters, {'iters': steps, 'wall_s': wall_s, 'step_s': step_s, 'overhead_s': overhead_s}
+
+
+def run_variant(cfg, variant, budget):
+    """Train one variant to the budget of real target tokens (or of seconds), scoring it at cfg.points points."""
     run_dir = os.path.join(cfg.ablation_dir, variant.name)
     train_fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     run_cfg = train.TrainConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in train_fields})
     run_cfg = dataclasses.replace(run_cfg, **variant.overrides, out_dir=run_dir, init_from='scratch')
-    train.check_config(run_cfg)
     meta = storage.load_meta(run_cfg.data_dir)
+    if variant.context_chars:
+        run_cfg = dataclasses.replace(run_cfg, block_size=max(1, round(variant.context_chars / chars_per_token(meta))))
+    train.check_config(run_cfg)
+    documents, chars = held_out(cfg, run_cfg.data_dir)
     share = train.make_batches(run_cfg, train.open_documents(run_cfg.data_dir, 'train', meta), 'train',
                                run_cfg.seed).target_fraction
     tokens_per_iter = run_cfg.batch_size * run_cfg.block_size * run_cfg.gradient_accumulation_steps
-    iters = max(cfg.points, round(budget / (tokens_per_iter * share)))
-    # Every run gets the config's schedule shape: warmup for the same share of its iterations as the config's,
-    # then the cosine down to min_lr at its own end, whatever iteration a segment stops at.
-    warmup_iters = round(cfg.warmup_iters * iters / cfg.max_iters)
-    run_cfg = dataclasses.replace(run_cfg, max_iters=iters, warmup_iters=warmup_iters, lr_decay_iters=iters,
-                                  eval_interval=iters)
     settings = {'variant': variant.name, 'config': dataclasses.asdict(run_cfg), 'budget': budget,
-                'scored_on': documents.starts.size, 'points': cfg.points}
+                'time_budget': cfg.time_budget, 'scored_on': documents.starts.size, 'points': cfg.points}
     saved = os.path.join(run_dir, 'ablation.json')
     if os.path.exists(saved):
         with open(saved) as f:
@@ -142,6 +248,18 @@ def run_variant(cfg, variant, documents, chars, budget):
         if result['settings'] == settings:
             print(f"{variant.name}: already done in {run_dir}")
             return result
+    if cfg.time_budget:
+        iters, calibration = fit_iters(cfg, run_cfg, run_dir)
+        print(f"{variant.name}: {calibration['step_s']:.3f} s a step, {calibration['overhead_s']:.1f} s a training"
+              f" call: {iters:,} iterations in {cfg.time_budget:g} s")
+    else:
+        iters, calibration = max(cfg.points, round(budget / (tokens_per_iter * share))), None
+    # Every run gets the config's schedule shape: warmup for the same share of its iterations as the config's,
+    # then the cosine down to min_lr at its own end, whatever iteration a segment stops at.
+    warmup_iters = round(cfg.warmup_iters * iters / cfg.max_iters)
+    run_cfg = dataclasses.replace(run_cfg, max_iters=iters, warmup_iters=warmup_iters, lr_decay_iters=iters,
+                                  eval_interval=iters)
+    train_chars_per_target = chars_per_token(meta)
     curve, train_s = [], 0.0
     for k in range(1, cfg.points + 1):
         stop = round(iters * k / cfg.points)
@@ -149,43 +267,55 @@ def run_variant(cfg, variant, documents, chars, budget):
         train.train(dataclasses.replace(run_cfg, max_iters=stop, init_from='resume' if k > 1 else 'scratch',
                                         overwrite=True))  # a run of other settings, or cut short
         train_s += time.perf_counter() - started
-        loss, bits_per_char = score(run_dir, documents, chars, cfg)
+        loss, bits_per_char, parameters = score(run_dir, documents, chars, cfg)
         curve.append({'iter': stop, 'target_tokens': stop * tokens_per_iter * share, 'train_s': train_s,
+                      'train_chars': stop * tokens_per_iter * share * train_chars_per_target,
                       'val_loss': loss, 'val_bits_per_char': bits_per_char})
         print(f"{variant.name}: iteration {stop}/{iters}, {curve[-1]['target_tokens']:,.0f} target tokens:"
               f" val loss {loss:.4f} per target, {bits_per_char:.4f} bits/char")
     result = {'settings': settings, 'name': variant.name, 'iters': iters, 'target_share': share,
               'positions': iters * tokens_per_iter, 'target_tokens': iters * tokens_per_iter * share,
-              'train_s': train_s, **{k: curve[-1][k] for k in ('val_loss', 'val_bits_per_char')}, 'curve': curve}
+              'train_s': train_s, 'tokens_per_s': iters * tokens_per_iter / train_s, 'calibration': calibration,
+              'block_size': run_cfg.block_size, 'parameters': parameters, 'vocab_size': meta['vocab_size'],
+              'chars_per_token': meta['splits']['val']['chars'] / meta['splits']['val']['tokens'],
+              **{k: curve[-1][k] for k in ('val_loss', 'val_bits_per_char')}, 'curve': curve}
     with storage.atomic_write(saved, 'w') as f:
         json.dump(result, f, indent=1)
     return result
 
 
 def table(results, what):
-    """The results as a markdown table, best bits per character in bold."""
+    """The results as a markdown table, best bits per character in bold; the tokenizer ablation also gives each
+    run's vocabulary, characters per token, block_size, parameters and tokens/s."""
     best = min(r['val_bits_per_char'] for r in results)
-    lines = [f"| {what} | iterations | target tokens | positions | targets | train time |"
-             f" val loss (nats/target) | val bits/char |", '|---|---:|---:|---:|---:|---:|---:|---:|']
+    is_tokenizer = what == 'tokenizer'
+    extra = " vocab | chars/token | block | parameters | tokens/s |" if is_tokenizer else ""
+    lines = [f"| {what} |{extra} iterations | target tokens | positions | targets | train time |"
+             f" val loss (nats/target) | val bits/char |", '|---|' + '---:|' * (12 if is_tokenizer else 7)]
     for r in results:
         bits = f"{r['val_bits_per_char']:.4f}"
-        lines.append(f"| `{r['name']}` | {r['iters']:,} | {r['target_tokens']:,.0f} | {r['positions']:,} |"
+        extra = (f" {r['vocab_size']:,} | {r['chars_per_token']:.2f} | {r['block_size']} | {r['parameters']:,} |"
+                 f" {r['tokens_per_s']:,.0f} |" if is_tokenizer else "")
+        lines.append(f"| `{r['name']}` |{extra} {r['iters']:,} | {r['target_tokens']:,.0f} | {r['positions']:,} |"
                      f" {r['target_share']:.0%} | {r['train_s']:.0f} s | {r['val_loss']:.4f} |"
                      f" {f'**{bits}**' if r['val_bits_per_char'] == best else bits} |")
     return '\n'.join(lines) + '\n'
 
 
-def plot(results, path, title):
-    """Bits per character against target tokens learned and against training time, one line per run."""
+def plot(results, path, title, what):
+    """Bits per character against what was learned (target tokens; the tokenizer ablation: characters, its runs'
+    tokens differ) and against training time, one line per run."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    learned = 'train_chars' if what == 'tokenizer' else 'target_tokens'
     for r in results:
         bits = [p['val_bits_per_char'] for p in r['curve']]
-        axes[0].plot([p['target_tokens'] / 1e6 for p in r['curve']], bits, 'o-', label=r['name'], alpha=0.85)
+        axes[0].plot([p[learned] / 1e6 for p in r['curve']], bits, 'o-', label=r['name'], alpha=0.85)
         axes[1].plot([p['train_s'] / 60 for p in r['curve']], bits, 'o-', label=r['name'], alpha=0.85)
-    axes[0].set_xlabel('target tokens learned (millions)')
+    axes[0].set_xlabel('training characters read (millions)' if what == 'tokenizer' else
+                       'target tokens learned (millions)')
     axes[1].set_xlabel('training time (minutes, this machine)')
     axes[0].set_ylabel('held-out bits per character')
     for ax in axes:
@@ -203,22 +333,26 @@ def ablate(cfg):
     configurator.check(cfg)
     variant_list = variants(cfg)
     cfg = dataclasses.replace(cfg, ablation_dir=cfg.ablation_dir or f"{cfg.out_dir}-ablate-{cfg.what}")
-    documents, chars, scored_on = held_out(cfg, variant_list)
+    scored_on = check_held_out(cfg, variant_list)
+    documents, chars = held_out(cfg, scored_on)
     budget = cfg.target_tokens or cfg.max_iters * cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    each = f"{cfg.time_budget:g} s of training" if cfg.time_budget else f"{budget:,} target tokens"
     os.makedirs(cfg.ablation_dir, exist_ok=True)
-    print(f"ablation of {cfg.what}: {len(variant_list)} runs of {budget:,} target tokens each, scored on"
+    print(f"ablation of {cfg.what}: {len(variant_list)} runs of {each} each, scored on"
           f" {documents.starts.size:,} held-out documents of {scored_on} ({int(documents.pairs.sum()):,} targets,"
           f" {chars:,} characters)")
-    results = [run_variant(cfg, v, documents, chars, budget) for v in variant_list]
-    title = (f"{cfg.what} ablation: {cfg.model_type} {cfg.n_layer}x{cfg.n_embd}, block {cfg.block_size},"
-             f" {budget:,} target tokens per run; scored on {scored_on} val")
+    results = [run_variant(cfg, v, budget) for v in variant_list]
+    context = (f", context {variant_list[0].context_chars:.0f} characters" if variant_list[0].context_chars else
+               f", block {cfg.block_size}")
+    title = (f"{cfg.what} ablation: {cfg.model_type} {cfg.n_layer}x{cfg.n_embd}{context}, {each} per run;"
+             f" scored on {scored_on} val")
     markdown = table(results, cfg.what)
     with storage.atomic_write(os.path.join(cfg.ablation_dir, 'results.md'), 'w') as f:
         f.write(f"{title}\n\n{markdown}")
     with storage.atomic_write(os.path.join(cfg.ablation_dir, 'results.json'), 'w') as f:
         json.dump({'config': dataclasses.asdict(cfg), 'scored_on': scored_on, 'documents': documents.starts.size,
                    'targets': int(documents.pairs.sum()), 'chars': chars, 'results': results}, f, indent=1)
-    plot(results, os.path.join(cfg.ablation_dir, 'ablation.png'), title)
+    plot(results, os.path.join(cfg.ablation_dir, 'ablation.png'), title, cfg.what)
     print(f"\n{markdown}\nwrote {cfg.ablation_dir}/results.md, results.json, ablation.png")
     return results
 

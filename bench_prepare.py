@@ -2,6 +2,7 @@
 
     python bench_prepare.py                          # 200 MB and 400 MB corpora, every core
     python bench_prepare.py --sizes_mb=[200] --num_proc=2
+    python bench_prepare.py --sizes_mb=[20] --corpus_only=True --work_dir=data   # only write data/stories_20mb.jsonl
 
 For each corpus size it writes a JSON-lines corpus of story-like text (generated here, no download), then in
 the same run measures, with the same number of workers:
@@ -12,6 +13,9 @@ the same run measures, with the same number of workers:
              costs about as much as the encoding itself
   prepare    `python prepare.py DIR --source=corpus.jsonl --num_proc=N` in a fresh process with an empty
              datasets cache: JSON -> Arrow, tokenize, write the bins, checksums, everything a user waits for
+  learned    the same prepare with --vocab_size=learned_vocab_size: a byte-level BPE learned from the training
+             split, then encoded through the same writer; its MB/s (learning included) against raw GPT-2 tiktoken,
+             and the seconds the learning alone takes on the texts in memory (one process)
 and reports MB/s and tokens/s of both, their ratio, and prepare's peak memory: the proportional set size
 (PSS: each page shared by n processes counts 1/n in each, so forked workers sharing the parent's pages are not
 counted twice) summed over prepare's process and all its workers, sampled every 50 ms from /proc (Linux).
@@ -29,6 +33,7 @@ import threading
 import time
 
 import prepare
+import tokenizer as tok
 from configurator import UserError, option, parse, run
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -41,6 +46,9 @@ class BenchConfig:
     work_dir: str = ''            # where corpora and prepared data go ('' = a directory in the system temp)
     keep: bool = False            # keep the corpora for the next run (they are regenerated only if missing)
     seed: int = option(1337, low=0, high=2**32 - 1)  # seeds the generated corpus
+    learned_vocab_size: int = option(512, low=0)  # also prepare with a BPE of this many ids learned from the
+    #                               corpus (0 = skip)
+    corpus_only: bool = False     # only write the corpora (work_dir/stories_<size>mb.jsonl), measure nothing
 
 
 NAMES = ['Lily', 'Tom', 'Mia', 'Ben', 'Sara', 'Max', 'Anna', 'Sam', 'Lucy', 'Jack', 'Zoe', 'Leo', 'Ella', 'Finn',
@@ -128,6 +136,13 @@ def ideal_seconds(texts, num_proc):
     return time.perf_counter() - start
 
 
+def timed_learning(texts, vocab_size):
+    """Seconds that learning a BPE of vocab_size ids from texts (already in memory) takes."""
+    start = time.perf_counter()
+    tok.LearnedBPETokenizer.build(texts, vocab_size, total=len(texts))
+    return time.perf_counter() - start
+
+
 def encode_share(texts, start, end):
     import tiktoken
     encoding = tiktoken.get_encoding('gpt2')
@@ -186,17 +201,19 @@ def _smaps_rollup(pid):
         return {}
 
 
-def run_prepare(corpus, data_dir, num_proc, cache_dir):
+def run_prepare(corpus, data_dir, num_proc, cache_dir, *options):
     """(seconds, meta, peak memory) of prepare.py on the corpus in a fresh process with an empty datasets cache."""
     env = dict(os.environ, HF_DATASETS_CACHE=cache_dir, HF_DATASETS_OFFLINE='1')
+    shutil.rmtree(cache_dir, ignore_errors=True)
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'prepare.py'), data_dir, f'--source={corpus}',
-                                f'--num_proc={num_proc}'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                                f'--num_proc={num_proc}', *options], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     memory = TreeMemory(process.pid)
     out, err = process.communicate()
     seconds = time.perf_counter() - start
     memory.stop()
+    shutil.rmtree(cache_dir, ignore_errors=True)
     if process.returncode:
         raise UserError(f"prepare.py failed: {err.strip().splitlines()[-1]}")
     with open(os.path.join(data_dir, 'meta.json')) as f:
@@ -215,16 +232,18 @@ def bench(cfg):
         corpus = os.path.join(work_dir, f'stories_{size_mb}mb.jsonl')
         if not os.path.exists(corpus):
             write_corpus(corpus, size_mb, cfg.seed)
+        if cfg.corpus_only:
+            print(f"wrote {corpus}")
+            continue
         mb = os.path.getsize(corpus) / 1e6
         texts = read_texts(corpus)
         text_mb = sum(len(t.encode()) for t in texts) / 1e6
         raw_seconds, raw_tokens = raw_tiktoken(texts, num_proc)
         ideal_mb_s = text_mb / ideal_seconds(texts, num_proc)
+        learn_s = timed_learning(texts, cfg.learned_vocab_size) if cfg.learned_vocab_size else None
         del texts
         data_dir, cache_dir = os.path.join(work_dir, f'data_{size_mb}'), os.path.join(work_dir, 'hf_cache')
-        shutil.rmtree(cache_dir, ignore_errors=True)
         seconds, meta, memory = run_prepare(corpus, data_dir, num_proc, cache_dir)
-        shutil.rmtree(cache_dir, ignore_errors=True)
         tokens = sum(s['tokens'] - s['documents'] for s in meta['splits'].values())  # less one eot per story
         assert tokens == raw_tokens, (tokens, raw_tokens)  # both sides did the same work
         result = {'corpus_mb': round(mb, 1), 'text_mb': round(text_mb, 1), 'tokens': tokens,
@@ -242,6 +261,17 @@ def bench(cfg):
               f" peak memory {result['peak_pss_mb']:.0f} MB PSS (anonymous {result['peak_anon_mb']:.0f} MB)",
               flush=True)
         shutil.rmtree(data_dir, ignore_errors=True)
+        if cfg.learned_vocab_size:
+            seconds, meta, memory = run_prepare(corpus, data_dir, num_proc, cache_dir,
+                                                f'--vocab_size={cfg.learned_vocab_size}')
+            result.update(learned_s=seconds, learned_mb_s=text_mb / seconds, learned_ratio=raw_seconds / seconds,
+                          learn_s=learn_s, learned_tokens=sum(s['tokens'] for s in meta['splits'].values()),
+                          learned_peak_pss_mb=memory.peak_pss / 1e6)
+            print(f"{text_mb:7.1f} MB of text, learned BPE of {cfg.learned_vocab_size:,} ids: prepare {seconds:6.1f} s"
+                  f" ({result['learned_mb_s']:.2f} MB/s, {result['learned_tokens'] / 1e6:.1f}M tokens), of which"
+                  f" learning ~{learn_s:.1f} s; ratio to raw GPT-2 tiktoken {result['learned_ratio']:.2f};"
+                  f" peak memory {result['learned_peak_pss_mb']:.0f} MB PSS", flush=True)
+            shutil.rmtree(data_dir, ignore_errors=True)
         if not cfg.keep:
             os.remove(corpus)
     return results

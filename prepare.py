@@ -5,13 +5,16 @@
     python prepare.py data/mytext --input=corpus.txt     # your own text, one document per line
     python prepare.py data/tinystories                   # TinyStories from the Hugging Face hub, GPT-2 BPE
     python prepare.py data/tinystories --max_docs=20000  # only the first 20,000 training stories
+    python prepare.py data/tinystories_bpe4k --source=tinystories --vocab_size=4096   # learns its own BPE first
+    python prepare.py data/akjv_bpe1k --vocab_size=1024  # AKJV with a byte-level BPE of 1,024 ids of its own
     python prepare.py data/mine --source=stories.jsonl --text_column=story   # a hub name or local files
     python prepare.py data/bach                          # Bach chorales from music21's corpus, MIDI events
     python prepare.py data/mymusic --input=folder --transpose=2   # your .mid files, transposed -2..+2 for training
 
 Naming: when --source or --tokenizer is not given, it is read from the directory name
 data/<source>[_<option>...]: `akjv_char` means source akjv, char tokenizer; `akjv_booked` adds book names;
-`tinystories` means source tinystories, whose default tokenizer is bpe.
+`tinystories` means source tinystories, whose default tokenizer is bpe (GPT-2's); `akjv_bpe1k` and
+`tinystories_bpe512` a byte-level BPE of 1,024 and 512 ids learned from the training split (--vocab_size).
 
 Every source becomes a `datasets.Dataset` per split with one text column (music: one column of note lists,
 see read_pieces), and one writer turns those into files, in memory bounded by --batch_size documents whatever
@@ -26,6 +29,7 @@ import ctypes
 import dataclasses
 import itertools
 import os
+import re
 import shutil
 import signal
 import sys
@@ -58,6 +62,10 @@ class PrepareConfig:
     text_column: str = 'text'    # dataset sources: the column that holds each document's text
     tokenizer: str = option('', choices=('', tok.TOKENIZERS), error=UNKNOWN)  # '' = word for akjv/text, midi
     #                              for music, else bpe (or the one the directory name gives)
+    vocab_size: int = option(0, low=0)  # bpe: learn a byte-level BPE of this many ids from the training split
+    #                              (0 = GPT-2's; a directory name such as data/akjv_bpe4k gives it too)
+    bpe_learn_from: str = option('train', choices=('train', 'all'))  # learned bpe: all (val too) only to measure
+    #                              what learning from the held-out text would leak
     booked: bool = False         # AKJV: prefix each verse with its book name ("Genesis: In the beginning ...")
     max_docs: int | None = option(None, low=1)  # keep only the first max_docs training documents (None = all);
     #                              val stays whole
@@ -86,12 +94,23 @@ def resolve(cfg):
     if source == 'midi' and not os.path.isdir(cfg.input):
         raise UserError(f"source midi needs --input=FOLDER, a folder of .mid files ({cfg.input or 'none'} given)")
     named_tokenizer = next((p for p in name_parts[1:] if p in tok.TOKENIZERS), '')
-    tokenizer = cfg.tokenizer or named_tokenizer or DEFAULT_TOKENIZER.get(source, 'bpe')
+    named_vocab = next((int(m[1]) << (10 if m[2] else 0) for p in name_parts[1:]
+                        if (m := re.fullmatch(r'bpe(\d+)(k?)', p))), 0)  # bpe4k: 4,096 ids
+    vocab_size = cfg.vocab_size or named_vocab
+    tokenizer = cfg.tokenizer or named_tokenizer or ('bpe' if vocab_size else DEFAULT_TOKENIZER.get(source, 'bpe'))
+    if vocab_size and tokenizer not in ('bpe', 'learned_bpe'):
+        raise UserError(f"--vocab_size={vocab_size} learns a byte-level BPE, not a {tokenizer} vocabulary: drop"
+                        f" --tokenizer={tokenizer}, or --vocab_size (word tokenizer: --max_vocab caps its size)")
+    if vocab_size or tokenizer == 'learned_bpe':
+        if not vocab_size:
+            raise UserError("--tokenizer=learned_bpe needs --vocab_size=N: how many ids to learn")
+        tok.LearnedBPETokenizer.check_vocab_size(vocab_size)
+        tokenizer = 'learned_bpe'
     if (source in MUSIC_SOURCES) != (tokenizer == 'midi'):
         raise UserError(f"--tokenizer={tokenizer} does not fit source {source}: music (data/bach, --input=FOLDER"
                         f" of .mid files) takes the midi tokenizer, text takes char, word or bpe")
     booked = cfg.booked or (source == 'akjv' and 'booked' in name_parts[1:])
-    return dataclasses.replace(cfg, source=source, tokenizer=tokenizer, booked=booked)
+    return dataclasses.replace(cfg, source=source, tokenizer=tokenizer, booked=booked, vocab_size=vocab_size)
 
 
 def akjv_documents(booked):
@@ -257,6 +276,10 @@ def texts_of(splits, batch_size):
 
 
 def build_tokenizer(cfg, splits):
+    if cfg.tokenizer == 'learned_bpe':  # from the training split only, so that no validation text shapes it
+        learned_from = splits if cfg.bpe_learn_from == 'all' else {'train': splits['train']}
+        return tok.LearnedBPETokenizer.build(texts_of(learned_from, cfg.batch_size), cfg.vocab_size,
+                                             total=sum(map(len, learned_from.values())))
     texts = texts_of(splits, cfg.batch_size)
     if cfg.tokenizer == 'midi':
         return tok.MidiTokenizer.build(steps_per_quarter=cfg.steps_per_quarter)

@@ -224,7 +224,7 @@ def generate(model, ids, max_new_tokens, *, temperature=1.0, top_k=0, top_p=1.0,
 
 def token_label(tokenizer, i):
     """How a token reads in a table: a special by its name, any other as its text in quotes."""
-    if isinstance(tokenizer, tok.VocabTokenizer) and i < len(tok.SPECIALS):
+    if isinstance(tokenizer, (tok.VocabTokenizer, tok.LearnedBPETokenizer)) and i < len(tok.SPECIALS):
         return tok.SPECIALS[i]
     return repr(tokenizer.decode([i]))
 

@@ -1,8 +1,8 @@
 """Tokenizers: text <-> token ids. The model never sees text, only the ids made here.
 
-Four kinds share one interface (build, encode, encode_lines, decode, to_meta, vocab_size and the special ids
-unk_id, bos_id, eos_id, pad_id). The character and word tokenizers learn their vocabulary from the corpus and
-put their special tokens at fixed indices, as the midi tokenizer does:
+Five kinds share one interface (build, encode, encode_lines, decode, to_meta, vocab_size and the special ids
+unk_id, bos_id, eos_id, pad_id). The character, word and learned BPE tokenizers learn their vocabulary from the
+corpus and put their special tokens at fixed indices, as the midi tokenizer does:
 
     0 <?>  unknown      1 <s>  start of a document      2 </s>  end of a document      3 <>  padding
 
@@ -11,6 +11,10 @@ The bpe tokenizer is GPT-2's byte-level BPE through tiktoken: a fixed vocabulary
 pad_id are None; bos_id is the end-of-text id too, so a prompt starts the way every document after the
 first does in training: right after the previous document's <|endoftext|>.
 
+The learned_bpe tokenizer is a byte-level BPE like GPT-2's, with its vocabulary learned from the training
+split instead (rustbpe learns the merges, tiktoken encodes with them): ids 0-3 the specials, 4-259 the 256 bytes,
+then the learned tokens. Bytes cannot be unknown, so unk_id is None and id 0 is never produced.
+
 The midi tokenizer encodes music, not text: notes (music.py) as performance events, see MidiTokenizer.
 
 A tokenizer serializes to a plain dict (to_meta) that prepare.py writes into meta.json and train.py into
@@ -18,10 +22,12 @@ every checkpoint; from_meta rebuilds it with nothing else at hand.
 """
 import codecs
 import collections
+import itertools
 import os
 import re
 
 import tiktoken
+from tqdm import tqdm
 
 import music
 from configurator import UserError
@@ -215,6 +221,114 @@ def load_tiktoken_encoding(name):
         del os.environ['TIKTOKEN_CACHE_DIR']
 
 
+class LearnedBPETokenizer:
+    """Byte-level BPE learned from a corpus: every string encodes, decode(encode(s)) == s.
+
+        0-3 the specials    4-259 the bytes 0x00-0xff    260 ... the learned tokens, in the order they were merged
+
+    The text is first split by GPT-4's pattern (words with their leading space, numbers of up to 3 digits,
+    punctuation runs, whitespace), so a token never spans two words. The vocabulary is stored as the learned
+    tokens' bytes (to_meta's 'tokens': each byte as the character of that code point, i.e. latin-1), plain
+    strings that meta.json and a weights_only checkpoint hold as they are.
+    """
+    kind = 'learned_bpe'
+    unit = 'char'
+    unk_id, bos_id, eos_id, pad_id = None, BOS_ID, EOS_ID, PAD_ID
+    special_text = {UNK_ID: '', BOS_ID: '', EOS_ID: '\n', PAD_ID: ''}  # as the char and word tokenizers read
+    first_learned = len(SPECIALS) + 256
+    max_vocab_size = 1 << 16  # token ids are stored as uint16
+    # GPT-4's split pattern (rustbpe's default, written here so that a vocabulary always encodes as it was learned)
+    pattern = (r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"
+               r"|\s*[\r\n]|\s+(?!\S)|\s+")
+
+    def __init__(self, tokens, pattern=None):
+        self.tokens = list(tokens)  # the learned tokens' bytes, id first_learned onward
+        self.pattern = pattern or self.pattern
+        ranks = {bytes([b]): len(SPECIALS) + b for b in range(256)}
+        for i, token in enumerate(self.tokens, self.first_learned):
+            ranks.setdefault(token, i)  # two merges may spell the same bytes: the first id is the one encoded
+        # tiktoken merges the pair whose result has the lowest rank first: the learned order, ids shifted by 4
+        self.encoding = tiktoken.Encoding(f'learned_bpe_{len(self.tokens)}', pat_str=self.pattern,
+                                          mergeable_ranks=ranks, special_tokens={})
+
+    @classmethod
+    def build(cls, texts, vocab_size, total=None):
+        """Learn vocab_size ids (specials included) from texts, an iterable of strings read once, in order.
+
+        Memory grows with the distinct pieces of text, not the corpus: rustbpe counts the pieces of a buffer of
+        texts at a time, in parallel. total (texts' length, if known) sizes the progress bar.
+        """
+        import rustbpe
+        cls.check_vocab_size(vocab_size)
+        def counted():
+            yield from tqdm(texts, total=total, desc='learn bpe: count', unit='doc', unit_scale=True, mininterval=1)
+            tqdm.write(f"learn bpe: merging the most frequent pairs, up to {vocab_size:,} ids")
+        learner = rustbpe.Tokenizer()
+        learner.train_from_iterator(counted(), vocab_size - len(SPECIALS), pattern=cls.pattern)
+        if learner.vocab_size < vocab_size - len(SPECIALS):  # every piece of the text is one token already
+            raise UserError(f"the training text yields only {learner.vocab_size + len(SPECIALS):,} ids, not"
+                            f" --vocab_size={vocab_size:,}: ask for at most that many, or give it more text")
+        by_rank = sorted((rank, bytes(token)) for token, rank in learner.get_mergeable_ranks())
+        return cls([token for rank, token in by_rank if rank >= 256])
+
+    @classmethod
+    def check_vocab_size(cls, vocab_size):
+        if not cls.first_learned <= vocab_size <= cls.max_vocab_size:
+            raise UserError(f"--vocab_size={vocab_size} must be {cls.first_learned:,} (4 specials + 256 bytes) to"
+                            f" {cls.max_vocab_size:,} (what uint16 token ids hold)")
+
+    @property
+    def vocab_size(self):
+        return self.first_learned + len(self.tokens)
+
+    def encode(self, text):
+        """Token ids of a string, or a list of id lists for a list of strings. No specials are added."""
+        if isinstance(text, str):
+            return self.encoding.encode_ordinary(text)
+        return [self.encoding.encode_ordinary(t) for t in text]
+
+    def encode_lines(self, lines):
+        """Each text (a whole document, line breaks and all) as <s> ids... </s>: one id list per text."""
+        return [[self.bos_id, *self.encoding.encode_ordinary(line), self.eos_id] for line in lines]
+
+    def decode(self, ids):
+        """The text of a sequence of ids; </s> reads as a line break, <s> and padding as nothing. Bytes that stop
+        inside a UTF-8 character read as U+FFFD."""
+        parts = []
+        for is_special, run in itertools.groupby(ids, key=lambda i: i < len(SPECIALS)):
+            parts.append(''.join(self.special_text[i] for i in run) if is_special else
+                         self.encoding.decode(list(run)))
+        return ''.join(parts)
+
+    def stream_decoder(self):
+        """A function of one id that returns the text it adds, whole characters only, as BPETokenizer's does;
+        a special reads as decode reads it, after the replacement character of any bytes it cut short."""
+        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')  # decode's errors, byte by byte
+        token_bytes = self.encoding.decode_single_token_bytes
+
+        def decode_next(i):
+            if i >= len(SPECIALS):
+                return utf8.decode(token_bytes(i))
+            cut_short = utf8.decode(b'', final=True)
+            utf8.reset()
+            return cut_short + self.special_text[i]
+        return decode_next
+
+    def to_meta(self):
+        return {'kind': self.kind, 'vocab_size': self.vocab_size, 'pattern': self.pattern,
+                'tokens': [token.decode('latin-1') for token in self.tokens], 'special_ids': special_ids(self)}
+
+    @classmethod
+    def from_meta(cls, meta):
+        return cls([token.encode('latin-1') for token in meta['tokens']], meta['pattern'])
+
+    def __getstate__(self):  # worker processes of prepare.py rebuild the encoding from the vocabulary
+        return self.to_meta()
+
+    def __setstate__(self, state):
+        self.__dict__.update(self.from_meta(state).__dict__)
+
+
 class MidiTokenizer:
     """Music as performance events on a time grid: notes (music.Note) <-> token ids.
 
@@ -331,7 +445,8 @@ class MidiTokenizer:
         return cls(meta['steps_per_quarter'], meta['max_shift'])
 
 
-TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer, BPETokenizer, MidiTokenizer)}
+TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer, BPETokenizer, LearnedBPETokenizer,
+                                        MidiTokenizer)}
 
 
 def special_ids(tokenizer):

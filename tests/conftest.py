@@ -93,6 +93,14 @@ def word_data(tmp_path_factory, corpus_file):
 
 
 @pytest.fixture(scope='session')
+def learned_data(tmp_path_factory, corpus_file):
+    """The verses with a byte-level BPE of 400 ids learned from their training split (named by the directory)."""
+    data_dir = str(tmp_path_factory.mktemp('data') / 'genesis_bpe400')
+    prepare.main([data_dir, f'--input={corpus_file}'])
+    return data_dir
+
+
+@pytest.fixture(scope='session')
 def gpt2_vocab():
     """GPT-2's BPE files in the tiktoken cache, put there by `make test` before the tests run."""
     if not fetch_gpt2_vocab.is_cached(fetch_gpt2_vocab.DEFAULT_DIR):

@@ -44,11 +44,10 @@ def test_every_run_is_scored_on_the_same_held_out_targets(windowing_run, char_da
     assert written['chars'] == written['targets']  # character level: a target per character and line break
     assert written['results'] == results
     for r in results:  # the last point of the curve is the run's final checkpoint, scored again here
-        documents, chars, _ = ablate.held_out(ablate.AblateConfig(data_dir=char_data, eval_documents=20),
-                                              [ablate.Variant(r['name'], {})])
+        documents, chars = ablate.held_out(ablate.AblateConfig(eval_documents=20), char_data)
         assert chars == written['chars']
         cfg = ablate.AblateConfig(data_dir=char_data, batch_size=8, device='cpu')
-        loss, bits = ablate.score(str(directory / r['name']), documents, chars, cfg)
+        loss, bits, _ = ablate.score(str(directory / r['name']), documents, chars, cfg)
         assert (loss, bits) == (r['val_loss'], r['val_bits_per_char'])
         assert 2 < r['val_loss'] < 4.5  # below uniform guessing over ~50 characters after 3000 targets
 
@@ -110,10 +109,34 @@ def test_data_size_needs_prepared_directories_with_one_val_split(char_data, word
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--what=depth'], 'must be windowing, data_size or dtype'),
+    (['--what=depth'], 'must be windowing, data_size, dtype or tokenizer'),
+    (['--what=tokenizer', '--tokenizers=char,bpe2x'], '--tokenizers: bpe2x: give char, word, bpe'),
+    (['--time_budget=-1'], '--time_budget must be 0'),
     (['--windowings=random,diagonal'], 'unknown diagonal; choose from random, sliding'),
     (['--points=0'], 'must be positive'),
 ])
 def test_bad_options_are_one_line_errors(argv, message):
     with pytest.raises(UserError, match=message):
         ablate.main(argv)
+
+
+def test_tokenizer_ablation_prepares_each_directory_and_gives_every_run_the_same_time(corpus_file, tmp_path):
+    config_dir = str(tmp_path / 'genesis_char')  # the config's data: character level, block_size 32
+    results = ablate.main([f'--data_dir={config_dir}', f'--out_dir={tmp_path}/out', *TINY_GPT, '--eval_iters=2',
+                           '--n_layer=1', '--what=tokenizer', '--tokenizers=char,bpe300', '--time_budget=2',
+                           '--calibration_iters=4', '--points=1', f'--prepare_args=--input={corpus_file}'])
+    char, bpe = results
+    assert [r['name'] for r in results] == ['char', 'bpe300']
+    metas = [storage.load_meta(str(tmp_path / name)) for name in ('genesis_char', 'genesis_bpe300')]
+    assert [m['tokenizer']['kind'] for m in metas] == ['char', 'learned_bpe'] and metas[1]['vocab_size'] == 300
+    assert metas[0]['splits']['val']['chars'] == metas[1]['splits']['val']['chars']  # the same held-out verses
+    # the same context in characters: 32 characters of block, in fewer tokens of the BPE
+    assert char['block_size'] == 32 and char['chars_per_token'] < 1.1
+    assert bpe['chars_per_token'] > 1.5 and bpe['block_size'] == round(32 * char['chars_per_token'] /
+                                                                       bpe['chars_per_token'])
+    for r in results:  # max_iters fitted from the calibration, then trained to exactly that
+        assert r['calibration']['iters'] == 4 and r['iters'] >= 1 and r['curve'][-1]['iter'] == r['iters']
+        assert r['settings']['time_budget'] == 2 and 0 < r['val_bits_per_char'] < 8
+    assert bpe['parameters'] > char['parameters']  # a 300-id embedding and output layer
+    markdown = (tmp_path / 'out-ablate-tokenizer' / 'results.md').read_text()
+    assert '| tokenizer | vocab | chars/token | block | parameters | tokens/s | iterations |' in markdown

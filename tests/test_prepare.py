@@ -1,7 +1,10 @@
 import collections
+import dataclasses
 import json
 import os
+import re
 
+import datasets
 import numpy as np
 import pytest
 
@@ -9,10 +12,10 @@ import prepare
 import storage
 import tokenizer as tok
 from configurator import UserError
-from conftest import documents_of
+from conftest import documents_of, run_script
 
 
-@pytest.mark.parametrize('data', ['char_data', 'word_data'])
+@pytest.mark.parametrize('data', ['char_data', 'word_data', 'learned_data'])
 def test_decoding_train_and_val_gives_back_every_document(data, verses, request):
     data_dir = request.getfixturevalue(data)
     train, val = documents_of(data_dir, 'train'), documents_of(data_dir, 'val')
@@ -113,3 +116,45 @@ def test_bins_are_plain_arrays(char_data):
     assert offsets[0] == 0 and offsets[-1] == len(tokens) and np.all(np.diff(offsets) >= 2)
     assert np.all(tokens[offsets[:-1]] == tok.BOS_ID) and np.all(tokens[offsets[1:] - 1] == tok.EOS_ID)
     assert json.load(open(os.path.join(char_data, 'meta.json')))['splits']['train']['documents'] == 360
+
+
+def test_learned_bpe_is_named_by_the_directory_and_learned_from_the_training_split(learned_data):
+    meta = storage.load_meta(learned_data)
+    assert meta['tokenizer']['kind'] == 'learned_bpe' and meta['vocab_size'] == 400 and meta['dtype'] == 'uint16'
+    assert meta['options']['tokenizer'] == 'learned_bpe' and meta['options']['vocab_size'] == 400
+
+
+def test_learned_vocabulary_never_sees_the_validation_split(verses):
+    # 'Zyzzogeton' is in every validation document and nowhere in training
+    splits = {'train': datasets.Dataset.from_dict({'text': verses[:200]}),
+              'val': datasets.Dataset.from_dict({'text': ['The Zyzzogeton Zyzzogeton came.'] * 100})}
+    cfg = prepare.PrepareConfig(tokenizer='learned_bpe', vocab_size=600)
+    from_train = prepare.build_tokenizer(cfg, splits)
+    from_all = prepare.build_tokenizer(dataclasses.replace(cfg, bpe_learn_from='all'), splits)
+    assert len(from_train.encode(' Zyzzogeton')) > 2
+    assert len(from_all.encode(' Zyzzogeton')) == 1  # the control: learned from val too, it is one token
+    assert 'yzzog' not in ''.join(from_train.decode([i]) for i in range(260, 600))
+
+
+def test_learned_bpe_prepare_is_deterministic(corpus_file, tmp_path):
+    # two processes (their hash maps seeded differently): the same vocabulary and the same bytes
+    runs = [run_script('prepare.py', str(tmp_path / name), f'--input={corpus_file}', '--vocab_size=500')
+            for name in ('a', 'b')]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    a, b = (storage.load_meta(str(tmp_path / name)) for name in ('a', 'b'))
+    assert a['tokenizer'] == b['tokenizer'] and len(a['tokenizer']['tokens']) == 500 - 260
+    assert a['files'] == b['files']  # sizes and sha256 of train.bin, val.bin and the offsets
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--vocab_size=259'], r'--vocab_size=259 must be 260 \(4 specials \+ 256 bytes\) to 65,536'),
+    (['--vocab_size=65537'], '--vocab_size=65537 must be 260'),
+    (['--vocab_size=30000'], 'the training text yields only [0-9,]+ ids, not --vocab_size=30,000'),
+    (['--vocab_size=512', '--tokenizer=char'], '--vocab_size=512 learns a byte-level BPE, not a char vocabulary'),
+    (['--tokenizer=learned_bpe'], '--tokenizer=learned_bpe needs --vocab_size=N'),
+])
+def test_bad_vocab_size_is_one_line_and_writes_nothing(corpus_file, tmp_path, args, message):
+    result = run_script('prepare.py', str(tmp_path / 'out'), f'--input={corpus_file}', *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and re.fullmatch(f'error: {message}.*', lines[-1]), result.stderr
+    assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'out')

@@ -8,9 +8,11 @@ import torch
 
 import checkpoint
 import sample
+import storage
 import tokenizer as tok
+import train
 from configurator import UserError
-from conftest import run_script
+from conftest import TINY_GPT, run_script
 
 
 def test_sample_in_a_fresh_process_needs_only_the_checkpoint(tiny_checkpoint, tmp_path):
@@ -164,3 +166,21 @@ def test_streaming_decodes_each_token_once(model, request, monkeypatch):
     assert out.getvalue() == text + sample.SEPARATOR and text == 'And' + real_decode(tokenizer, ids)
     assert len(out.pieces) == 1 + len(ids)  # the prompt, then one write per token
     assert sum(decoded) <= 2 * len(ids)  # the whole sample once at its end (and the prompt); not at every token
+
+
+def test_learned_bpe_checkpoint_samples_with_its_data_directory_deleted(learned_data, tmp_path):
+    data_dir, out_dir = str(tmp_path / 'genesis_bpe400'), str(tmp_path / 'out')
+    shutil.copytree(learned_data, data_dir)
+    train.main([f'--data_dir={data_dir}', f'--out_dir={out_dir}', '--max_iters=10', '--eval_interval=10',
+                *TINY_GPT])
+    shutil.rmtree(data_dir)
+    path = os.path.join(out_dir, 'ckpt.pt')
+    raw = torch.load(path, weights_only=True)  # the vocabulary is plain strings and ints
+    assert raw['tokenizer'] == storage.load_meta(learned_data)['tokenizer'] and raw['model_args']['vocab_size'] == 400
+    result = run_script('sample.py', f'--checkpoint={path}', '--start=And God', '--max_new_tokens=20',
+                        '--device=cpu', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('And God') and len(result.stdout) > len('And God') + 10
+    table = sample.probability_table(checkpoint.restore_model(raw).eval(), tok.from_meta(raw['tokenizer']),
+                                     torch.tensor([[1]]), 400, sample.SampleConfig())
+    assert any(' </s> ' in line for line in table)  # a special is labelled by its name

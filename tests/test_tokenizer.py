@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tokenizer as tok
+from configurator import UserError
 from conftest import ROOT
 from tools import fetch_gpt2_vocab
 
@@ -16,7 +17,7 @@ VOCAB_KINDS = {kind: cls for kind, cls in tok.TOKENIZERS.items() if issubclass(c
 
 
 def test_special_ids_are_fixed_for_every_vocabulary_kind():
-    assert set(VOCAB_KINDS) == {'char', 'word'}
+    assert set(VOCAB_KINDS) == {'char', 'word'}  # learned_bpe: test_learned_bpe_exact_ids_on_a_tiny_corpus
     for kind, cls in VOCAB_KINDS.items():
         t = cls.build(CORPUS)
         assert t.vocab[:4] == ['<?>', '<s>', '</s>', '<>'], kind
@@ -207,3 +208,56 @@ def test_bpe_streams_whole_characters_across_the_tokens_that_split_them(bpe, tex
 @given(st.lists(st.integers(0, 255) | st.integers(0, 50256), max_size=30))  # 0-255: GPT-2's one-byte tokens
 def test_bpe_streams_exactly_its_decode_for_any_ids(bpe, ids):  # bytes that make no UTF-8 included
     assert_streams_as_it_decodes(bpe, ids)
+
+
+LEARN_FROM = ['the cat and the hat', 'then the end']
+
+
+def test_learned_bpe_exact_ids_on_a_tiny_corpus():
+    t = tok.LearnedBPETokenizer.build(LEARN_FROM, 264)
+    # 'he' and 'th' tie at 4: the lower pair ('h' 104 < 't' 116) first; then ' the' and 'at' tie at 2
+    assert [t.decode([i]) for i in range(260, 264)] == ['he', 'the', ' the', 'at']
+    assert t.vocab_size == 264 and (t.unk_id, t.bos_id, t.eos_id, t.pad_id) == (None, 1, 2, 3)
+    assert t.encode('the hat then') == [261, 4 + ord(' '), 4 + ord('h'), 263, 262, 4 + ord('n')]
+    assert t.encode_lines(['the', 'é']) == [[1, 261, 2], [1, 4 + 0xc3, 4 + 0xa9, 2]]  # bytes are the base
+    assert t.decode([1, 261, 2, 3, 1, 263, 2]) == 'the\nat\n'
+
+
+def test_learned_bpe_meta_is_plain_json_and_round_trips():
+    t = tok.LearnedBPETokenizer.build(LEARN_FROM + ['naïve café ☕'], 280)
+    meta = t.to_meta()
+    assert json.loads(json.dumps(meta)) == meta and all(type(s) is str for s in meta['tokens'])
+    assert meta['special_ids'] == {'unk': None, 'bos': 1, 'eos': 2, 'pad': 3}
+    again = tok.from_meta(meta)
+    assert type(again) is tok.LearnedBPETokenizer and again.to_meta() == meta
+    assert again.encode('naïve cat café ☕') == t.encode('naïve cat café ☕')
+
+
+def test_learned_bpe_says_when_the_corpus_cannot_fill_the_vocabulary():
+    with pytest.raises(UserError, match='yields only 2[0-9]{2} ids'):
+        tok.LearnedBPETokenizer.build(LEARN_FROM, 400)
+    for size in (259, 65537):
+        with pytest.raises(UserError, match='260 .* to 65,536'):
+            tok.LearnedBPETokenizer.build(LEARN_FROM, size)
+
+
+@pytest.fixture(scope='module')
+def learned():
+    return tok.LearnedBPETokenizer.build(CORPUS + LEARN_FROM, 300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_learned_bpe_streams_exactly_its_decode_for_any_ids(learned, data):  # specials, broken UTF-8 included
+    ids = data.draw(st.lists(st.integers(0, learned.vocab_size - 1), max_size=30))
+    assert_streams_as_it_decodes(learned, ids)
+    text = 'é🐉 said “héllo” then'
+    assert streamed(learned, learned.encode(text))[-1] == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_learned_bpe_round_trip_any_text(learned, text):
+    ids = learned.encode(text)
+    assert learned.decode(ids) == text and all(4 <= i < learned.vocab_size for i in ids)
+    assert learned.decode([learned.bos_id, *ids, learned.eos_id]) == text + '\n'
