@@ -111,7 +111,7 @@ def test_data_size_needs_prepared_directories_with_one_val_split(char_data, word
 @pytest.mark.parametrize('argv, message', [
     (['--what=depth'], 'must be windowing, data_size, dtype or tokenizer'),
     (['--what=tokenizer', '--tokenizers=char,bpe2x'], '--tokenizers: bpe2x: give char, word, bpe'),
-    (['--time_budget=-1'], '--time_budget must be 0'),
+    (['--time_budget=-1'], '--time_budget=-1.0 must be 0 or more'),
     (['--windowings=random,diagonal'], 'unknown diagonal; choose from random, sliding'),
     (['--points=0'], 'must be positive'),
 ])
@@ -122,7 +122,7 @@ def test_bad_options_are_one_line_errors(argv, message):
 
 def test_tokenizer_ablation_prepares_each_directory_and_gives_every_run_the_same_time(corpus_file, tmp_path):
     config_dir = str(tmp_path / 'genesis_char')  # the config's data: character level, block_size 32
-    results = ablate.main([f'--data_dir={config_dir}', f'--out_dir={tmp_path}/out', *TINY_GPT, '--eval_iters=2',
+    results = ablate.main([f'--data_dir={config_dir}', f'--out_dir={tmp_path}/out', *TINY_GPT, '--eval_tokens=512',
                            '--n_layer=1', '--what=tokenizer', '--tokenizers=char,bpe300', '--time_budget=2',
                            '--calibration_iters=4', '--points=1', f'--prepare_args=--input={corpus_file}'])
     char, bpe = results
