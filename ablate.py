@@ -51,6 +51,7 @@ import tokenizer as tok
 import train
 import trainlog
 from configurator import UserError, option, parse, run
+from loss import mean_loss
 
 DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'
 UNKNOWN_WINDOWINGS = '--windowings: unknown {bad}; choose from {choices}'
@@ -192,7 +193,7 @@ def score(out_dir, documents, chars, cfg):
     model = checkpoint.restore_model(ckpt).to(device)
     windows = batching.evaluation_windows(documents, cfg.batch_size, ckpt['model_args']['block_size'])
     # in float32 whatever a run trained in: the dtype ablation compares what training learned, scored alike
-    loss = train.mean_loss(model, windows, windows.batches_per_epoch, device, torch.float32, batching.IGNORE_INDEX)
+    loss = mean_loss(model, windows, windows.batches_per_epoch, device, torch.float32, batching.IGNORE_INDEX)
     parameters = sum(p.numel() for p in model.parameters())
     return loss, loss * float(documents.pairs.sum()) / math.log(2) / chars, parameters
 

@@ -8,6 +8,7 @@ import time
 import torch
 
 import batching
+import loss
 import perf
 import runtime
 import train
@@ -103,8 +104,8 @@ class Trainer:
         self.raw_model = build_model(ctx.model_args(model_type, shape, vocab_size)).to(device)
         self.optimizer = train.make_optimizer(self.raw_model, self.tcfg, device)
         model = torch.compile(self.raw_model) if compiled else self.raw_model
-        self.chunk_rows = train.micro_batch_rows(self.raw_model.args, self.tcfg, device, dtype, batch_size)[0]
-        self.batch_loss = train.BatchLoss(model, self.batches, device, dtype, ctx.ignore_index,
+        self.chunk_rows = loss.micro_batch_rows(self.raw_model.args, self.tcfg, device, dtype, batch_size)[0]
+        self.batch_loss = loss.BatchLoss(model, self.batches, device, dtype, ctx.ignore_index,
                                           rows_per_chunk=self.chunk_rows)
         self.scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
         self.device, self.dtype, self.compiled, self.batch_size = device, dtype, compiled, batch_size

@@ -65,7 +65,7 @@ def plan_train(ctx):
         try:
             first_step_s = trainer.warm_up(cfg.warmup)
             step_s = perf.median_seconds(trainer.step, device, cfg.repeats)
-            # the part of a step in which train.BatchLoss draws a batch and moves it to the device
+            # the part of a step in which loss.BatchLoss draws a batch and moves it to the device
             data_s = perf.median_seconds(lambda: batching.to_device(next(trainer.batches), device), device,
                                          4 * cfg.repeats)
         finally:

@@ -3,6 +3,7 @@ checked before training, a signal that stops after the step and saves, the step-
 step gets past into a checkpoint, and the command that resumes."""
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import math
 import os
@@ -77,6 +78,42 @@ def refuse_to_replace(out_dir):
         what = "unreadable"
     raise UserError(f"{out_dir} already holds a trained model ({path}: {what}): continue it with"
                     f" --init_from=resume, train into another --out_dir, or replace it with --overwrite=True")
+
+
+def load_resumable(out_dir, say):
+    """(path, checkpoint) to resume from out_dir: ckpt.pt, or best.pt where there is no ckpt.pt (a run killed while
+    it wrote its first ckpt.pt leaves that: best.pt is written first, and holds all a resume needs). A damaged
+    ckpt.pt beside best.pt: the error says how to resume best.pt instead."""
+    ckpt_path, best_path = (os.path.join(out_dir, name) for name in CHECKPOINTS)
+    if not os.path.exists(ckpt_path):
+        if not os.path.exists(best_path):
+            raise UserError(f"nothing to resume in {out_dir} (no ckpt.pt or best.pt): train from scratch first"
+                            f" (--init_from=scratch) or fix --out_dir")
+        say(f"{out_dir} has no ckpt.pt: resuming best.pt, the checkpoint of its lowest val loss")
+        return best_path, checkpoint.load(best_path)
+    try:
+        return ckpt_path, checkpoint.load(ckpt_path)
+    except UserError as error:
+        if not os.path.exists(best_path):
+            raise
+        raise UserError(f"{error}; to resume from best.pt (the checkpoint of the lowest val loss), move"
+                        f" {ckpt_path} aside and resume again") from None
+
+
+def write_error(path, error, out_dir, iter_num, last_checkpoint):
+    """The UserError for a file of out_dir that could not be written at iteration iter_num: what to do about the
+    disk, and how to go on from last_checkpoint, (path, its iteration, the resume command) or False if none."""
+    if last_checkpoint:
+        ckpt_path, saved_iter, command = last_checkpoint
+        then = f"then resume from {ckpt_path} (iteration {saved_iter}, the last checkpoint written): {command}"
+    else:
+        then = "then start again"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = (f"{storage.free_space(out_dir)}: free some space there (or move {out_dir} to a disk with room and"
+               f" pass its new --out_dir)")
+    else:
+        fix = f"make {out_dir} writable again"
+    return UserError(f"cannot write {path} at iteration {iter_num}: {error.strerror}; {fix}, {then}")
 
 
 def prepare_out_dir(out_dir, checkpoint_bytes):

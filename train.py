@@ -15,7 +15,6 @@ Under torchrun (see distributed.py) the processes share each optimizer step's ba
 """
 import contextlib
 import dataclasses
-import errno
 import math
 import os
 import signal
@@ -23,24 +22,22 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import batching
 import checkpoint
 import configurator
 import distributed
-import perf
 import runtime
 import storage
 from checkpoint import seed_everything
 from configurator import UNKNOWN, UserError, option, parse, run
-from distributed import micro_steps_per_process, unwrap
+from distributed import micro_steps_per_process
+from loss import BatchLoss, mean_loss, micro_batch_rows
 from model import MODELS, ModelArgs, build_model
 from optim import learning_rate, make_optimizer, train_step
-from reliability import (CHECKPOINTS, MAX_SKIPPED_IN_A_ROW, OutDirLock, StepLosses, StopOnSignal, prepare_out_dir,
-                         refuse_to_replace, resume_command, weights_finite)
+from reliability import (CHECKPOINTS, MAX_SKIPPED_IN_A_ROW, OutDirLock, StepLosses, StopOnSignal, load_resumable,
+                         prepare_out_dir, refuse_to_replace, resume_command, weights_finite, write_error)
 from trainlog import MetricsLog
 
 EVAL_SEED = 0  # the same val windows for every run, whatever its training seed, so runs compare
@@ -101,103 +98,6 @@ class TrainConfig:
     verify_data: bool = True      # check the data files' sha256 against meta.json at start (about 1 s per GB)
 
 
-def lm_loss(logits, targets, ignore_index, reduction='mean'):
-    """Next-token cross-entropy in nats over the targets that are not ignore_index: their mean, or their sum."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index,
-                           reduction=reduction)
-
-
-def detach_hidden(hidden):
-    """Cut the graph at a TBPTT boundary: keep the LSTM state's values, drop their history."""
-    return tuple(h.detach() for h in hidden)
-
-
-def row_chunks(batch_size, rows_per_chunk):
-    """The row slices that cut a batch into micro-batches of at most rows_per_chunk rows."""
-    return [slice(a, min(a + rows_per_chunk, batch_size)) for a in range(0, batch_size, rows_per_chunk)]
-
-
-class BatchLoss:
-    """Calling it runs the model on the next batch of one batch source and returns the mean loss over the
-    batch's real targets; target_count holds how many there were (a device tensor: reading it waits), and
-    weight the batch's weight in a training step (batching.Batch.weight).
-
-    A batch whose logits and activations would not fit in memory runs in micro-batches of rows_per_chunk rows
-    (see runtime.rows_per_chunk): each chunk's loss is its sum over its targets divided by the whole batch's
-    target count, so the chunks' losses (and gradients) add up to the batch's mean. Given backward, calling it
-    runs backward on each chunk's loss as soon as it is computed, so that one chunk's graph is held at a time,
-    and returns the loss detached. On a DistributedDataParallel model, gradients are averaged over the processes
-    in the backward pass of the last chunk only, and only when sync is set (see train_step).
-
-    For the LSTM it carries the hidden state from batch to batch of a contiguous source (streams, packed):
-    detached between batches, reset to zeros where the source starts its streams over. With any other source
-    every batch starts from zeros, and there is no state to carry (hidden stays None).
-    """
-
-    def __init__(self, model, batches, device, dtype, ignore_index, hidden=None, rows_per_chunk=None):
-        self.model, self.batches = model, batches
-        self.device, self.dtype, self.ignore_index = device, dtype, ignore_index
-        self.is_recurrent = unwrap(model).args.model_type == 'lstm'
-        self.hidden, self.target_count, self.weight = hidden, None, 1.0
-        self.rows_per_chunk, self.sync = rows_per_chunk, True
-
-    def __call__(self, backward=None):
-        is_fresh = self.hidden is None or self.batches.is_epoch_start
-        batch = batching.to_device(next(self.batches), self.device)
-        rows = batch.x.shape[0]
-        hidden = self.hidden
-        if self.is_recurrent and is_fresh:
-            hidden = unwrap(self.model).init_hidden(rows, self.device)
-        self.target_count, self.weight = (batch.y != self.ignore_index).sum(), batch.weight
-        chunks = row_chunks(rows, self.rows_per_chunk or rows)
-        if len(chunks) == 1:  # the whole batch at once: its mean loss, as computed before chunking existed
-            loss, hidden = self._forward(batch, hidden, is_last=True)
-            if backward:
-                backward(loss)
-                loss = loss.detach()
-        else:
-            total, pieces = torch.zeros((), device=batch.x.device), []
-            for i, part in enumerate(chunks):
-                chunk = batch._replace(**{k: t[part] for k, t in batching.tensors(batch)})
-                chunk_hidden = tuple(h[:, part] for h in hidden) if hidden is not None else None
-                loss, chunk_hidden = self._forward(chunk, chunk_hidden, is_last=i == len(chunks) - 1, total=True)
-                loss = loss / self.target_count
-                if backward:
-                    backward(loss)
-                    loss = loss.detach()
-                total = total + loss
-                pieces.append(chunk_hidden)
-            loss = total
-            hidden = tuple(torch.cat(h, dim=1) for h in zip(*pieces)) if self.is_recurrent else None
-        if self.is_recurrent:
-            self.hidden = detach_hidden(hidden) if self.batches.is_contiguous else None
-        return loss
-
-    def _forward(self, batch, hidden, is_last, total=False):
-        """The loss of one (micro-)batch, its mean or (total) its sum, and the LSTM state after it."""
-        if isinstance(self.model, DistributedDataParallel):
-            # Average the gradients over the processes in one backward pass per optimizer step: the last chunk's
-            # of its last micro-step. DDP's no_sync() context manager does this by setting this flag for its
-            # block (DDP reads it in forward); setting it here keeps one line for both cases instead of two.
-            self.model.require_backward_grad_sync = self.sync and is_last
-        with runtime.autocast(self.device, self.dtype):
-            if self.is_recurrent:
-                logits, hidden = self.model(batch.x, hidden, positions=batch.positions)
-            else:
-                logits = self.model(batch.x, positions=batch.positions, doc_ids=batch.doc_ids)
-            if total:
-                return lm_loss(logits, batch.y, self.ignore_index, reduction='sum'), hidden
-            return lm_loss(logits, batch.y, self.ignore_index), hidden
-
-
-def micro_batch_rows(args, cfg, device, dtype, rows):
-    """(rows per micro-batch, bytes a row needs, the budget in bytes) for batches of rows rows of the model
-    args describes, under --max_memory (see BatchLoss and runtime.memory_budget)."""
-    bytes_per_row = perf.training_bytes_per_token(args, dtype.itemsize) * cfg.block_size
-    budget = runtime.memory_budget(cfg.max_memory, device)
-    return runtime.rows_per_chunk(rows, bytes_per_row, budget), bytes_per_row, budget
-
-
 def eval_batches(cfg):
     """How many batches an evaluation of eval_tokens runs: whole batches, at least one."""
     return max(1, -(-cfg.eval_tokens // (cfg.batch_size * cfg.block_size)))
@@ -210,25 +110,6 @@ def evaluate(model, documents, cfg, device, dtype, ignore_index, world=None, row
     batches = make_batches(cfg, documents, 'evaluation', EVAL_SEED, world=world)
     n = min(eval_batches(cfg), getattr(batches, 'batches_per_epoch', eval_batches(cfg)))
     return mean_loss(model, batches, n, device, dtype, ignore_index, world, rows_per_chunk, name)
-
-
-@torch.no_grad()
-def mean_loss(model, batches, n, device, dtype, ignore_index, world=None, rows_per_chunk=None, name='eval'):
-    """Loss per real target token over the single process's next n batches of batches (batches with more
-    padding weigh less), in micro-batches of at most rows_per_chunk rows, with a progress bar named name. In
-    a run of several processes each runs its share of them (every batch on its rows, or batches rank,
-    rank + size, ...; see batching.py), and every process gets the whole figure."""
-    world = world or distributed.World()
-    batch_loss = BatchLoss(model, batches, device, dtype, ignore_index, rows_per_chunk=rows_per_chunk)
-    mine = n if batches.is_contiguous else len(range(world.rank, n, world.size))
-    total, count = torch.zeros((), device=device), torch.zeros((), device=device)
-    model.eval()
-    for _ in tqdm(range(mine), desc=name, unit='batch', leave=False, dynamic_ncols=True,
-                  disable=None if world.is_main and mine > 1 else True):  # None: off where stderr is no terminal
-        loss = batch_loss()
-        total, count = total + loss * batch_loss.target_count, count + batch_loss.target_count
-    model.train()
-    return (world.sum(total) / world.sum(count)).item()
 
 
 def make_batches(cfg, documents, name, seed, device='cpu', world=None):
@@ -352,8 +233,8 @@ class Run:
         self.ckpt_path, self.best_path = (os.path.join(cfg.out_dir, name) for name in CHECKPOINTS)
         if cfg.init_from == 'scratch' and not cfg.overwrite:  # before anything in out_dir is touched
             world.on_main(refuse_to_replace, cfg.out_dir)
-        self.resumed_path = self.resume_source(cfg.out_dir) if cfg.init_from == 'resume' else None
-        resumed = self.load_resumed() if self.resumed_path else None
+        self.resumed_path, resumed = load_resumable(cfg.out_dir, world.say) if cfg.init_from == 'resume' else \
+            (None, None)
         if resumed:  # the model's shape is the checkpoint's, whatever the config says
             cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
         check_config(cfg)
@@ -383,12 +264,7 @@ class Run:
         hidden = self.resume(resumed, batches) if resumed else None
         is_compiled = runtime.resolve_compile(cfg.compile, device)
         self.model = torch.compile(self.raw_model) if is_compiled else self.raw_model
-        self.rows = cfg.batch_size // world.size if batching.shares_rows(cfg.windowing, cfg.model_type) \
-            else cfg.batch_size  # the rows of a batch this process runs
-        self.chunk_rows, self.bytes_per_row, self.budget = micro_batch_rows(self.args, cfg, device, self.dtype,
-                                                                            self.rows)
-        self.batch_loss = BatchLoss(world.wrap(self.model), batches, device, self.dtype, batching.IGNORE_INDEX,
-                                    hidden, self.chunk_rows)
+        self.batch_loss = self.make_batch_loss(batches, hidden)
         self.log = MetricsLog(cfg.out_dir, resume_iter=self.state.iter_num if resumed else None) \
             if world.is_main else None
         # bits per character (text) or per note (music), besides per token: a figure that tokenizers do not change;
@@ -400,32 +276,22 @@ class Run:
         self.tokens_per_unit = float(val_targets) / val_counts[self.unit + 's'] if self.unit != 'token' else 1.0
         self.tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         world.say(self.description())
-        if self.chunk_rows < self.rows:
-            world.say(f"a batch of {self.rows} rows needs about {self.rows * self.bytes_per_row / 2**20:,.0f} MB for"
-                      f" its logits and activations, over the {self.budget / 2**20:,.0f} MB of --max_memory="
-                      f"{cfg.max_memory}: it runs in micro-batches of {self.chunk_rows} rows (the same step, in"
-                      f" {-(-self.rows // self.chunk_rows)} parts)")
+        if self.micro_batches:
+            world.say(self.micro_batches)
 
-    def resume_source(self, out_dir):
-        """ckpt.pt, or best.pt where there is no ckpt.pt (a run killed while it wrote its first ckpt.pt leaves that:
-        best.pt is written first, and holds all a resume needs)."""
-        if os.path.exists(self.ckpt_path):
-            return self.ckpt_path
-        if not os.path.exists(self.best_path):
-            raise UserError(f"nothing to resume in {out_dir} (no ckpt.pt or best.pt): train from scratch first"
-                            f" (--init_from=scratch) or fix --out_dir")
-        self.world.say(f"{out_dir} has no ckpt.pt: resuming best.pt, the checkpoint of its lowest val loss")
-        return self.best_path
-
-    def load_resumed(self):
-        """The checkpoint to resume; where ckpt.pt is damaged and best.pt is there, the error says how to use it."""
-        try:
-            return checkpoint.load(self.resumed_path)
-        except UserError as error:
-            if self.resumed_path != self.ckpt_path or not os.path.exists(self.best_path):
-                raise
-            raise UserError(f"{error}; to resume from best.pt (the checkpoint of the lowest val loss), move"
-                            f" {self.ckpt_path} aside and resume again") from None
+    def make_batch_loss(self, batches, hidden):
+        """The training batches' BatchLoss, in micro-batches where a batch would not fit --max_memory (then
+        self.micro_batches is the line that says so)."""
+        cfg, world = self.cfg, self.world
+        rows = cfg.batch_size // world.size if batching.shares_rows(cfg.windowing, cfg.model_type) \
+            else cfg.batch_size  # the rows of a batch this process runs
+        self.chunk_rows, bytes_per_row, budget = micro_batch_rows(self.args, cfg, self.device, self.dtype, rows)
+        self.micro_batches = self.chunk_rows < rows and (
+            f"a batch of {rows} rows needs about {rows * bytes_per_row / 2**20:,.0f} MB for its logits and"
+            f" activations, over the {budget / 2**20:,.0f} MB of --max_memory={cfg.max_memory}: it runs in"
+            f" micro-batches of {self.chunk_rows} rows (the same step, in {-(-rows // self.chunk_rows)} parts)")
+        return BatchLoss(world.wrap(self.model), batches, self.device, self.dtype, batching.IGNORE_INDEX, hidden,
+                         self.chunk_rows)
 
     def check_resumable(self, resumed):
         """Refuse a checkpoint trained on another vocabulary or cut into windows another way."""
@@ -583,22 +449,8 @@ class Run:
         try:
             yield
         except OSError as error:  # a disk that filled up during the run, say: atomic writes leave the old file whole
-            raise self.write_failed(path, error) from None
-
-    def write_failed(self, path, error):
-        """The UserError for a file of out_dir that could not be written: what to do about the disk, and how to
-        go on from the checkpoints already written."""
-        if self.state.saved_iter is None:
-            then = "then start again"
-        else:
-            then = (f"then resume from {self.ckpt_path} (iteration {self.state.saved_iter}, the last checkpoint"
-                    f" written): {self.resume_command}")
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            fix = (f"{storage.free_space(self.cfg.out_dir)}: free some space there (or move {self.cfg.out_dir} to a"
-                   f" disk with room and pass its new --out_dir)")
-        else:
-            fix = f"make {self.cfg.out_dir} writable again"
-        return UserError(f"cannot write {path} at iteration {self.state.iter_num}: {error.strerror}; {fix}, {then}")
+            last = self.state.saved_iter is not None and (self.ckpt_path, self.state.saved_iter, self.resume_command)
+            raise write_error(path, error, self.cfg.out_dir, self.state.iter_num, last) from None
 
     def save_checkpoints(self, val_loss=None, is_best=False):
         """best.pt first, then ckpt.pt: a crash between the two leaves ckpt.pt the older, and resuming it

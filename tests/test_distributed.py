@@ -19,6 +19,7 @@ import sample
 import train
 from configurator import UserError
 from conftest import ROOT, TINY_GPT, TINY_LSTM, metrics, without_timing
+from loss import BatchLoss
 from model import ModelArgs, build_model
 from test_reliability import ONE_THREAD, temporaries, wait_until
 
@@ -188,7 +189,7 @@ def test_gradients_are_averaged_once_per_step_in_the_last_micro_step(monkeypatch
             return allreduce_hook(state, bucket)
         ddp.register_comm_hook(None, count_and_average)
         tokens = torch.randint(0, 50, (1000,)).numpy()
-        batch_loss = train.BatchLoss(ddp, batching.RandomWindows(tokens, 2, 8, seed=0), 'cpu', torch.float32, -100)
+        batch_loss = BatchLoss(ddp, batching.RandomWindows(tokens, 2, 8, seed=0), 'cpu', torch.float32, -100)
         cfg = train.TrainConfig(gradient_accumulation_steps=3)
         optimizer, scaler = train.make_optimizer(model, cfg, 'cpu'), torch.amp.GradScaler(enabled=False)
         for _ in range(2):

@@ -7,6 +7,7 @@ import runtime
 import train
 from configurator import UserError
 from conftest import TINY_GPT, TINY_LSTM, metrics, without_timing
+from loss import BatchLoss, lm_loss, row_chunks
 from model import ModelArgs, build_model
 
 B, T, V = 7, 12, 30
@@ -38,7 +39,7 @@ def make_batch(kind, generator):
 
 
 def loss_and_gradients(model, batch, hidden, rows_per_chunk):
-    batch_loss = train.BatchLoss(model, SameBatch(batch), 'cpu', torch.float32, batching.IGNORE_INDEX, hidden,
+    batch_loss = BatchLoss(model, SameBatch(batch), 'cpu', torch.float32, batching.IGNORE_INDEX, hidden,
                                  rows_per_chunk)
     model.zero_grad(set_to_none=True)
     loss = batch_loss(lambda chunk_loss: chunk_loss.backward())
@@ -58,7 +59,7 @@ def test_micro_batches_give_the_whole_batch_loss_and_gradients(model_type, kind)
         hidden = tuple(torch.randn(2, B, 16, generator=generator) for _ in range(2))
     whole, whole_grads, whole_hidden = loss_and_gradients(model, batch, hidden, rows_per_chunk=None)
     with torch.no_grad():
-        expected = train.lm_loss(model(batch.x, hidden, positions=batch.positions)[0] if model_type == 'lstm' else
+        expected = lm_loss(model(batch.x, hidden, positions=batch.positions)[0] if model_type == 'lstm' else
                                  model(batch.x, positions=batch.positions, doc_ids=batch.doc_ids),
                                  batch.y, batching.IGNORE_INDEX)
     assert whole.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -78,7 +79,7 @@ def test_rows_per_chunk_splits_evenly_within_the_budget():
     assert runtime.rows_per_chunk(500, 10, 5000) == 500    # fits exactly
     assert runtime.rows_per_chunk(500, 10, 1800) == 167    # 180 rows fit: 3 chunks of 167, 167, 166
     assert runtime.rows_per_chunk(500, 10, 5) == 1         # not even one row fits: one at a time
-    assert [s.stop - s.start for s in train.row_chunks(500, 167)] == [167, 167, 166]
+    assert [s.stop - s.start for s in row_chunks(500, 167)] == [167, 167, 166]
 
 
 def test_max_memory_is_a_size():

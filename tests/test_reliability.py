@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import checkpoint
+import loss
 import prepare
 import sample
 import storage
@@ -163,12 +164,12 @@ def test_sigkill_anywhere_leaves_checkpoints_that_load_and_resume_exactly(char_d
 
 def poison_loss(monkeypatch, at_iter):
     """Make the training loss of iteration at_iter NaN (evaluation runs without gradients and is spared)."""
-    real_loss, training_calls = train.lm_loss, itertools.count()
+    real_loss, training_calls = loss.lm_loss, itertools.count()
 
     def lm_loss(logits, targets, ignore_index):
         loss = real_loss(logits, targets, ignore_index)
         return loss * torch.nan if torch.is_grad_enabled() and next(training_calls) == at_iter else loss
-    monkeypatch.setattr(train, 'lm_loss', lm_loss)
+    monkeypatch.setattr(loss, 'lm_loss', lm_loss)
 
 
 def nonfinite_args(char_data, out_dir, *more):
