@@ -47,6 +47,12 @@ def norm_layer(args, size):
     return nn.LayerNorm(size, bias=args.bias)
 
 
+def rms_norm_in_dtype(x, norm):
+    """An RMSNorm of x in x's dtype, its gains cast to it: under autocast q and k are bfloat16, and torch's
+    fused kernel wants input and gains alike."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
+
+
 def rotary_tables(args):
     """(cos, sin), each (block_size, head_size / 2): the angle position x frequency of every position and pair."""
     head_size = args.n_embd // args.n_head
@@ -88,7 +94,7 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, n_head, T, C // n_head)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = rms_norm_in_dtype(q, self.q_norm), rms_norm_in_dtype(k, self.k_norm)
         if rotary is not None:  # before the cache: a cached key keeps the rotation of the position it was read at
             q, k = rotate(q, *rotary), rotate(k, *rotary)
         start = cache.length if cache is not None else 0

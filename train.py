@@ -39,6 +39,9 @@ from reliability import (MAX_SKIPPED_IN_A_ROW, StepLosses, StopOnSignal, prepare
 from trainlog import MetricsLog
 
 EVAL_SEED = 0  # the same val windows for every run, whatever its training seed, so runs compare
+# every change to the GPT-2 recipe at once (model.ModelArgs' options and Muon): bench.py times it, ablate.py
+# takes it apart
+MODERN_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'recipe_modern.py')
 
 
 @dataclasses.dataclass
@@ -258,6 +261,14 @@ def open_documents(data_dir, split, meta):
 def resolved_windowing(config):
     """The windowing strategy a training config (as a dict) resolves to."""
     return batching.resolve_windowing(config.get('windowing', 'auto'), config['model_type'])
+
+
+def recipe_overrides(path):
+    """{option: value} of what a recipe file (config/recipe_*.py) changes from TrainConfig's defaults, its
+    out_dir aside: the recipe as overrides of any config."""
+    defaults = TrainConfig()
+    return {k: v for k, v in dataclasses.asdict(parse(TrainConfig, [path])).items()
+            if k != 'out_dir' and v != getattr(defaults, k)}
 
 
 def check_config(cfg):

@@ -3,6 +3,7 @@ optimizer (optim.py): each changes the model as its comment says, rotary positio
 (the KV cache, packed documents, generation past block_size), the GPT-2 recipe is today's model, older
 checkpoints load as the models they were, and a Muon run resumes bit for bit."""
 import dataclasses
+import io
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch.nn as nn
 import checkpoint
 import optim
 import perf
+import sample
 import train
 from configurator import UserError, parse
 from conftest import ROOT, TINY_GPT, metrics, without_timing
@@ -261,6 +263,11 @@ def test_the_modern_recipe_trains(char_data, tmp_path):
     ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))
     assert {k: ckpt['model_args'][k] for k in MODERN} == MODERN and ckpt['config']['optimizer'] == 'muon'
     assert set(ckpt['optimizer']) == {'muon', 'adamw'}
+    # sample.py needs nothing but the checkpoint; past block_size (32), with and without the cache alike
+    drawn = [sample.sample(parse(sample.SampleConfig, [f'--out_dir={out_dir}', '--start=And God', '--seed=3',
+                                                       '--max_new_tokens=80', f'--kv_cache={kv}']), io.StringIO())
+             for kv in (True, False)]
+    assert drawn[0] == drawn[1] and len(drawn[0][0]) == len('And God') + 80
 
 
 def test_the_recipe_file_sets_every_option():
