@@ -298,3 +298,29 @@ def test_rope_needs_an_even_head_size():
     with pytest.raises(UserError, match='n_embd / n_head = 5 must be even'):
         train.check_config(train.TrainConfig(n_embd=20, n_head=4, rope=True))
     train.check_config(train.TrainConfig(model_type='lstm', n_embd=20, n_head=4, rope=True))  # GPT only
+
+
+def test_a_loss_scaler_steps_muon_and_adamw_together():
+    # float16 training (CUDA) unscales and steps the optimizer through torch.amp.GradScaler: the same update as
+    # the unscaled step, for both optimizers' parameters
+    updated, options = [], dict(MODERN, zero_init_proj=False)  # zero projections: the first step moves the head only
+    for scaler in (torch.amp.GradScaler('cpu', init_scale=1024.0), None):
+        model = gpt(**options)
+        optimizer = optim.make_optimizer(model, train.TrainConfig(optimizer='muon', adamw='for_loop'), 'cpu')
+        torch.manual_seed(1)
+        loss = model(torch.randint(0, 50, (2, 8))).logsumexp(-1).mean()
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        updated.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    assert updated[0].keys() == updated[1].keys()
+    for name in updated[0]:
+        assert torch.allclose(updated[0][name], updated[1][name], atol=1e-6), name
+    before = dict(gpt(**options).named_parameters())
+    for name in ('blocks.0.attn.qkv.weight', 'wte.weight'):  # one of Muon's, one of AdamW's: both stepped
+        assert (updated[0][name] - before[name]).abs().max() > 1e-4, name
