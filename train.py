@@ -31,8 +31,7 @@ import storage
 from checkpoint import seed_everything
 from configurator import UNKNOWN, UserError, option, parse, run
 from distributed import micro_steps_per_process, unwrap
-from model import MODELS, ModelArgs, build_model
-from model import MLPS, NORMS
+from model import MLPS, MODELS, NORMS, ModelArgs, build_model
 from optim import OPTIMIZERS, learning_rate, make_optimizer, set_learning_rate, train_step
 from reliability import (MAX_SKIPPED_IN_A_ROW, StepLosses, StopOnSignal, prepare_out_dir, resume_command,
                          weights_finite)
