@@ -11,7 +11,7 @@ sample.generate. Each is warmed up, then timed with the device synchronized at t
 
 A section is a function registered with @section (bench_harness.py): it plans jobs (one measurement each, one
 row of its table and of the JSON's results[section]) and may draw conclusions from its rows. The sections live in
-bench_train.py and bench_generate.py; add one there to measure something new.
+bench_train.py, bench_generate.py, bench_memory.py and bench_recipe.py; add one there to measure something new.
 
 FLOPs, MFU and the GPU peak table are perf.py's: its docstring gives the formulas.
 """
@@ -30,6 +30,7 @@ from tqdm import tqdm
 import bench_train  # peak, train, defaults, profile, windowing, study
 import bench_generate  # noqa: F401 (sample, generate, stream)
 import bench_memory  # memory, busy
+import bench_recipe  # noqa: F401 (recipe)
 import batching
 import configurator
 import perf
@@ -97,6 +98,8 @@ class BenchConfig:
     #                               each model:n_layer:n_head:n_embd:block_size:batch_size:vocab_size
     max_memory: str = 'auto'      # the memory section's budget for micro-batches (train.py's --max_memory)
     busy_model: str = 'gpt:4:4:128:128:32'  # the busy section's model, as in defaults_models
+    recipe_model: str = 'gpt:4:4:128:128:32'  # the recipe section's GPT, as in defaults_models, in the GPT-2
+    #                               recipe and the modern one
     threads: int = option(0, low=0)  # CPU threads torch uses (0 = one per physical core, as train.py)
     seed: int = option(1337, low=0, high=2**32 - 1)  # seeds the models, the random tokens and the sampling
     out: str = option('', extensions=('.json',))  # also write the results here as JSON ('' = table only)
@@ -107,7 +110,7 @@ QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch
              generate_tokens=(8, 40), generate_repeats=1, stream_tokens=(8, 80),
              defaults_models=('gpt:1:2:32:16:4', 'lstm:1:1:32:16:4'), profile_models=('gpt:1:2:32:16:4',),
              memory_models=('gpt:1:2:32:16:4:500', 'gpt:1:2:32:16:32:500'), max_memory='1MB',
-             busy_model='gpt:1:2:32:16:4')
+             busy_model='gpt:1:2:32:16:4', recipe_model='gpt:1:2:32:16:4')
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -129,7 +132,7 @@ def check(cfg):
     if not cfg.generate_tokens or min(cfg.generate_tokens) < 2:
         raise UserError(f"--generate_tokens={cfg.generate_tokens} must be one or more counts of at least 2"
                         f" (each run is timed in halves)")
-    for text in (*cfg.defaults_models, *cfg.profile_models, cfg.busy_model):
+    for text in (*cfg.defaults_models, *cfg.profile_models, cfg.busy_model, cfg.recipe_model):
         bench_train.defaults_model(text)  # raises for a malformed one
     for text in cfg.memory_models:
         bench_memory.memory_model(text)

@@ -15,6 +15,8 @@ import train
 from configurator import UserError
 from model import MODELS, ModelArgs, build_model
 
+MODEL_OPTIONS = {f.name for f in dataclasses.fields(ModelArgs)}
+
 
 class Unsupported(Exception):
     """A configuration this device or build cannot run: listed as skipped, with the reason."""
@@ -55,17 +57,21 @@ class Context:
         """The model shape measured: --n_layer, --n_head, --n_embd, --block_size, or overrides of them."""
         return {k: overrides.get(k, getattr(self.cfg, k)) for k in ('n_layer', 'n_head', 'n_embd', 'block_size')}
 
-    def train_config(self, model_type, batch_size, windowing=None, shape=None, adamw='auto', max_memory='auto'):
-        """The train.py config of a measurement: its optimizer settings and clipping are what is timed."""
+    def train_config(self, model_type, batch_size, windowing=None, shape=None, adamw='auto', max_memory='auto',
+                     recipe=None):
+        """The train.py config of a measurement: its optimizer settings and clipping are what is timed. recipe:
+        train.py options that change the GPT-2 recipe (see train.recipe_overrides)."""
         cfg = train.TrainConfig(data_dir=self.cfg.data_dir or 'random tokens', model_type=model_type,
                                 **(shape or self.shape()), batch_size=batch_size, seed=self.cfg.seed,
-                                windowing=windowing or self.cfg.windowing, adamw=adamw, max_memory=max_memory)
+                                windowing=windowing or self.cfg.windowing, adamw=adamw, max_memory=max_memory,
+                                **(recipe or {}))
         train.check_config(cfg)
         return cfg
 
-    def model_args(self, model_type, shape=None, vocab_size=None):
+    def model_args(self, model_type, shape=None, vocab_size=None, recipe=None):
+        options = {k: v for k, v in (recipe or {}).items() if k in MODEL_OPTIONS}
         return ModelArgs(model_type=model_type, vocab_size=vocab_size or self.vocab_size, pad_id=self.pad_id,
-                         **(shape or self.shape()))
+                         **(shape or self.shape()), **options)
 
     def peak(self, device, dtype):
         """The peak MFU divides by, and the matmul measured (once per device and dtype)."""
@@ -93,15 +99,16 @@ def resolve_devices(name):
 
 
 class Trainer:
-    """A fresh model, AdamW and batch source built as train.py builds them, micro-batches under --max_memory
-    included; step() is one train.train_step. vocab_size: another head than the data's (the tokens stay)."""
+    """A fresh model, optimizer and batch source built as train.py builds them, micro-batches under --max_memory
+    included; step() is one train.train_step. vocab_size: another head than the data's (the tokens stay);
+    recipe: train.py options that change the GPT-2 recipe."""
 
     def __init__(self, ctx, model_type, device, dtype, batch_size, compiled, windowing=None, shape=None,
-                 adamw='auto', vocab_size=None, max_memory='auto'):
-        self.tcfg = ctx.train_config(model_type, batch_size, windowing, shape, adamw, max_memory)
+                 adamw='auto', vocab_size=None, max_memory='auto', recipe=None):
+        self.tcfg = ctx.train_config(model_type, batch_size, windowing, shape, adamw, max_memory, recipe)
         self.batches = train.make_batches(self.tcfg, ctx.documents, 'train', self.tcfg.seed, device)
         torch.manual_seed(ctx.cfg.seed)
-        self.raw_model = build_model(ctx.model_args(model_type, shape, vocab_size)).to(device)
+        self.raw_model = build_model(ctx.model_args(model_type, shape, vocab_size, recipe)).to(device)
         self.optimizer = train.make_optimizer(self.raw_model, self.tcfg, device)
         model = torch.compile(self.raw_model) if compiled else self.raw_model
         self.chunk_rows = loss.micro_batch_rows(self.raw_model.args, self.tcfg, device, dtype, batch_size)[0]

@@ -3,9 +3,9 @@
 A checkpoint is a dict of tensors and plain Python values only, so it loads with weights_only=True:
 
     format_version   int, bumped when the layout changes
-    model_args       dict of model.ModelArgs (model_type, vocab_size, sizes)
+    model_args       dict of model.ModelArgs (model_type, vocab_size, sizes, the GPT's recipe options)
     model            state_dict of the uncompiled, unwrapped module
-    optimizer        AdamW state_dict (moments, step counts)
+    optimizer        AdamW state_dict (moments, step counts); with --optimizer=muon {'muon': ..., 'adamw': ...}
     iter_num, best_val_loss
     config           dict of the training config that produced it
     tokenizer        tokenizer.to_meta(): enough to encode prompts and decode samples
@@ -19,6 +19,7 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
 torch.load does not check the CRCs of the zip archive it reads, so a flipped bit inside a tensor would load
 as a silently wrong weight; the digest turns that into an error.
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -71,6 +72,9 @@ def load(path, map_location='cpu'):
         raise UserError(f"{path} holds an unknown model type {model_type!r}")
     if checkpoint['tokenizer'].get('kind') not in tok.TOKENIZERS:
         raise UserError(f"{path} holds an unknown tokenizer kind {checkpoint['tokenizer'].get('kind')!r}")
+    # a checkpoint saved before a model option existed was made without it: the option's default (ModelArgs'
+    # defaults are the GPT-2 recipe's, so an older GPT loads, samples and resumes as the model it was)
+    checkpoint['model_args'] = {**dataclasses.asdict(model_module.ModelArgs()), **checkpoint['model_args']}
     check_weights_fit(path, checkpoint)
     return checkpoint
 

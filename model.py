@@ -17,13 +17,57 @@ class ModelArgs:
     model_type: str = 'gpt'   # gpt | lstm
     vocab_size: int = 0       # number of token ids (from the tokenizer)
     pad_id: int | None = None  # the tokenizer's padding id, whose embedding stays zero (None: no padding)
-    block_size: int = 128     # GPT: longest context (learned positions); LSTM: unused by the model
+    block_size: int = 128     # GPT: longest context (of its learned or rotary positions); LSTM: unused
     n_layer: int = 4
     n_embd: int = 128         # width of the token embedding (and of the GPT's residual stream)
     n_head: int = 4           # GPT attention heads
     n_hidden: int = 0         # LSTM hidden size (0 = n_embd, which lets the head share the embedding)
     dropout: float = 0.0
     bias: bool = False        # GPT: biases in Linear and LayerNorm layers
+    # The GPT's recipe. Each default is GPT-2's, which is also what a checkpoint saved before these options means:
+    # keep them so (a new recipe is chosen in train.py's config, not here).
+    rope: bool = False        # rotary position embeddings on queries and keys instead of the learned wpe table
+    norm: str = 'layernorm'   # layernorm | rmsnorm
+    qk_norm: bool = False     # RMSNorm of each head's queries and keys before attention
+    mlp: str = 'gelu'         # gelu | relu2 | swiglu
+    zero_init_proj: bool = False  # the matrices that write to the residual stream (and an untied head) start at 0
+    tie_head: bool = True     # the output head is the token embedding (False: a matrix of its own)
+
+
+NORMS = ('layernorm', 'rmsnorm')
+MLPS = ('gelu', 'relu2', 'swiglu')
+ROPE_BASE = 10000.0  # the rotary wavelengths run from 2 pi to about 2 pi x ROPE_BASE positions (RoFormer's value)
+
+
+def norm_layer(args, size):
+    """LayerNorm, or RMSNorm: no mean subtracted and no bias, so a little cheaper, and as good in practice
+    (Zhang & Sennrich 2019; LLaMA)."""
+    if args.norm == 'rmsnorm':
+        return nn.RMSNorm(size)
+    return nn.LayerNorm(size, bias=args.bias)
+
+
+def rms_norm_in_dtype(x, norm):
+    """An RMSNorm of x in x's dtype, its gains cast to it: under autocast q and k are bfloat16, and torch's
+    fused kernel wants input and gains alike."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
+
+
+def rotary_tables(args):
+    """(cos, sin), each (block_size, head_size / 2): the angle position x frequency of every position and pair."""
+    head_size = args.n_embd // args.n_head
+    frequencies = ROPE_BASE ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.arange(args.block_size, dtype=torch.float32)[:, None] * frequencies  # (block_size, hs / 2)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """Rotate x (B, n_head, T, head_size) pair by pair (channel i with i + head_size / 2) by the angles of its
+    positions, cos and sin (..., T, head_size / 2). A query at position m and a key at position n then meet in
+    their dot product as q . R(n - m) k: attention sees how far apart they are, not where they are."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -33,17 +77,26 @@ class CausalSelfAttention(nn.Module):
         self.n_head = args.n_head
         self.dropout = args.dropout
         self.qkv = nn.Linear(args.n_embd, 3 * args.n_embd, bias=args.bias)
+        # qk_norm: unit-RMS queries and keys (times a learned gain), so that attention logits cannot grow without
+        # bound: higher learning rates train stably (Dehghani et al. 2023; OLMo 2)
+        head_size = args.n_embd // args.n_head
+        self.q_norm, self.k_norm = (nn.RMSNorm(head_size), nn.RMSNorm(head_size)) if args.qk_norm else (None, None)
         self.proj = nn.Linear(args.n_embd, args.n_embd, bias=args.bias)
         self.proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(args.dropout)
 
-    def forward(self, x, cache=None, layer=0, mask=None):
+    def forward(self, x, cache=None, layer=0, mask=None, rotary=None):
         """x (B, T, C). cache: a KVCache to add this layer's keys and values to (generation). mask (B, 1, T, T)
-        boolean, True where a query may attend to a key: a document mask (None: causal)."""
+        boolean, True where a query may attend to a key: a document mask (None: causal). rotary: (cos, sin) of
+        the tokens' positions, (..., T, head_size / 2), with rotary position embeddings (None: without)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, C // n_head)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = rms_norm_in_dtype(q, self.q_norm), rms_norm_in_dtype(k, self.k_norm)
+        if rotary is not None:  # before the cache: a cached key keeps the rotation of the position it was read at
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         start = cache.length if cache is not None else 0
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, n_head, start + T, C // n_head)
@@ -58,29 +111,47 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """Linear(C, 4C) -> GELU -> Linear(4C, C), or with another activation:
+
+    relu2   ReLU(x)^2: sparse like ReLU, smooth at 0 like GELU, cheaper than both (So et al. 2021, Primer)
+    swiglu  SiLU(gate) * up, a gated unit (Shazeer 2020; LLaMA); gate and up are the two halves of one
+            Linear(C, 2H), with H = 8C/3 rounded up to a multiple of 8 so that its 3 matrices hold about as
+            many weights as GELU's 2 of 4C
+    """
+
     def __init__(self, args):
         super().__init__()
-        self.up = nn.Linear(args.n_embd, 4 * args.n_embd, bias=args.bias)
-        self.down = nn.Linear(4 * args.n_embd, args.n_embd, bias=args.bias)
+        self.activation = args.mlp
+        hidden = math.ceil(8 * args.n_embd / 3 / 8) * 8 if args.mlp == 'swiglu' else 4 * args.n_embd
+        self.up = nn.Linear(args.n_embd, 2 * hidden if args.mlp == 'swiglu' else hidden, bias=args.bias)
+        self.down = nn.Linear(hidden, args.n_embd, bias=args.bias)
         self.down.is_residual_projection = True
         self.dropout = nn.Dropout(args.dropout)
 
     def forward(self, x):
-        return self.dropout(self.down(F.gelu(self.up(x))))
+        h = self.up(x)
+        if self.activation == 'relu2':
+            h = F.relu(h).square()
+        elif self.activation == 'swiglu':
+            gate, h = h.chunk(2, dim=-1)
+            h = F.silu(gate) * h
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.down(h))
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, args):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(args.n_embd, bias=args.bias)
+        self.ln_1 = norm_layer(args, args.n_embd)
         self.attn = CausalSelfAttention(args)
-        self.ln_2 = nn.LayerNorm(args.n_embd, bias=args.bias)
+        self.ln_2 = norm_layer(args, args.n_embd)
         self.mlp = MLP(args)
 
-    def forward(self, x, cache=None, layer=0, mask=None):
-        x = x + self.attn(self.ln_1(x), cache, layer, mask)
+    def forward(self, x, cache=None, layer=0, mask=None, rotary=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, mask, rotary)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -103,22 +174,39 @@ def document_mask(doc_ids):
 class GPT(nn.Module):
     def __init__(self, args):
         super().__init__()
+        if args.norm not in NORMS or args.mlp not in MLPS:
+            raise ValueError(f"unknown norm {args.norm!r} or mlp {args.mlp!r}; known: {NORMS}, {MLPS}")
         self.args = args
         self.wte = nn.Embedding(args.vocab_size, args.n_embd, padding_idx=args.pad_id)
-        self.wpe = nn.Embedding(args.block_size, args.n_embd)
+        if args.rope:  # positions enter attention as rotations of q and k (rotate): no table of block_size x C
+            # to learn, and what a head learns about "3 tokens back" holds at every position (Su et al. 2021).
+            # The tables are computed, not learned: not saved (persistent=False), so not in the state_dict.
+            cos, sin = rotary_tables(args)
+            self.register_buffer('rotary_cos', cos, persistent=False)
+            self.register_buffer('rotary_sin', sin, persistent=False)
+        else:
+            self.wpe = nn.Embedding(args.block_size, args.n_embd)
         self.drop = nn.Dropout(args.dropout)
         self.blocks = nn.ModuleList(Block(args) for _ in range(args.n_layer))
-        self.ln_f = nn.LayerNorm(args.n_embd, bias=args.bias)
+        self.ln_f = norm_layer(args, args.n_embd)
         self.lm_head = nn.Linear(args.n_embd, args.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied: one matrix reads tokens in and writes them out
+        if args.tie_head:
+            self.lm_head.weight = self.wte.weight  # tied: one matrix reads tokens in and writes them out
+        # else the head learns its own V x C matrix: reading a token and predicting one are different jobs, and
+        # a small model's shared matrix must compromise between them (nanoGPT speedrun, nanochat)
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
         # GPT-2's initialization: N(0, 0.02), residual projections scaled down by sqrt(2 * n_layer)
         # so that the residual stream's variance does not grow with depth.
-        if isinstance(module, (nn.Linear, nn.Embedding)) and module is not self.lm_head:  # head = wte
+        if isinstance(module, (nn.Linear, nn.Embedding)) and not (module is self.lm_head and self.args.tie_head):
             std = 0.02 / math.sqrt(2 * self.args.n_layer) if getattr(module, 'is_residual_projection', 0) else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
+            is_output = getattr(module, 'is_residual_projection', 0) or module is self.lm_head
+            if self.args.zero_init_proj and is_output:
+                # every block starts as the identity and the first logits are uniform: the early steps shape
+                # each layer from a clean residual stream instead of undoing random writes (nanoGPT speedrun)
+                nn.init.zeros_(module.weight)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
@@ -142,10 +230,15 @@ class GPT(nn.Module):
         if cache is not None and (positions is not None or doc_ids is not None):
             raise ValueError("positions and doc_ids are for training batches, not for generation with a KV cache")
         pos = torch.arange(start, start + T, device=idx.device) if positions is None else positions
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        if self.args.rope:  # the angles of each token's position: (T, hs / 2) -> (1, T, hs / 2), or (B, 1, T, hs / 2)
+            rotary = (self.rotary_cos[pos].unsqueeze(-3), self.rotary_sin[pos].unsqueeze(-3))
+            x = self.drop(self.wte(idx))  # (B, T, C)
+        else:
+            rotary = None
+            x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         mask = None if doc_ids is None else document_mask(doc_ids)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer, mask)
+            x = block(x, cache, layer, mask, rotary)
         if cache is not None:
             cache.length += T
         return self.lm_head(self.ln_f(x))

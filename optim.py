@@ -1,5 +1,6 @@
-"""Optimization: AdamW with weight decay on the matrices, the learning-rate schedule, and one optimizer step
-(train_step: gradient accumulation, the gradient average of several processes, clipping, non-finite steps)."""
+"""Optimization: AdamW with weight decay on the matrices (or Muon for the GPT's hidden matrices and AdamW for the
+rest), the learning-rate schedule, and one optimizer step (train_step: gradient accumulation, the gradient
+average of several processes, clipping, non-finite steps)."""
 import math
 
 import torch
@@ -21,13 +22,67 @@ def learning_rate(it, cfg):
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
 
+OPTIMIZERS = ('adamw', 'muon')
+
+
+def set_learning_rate(optimizer, lr):
+    """Set every parameter group's learning rate to lr times the group's lr_scale (1 unless make_optimizer set
+    one): each optimizer of several follows the one schedule at its own peak."""
+    for group in optimizer.param_groups:
+        group['lr'] = lr * group.get('lr_scale', 1.0)
+
+
+def hidden_matrices(model):
+    """The GPT's 2-D weights inside its blocks (attention and MLP matrices): what Muon updates. The embeddings
+    are lookups (one row per token, updated only where the token occurs) and the head maps to the vocabulary:
+    Muon's orthogonalized step suits neither (Jordan et al. 2024), so they stay on AdamW with the 1-D gains."""
+    return [p for p in model.blocks.parameters() if p.dim() == 2 and p.requires_grad]
+
+
 def make_optimizer(model, cfg, device):
-    """AdamW with weight decay on matrices (2-D and up) only, with the kernels --adamw picks."""
+    """AdamW with weight decay on matrices (2-D and up) only, with the kernels --adamw picks. With
+    --optimizer=muon: torch.optim.Muon for hidden_matrices (peak --muon_lr) and that AdamW for the rest, stepped
+    as one (Optimizers)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == 'muon':
+        # Muon: momentum, then the update orthogonalized by a few Newton-Schulz steps, so that every direction of
+        # a matrix moves at the same rate instead of the few that dominate the gradient
+        hidden = hidden_matrices(model)
+        muon = torch.optim.Muon([{'params': hidden, 'lr_scale': cfg.muon_lr / cfg.learning_rate}], lr=cfg.muon_lr,
+                                weight_decay=cfg.muon_weight_decay)
+        params = [p for p in params if all(p is not h for h in hidden)]
     groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': cfg.weight_decay},
               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                             **runtime.adamw_options(cfg.adamw, device))
+    adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                              **runtime.adamw_options(cfg.adamw, device))
+    return Optimizers(muon=muon, adamw=adamw) if cfg.optimizer == 'muon' else adamw
+
+
+class Optimizers:
+    """Several torch optimizers, each over its own parameters, stepped as one: what train.py, GradScaler and a
+    checkpoint ask of an optimizer (param_groups, step, zero_grad, state_dict, load_state_dict)."""
+
+    def __init__(self, **optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self):
+        return [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
+
+    def step(self):
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+
+    def zero_grad(self, set_to_none=True):
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {name: optimizer.state_dict() for name, optimizer in self.optimizers.items()}
+
+    def load_state_dict(self, state):
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state[name])
 
 
 def train_step(batch_loss, optimizer, scaler, cfg, micro_steps=None):

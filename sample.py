@@ -5,10 +5,12 @@
     python sample.py --out_dir=out-akjv --start="And God said" --show_probs=10 --max_new_tokens=0
     python sample.py --out_dir=out-bach --out=sample.mid --stop_at_eos=True   # music: MIDI (.png: a piano roll)
 
-The GPT reads the prompt once into a KV cache (model.KVCache), then one token per step. Its positions are
-learned and absolute, so a token's keys and values depend on where it sits in the window, and the window
-cannot slide under the cache one token at a time. When the window of block_size tokens is full, the oldest
-s = int(context_shift * block_size) tokens are dropped and the rest are read again in one pass; then tokens
+The GPT reads the prompt once into a KV cache (model.KVCache), then one token per step. A token's keys and
+values depend on where it sits in the window (its learned position; with rotary positions, its rotation) and,
+from the second layer on, on every token before it in the window, so the window cannot slide under the cache
+one token at a time: dropping the oldest token changes what every other token holds, whatever the positions.
+When the window of block_size tokens is full, the oldest s = int(context_shift * block_size) tokens are
+dropped and the rest are read again in one pass, from position 0 as a plain forward pass reads them; then tokens
 are added one at a time until it is full again. After n tokens (the start token and the prompt included)
 the model therefore sees the last W(n) of them:
 

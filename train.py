@@ -34,13 +34,16 @@ from checkpoint import seed_everything
 from configurator import UNKNOWN, UserError, option, parse, run
 from distributed import micro_steps_per_process
 from loss import BatchLoss, mean_loss, micro_batch_rows
-from model import MODELS, ModelArgs, build_model
-from optim import learning_rate, make_optimizer, train_step
+from model import MLPS, MODELS, NORMS, ModelArgs, build_model
+from optim import OPTIMIZERS, learning_rate, make_optimizer, set_learning_rate, train_step
 from reliability import (CHECKPOINTS, MAX_SKIPPED_IN_A_ROW, OutDirLock, StepLosses, StopOnSignal, load_resumable,
                          prepare_out_dir, refuse_to_replace, resume_command, weights_finite, write_error)
 from trainlog import MetricsLog
 
 EVAL_SEED = 0  # the same val windows for every run, whatever its training seed, so runs compare
+# every change to the GPT-2 recipe at once (model.ModelArgs' options and Muon): bench.py times it, ablate.py
+# takes it apart
+MODERN_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'recipe_modern.py')
 
 
 @dataclasses.dataclass
@@ -59,6 +62,14 @@ class TrainConfig:
     n_hidden: int = option(0, low=0)  # LSTM only: hidden size (0 = n_embd)
     dropout: float = option(0.0, low=0, high=1, high_open=True)  # share of activations zeroed in training
     bias: bool = False            # biases in the linear layers and layer norms
+    # the GPT's recipe (model.ModelArgs): each default is GPT-2's; config/recipe_modern.py sets them all
+    rope: bool = False            # GPT: rotary position embeddings on queries and keys (no learned position table)
+    norm: str = option('layernorm', choices=NORMS)  # GPT: the normalization layers (rmsnorm: no mean, no bias)
+    qk_norm: bool = False         # GPT: RMSNorm of each head's queries and keys before attention
+    mlp: str = option('gelu', choices=MLPS)  # GPT: the MLP's activation (relu2: ReLU squared; swiglu: gated,
+    #                               3 matrices of 8/3 n_embd)
+    zero_init_proj: bool = False  # GPT: the output projections of attention and MLP (and an untied head) start at 0
+    tie_head: bool = True         # GPT: the output head shares the token embedding's matrix (False: its own)
     block_size: int = option(128, low=1)  # tokens per window (GPT context; LSTM steps of backprop through time)
     windowing: str = option('auto', choices=('auto', batching.WINDOWINGS), error=UNKNOWN)  # how batches are cut
     #                               (batching.py); auto: random (GPT), streams (LSTM)
@@ -75,6 +86,10 @@ class TrainConfig:
     beta1: float = option(0.9, low=0, high=1, high_open=True)   # AdamW: decay rate of the gradient's mean
     beta2: float = option(0.99, low=0, high=1, high_open=True)  # AdamW: decay rate of its mean square
     grad_clip: float = option(1.0, low=0)  # clip the gradient norm to this (0 = off)
+    optimizer: str = option('adamw', choices=OPTIMIZERS)  # muon: torch.optim.Muon for the GPT's hidden matrices,
+    #                               AdamW (at learning_rate) for embeddings, head and gains (optim.py)
+    muon_lr: float = option(0.02, low=0, low_open=True)  # Muon's peak learning rate, on learning_rate's schedule
+    muon_weight_decay: float = option(0.0, low=0)  # Muon's decoupled weight decay (x its learning rate per step)
     max_memory: str = 'auto'      # memory for one micro-batch's logits and activations, e.g. 2GB or 500MB: a
     #                               batch that needs more runs in micro-batches, the same step (auto: half of
     #                               what is free, at most 1GB on the CPU; see runtime.memory_budget)
@@ -136,6 +151,14 @@ def resolved_windowing(config):
     return batching.resolve_windowing(config.get('windowing', 'auto'), config['model_type'])
 
 
+def recipe_overrides(path):
+    """{option: value} of what a recipe file (config/recipe_*.py) changes from TrainConfig's defaults, its
+    out_dir aside: the recipe as overrides of any config."""
+    defaults = TrainConfig()
+    return {k: v for k, v in dataclasses.asdict(parse(TrainConfig, [path])).items()
+            if k != 'out_dir' and v != getattr(defaults, k)}
+
+
 def check_config(cfg):
     """Each field's declared valid values, then what no one field can say alone."""
     configurator.check(cfg)
@@ -143,6 +166,11 @@ def check_config(cfg):
         runtime.parse_size(cfg.max_memory)  # raises for a size it cannot read
     if cfg.model_type == 'gpt' and cfg.n_embd % cfg.n_head:
         raise UserError(f"--n_embd={cfg.n_embd} must be a multiple of --n_head={cfg.n_head}")
+    if cfg.model_type == 'gpt' and cfg.rope and cfg.n_embd // cfg.n_head % 2:
+        raise UserError(f"--rope=True rotates pairs of channels: n_embd / n_head = {cfg.n_embd // cfg.n_head}"
+                        f" must be even")
+    if cfg.optimizer == 'muon' and cfg.model_type != 'gpt':
+        raise UserError("--optimizer=muon is for the GPT's hidden matrices: train the LSTM with --optimizer=adamw")
 
 
 def train(cfg, argv=None):
@@ -294,7 +322,8 @@ class Run:
                          self.chunk_rows)
 
     def check_resumable(self, resumed):
-        """Refuse a checkpoint trained on another vocabulary or cut into windows another way."""
+        """Refuse a checkpoint trained on another vocabulary, cut into windows another way or with another
+        optimizer."""
         cfg = self.cfg
         if resumed['tokenizer'] != self.meta['tokenizer']:
             raise UserError(f"{self.resumed_path} was trained on another vocabulary than {cfg.data_dir}:"
@@ -303,6 +332,10 @@ class Run:
         if trained_with != resolved_windowing(dataclasses.asdict(cfg)):
             raise UserError(f"{self.resumed_path} was trained with --windowing={trained_with}: resume with that"
                             f" windowing (where a batch source stopped means nothing to another)")
+        optimizer = resumed['config'].get('optimizer', 'adamw')  # a checkpoint from before the choice: AdamW
+        if optimizer != cfg.optimizer:
+            raise UserError(f"{self.resumed_path} was trained with --optimizer={optimizer}: resume with that"
+                            f" optimizer (its state is that optimizer's)")
 
     def resume(self, resumed, batches):
         """Load a checkpoint's weights, optimizer, RNG and batch states into the run; return the LSTM state
@@ -337,8 +370,9 @@ class Run:
         cfg, world, threads = self.cfg, self.world, torch.get_num_threads()
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         processes = f" in each of {world.size} processes" if world.is_distributed else ''
+        muon = 'Muon + ' if cfg.optimizer == 'muon' else ''
         path = (f"{str(self.dtype)[6:]}, {'compiled' if self.model is not self.raw_model else 'eager'},"
-                f" {runtime.adamw_kernel(cfg.adamw, self.device)} AdamW,"
+                f" {muon}{runtime.adamw_kernel(cfg.adamw, self.device)} AdamW,"
                 f" {threads} CPU thread{'s' if threads > 1 else ''}")
         return (f"{self.args.model_type} with {n_params / 1e6:.2f}M parameters on {self.device} ({path})"
                 f"{processes}; {self.tokens_per_iter:,} tokens per iteration"
@@ -379,8 +413,7 @@ class Run:
         """One optimizer step at the scheduled learning rate, recorded in state.step_losses."""
         state = self.state
         state.lr = learning_rate(state.iter_num, self.cfg)
-        for group in self.optimizer.param_groups:
-            group['lr'] = state.lr
+        set_learning_rate(self.optimizer, state.lr)
         loss, is_skipped = train_step(self.batch_loss, self.optimizer, self.scaler, self.cfg, self.micro_steps)
         state.step_losses.record(loss)
         self.count_skipped(is_skipped)

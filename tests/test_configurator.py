@@ -195,7 +195,7 @@ def test_every_script_field_has_a_comment():
     ('prepare.py', ['data/x', '--val_fraction=1.5'], 'error: --val_fraction=1.5 must be in (0, 1)'),
     ('bench.py', ['--sections=train,speed'], 'error: --sections=train,speed: unknown speed; choose all or some'
                                              ' of peak,train,defaults,profile,windowing,study,sample,generate,'
-                                             'stream,memory,busy'),
+                                             'stream,memory,busy,recipe'),
 ])
 def test_a_bad_value_from_the_command_line_is_one_line_and_exit_2(script, argv, message):
     result = run_script(script, *argv)

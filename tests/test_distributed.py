@@ -104,6 +104,24 @@ def test_two_processes_share_every_windowing_as_its_batch_source_says(char_data,
     assert_same_run(tmp_path / 'shared', tmp_path / 'single', weights_tolerance=1e-5)
 
 
+def test_two_processes_train_the_modern_recipe_with_muon_as_one_does(char_data, tmp_path):
+    # Muon orthogonalizes each update in bfloat16 (torch's Newton-Schulz): the float32 rounding by which two
+    # processes' averaged gradient differs from one's can flip a bfloat16 digit, so the runs agree to about 1e-4,
+    # not to float32 rounding as with AdamW (above)
+    common = [f'--data_dir={char_data}', *TINY_GPT, train.MODERN_RECIPE, '--gradient_accumulation_steps=2',
+              '--log_interval=1', '--eval_interval=2', '--eval_tokens=768', '--max_iters=4']
+    shared, single = tmp_path / 'shared', tmp_path / 'single'
+    assert 'Muon + ' in torchrun(*common, f'--out_dir={shared}').stdout
+    train.main([*common, f'--out_dir={single}'])
+    records = [without_timing(metrics(out)) for out in (shared, single)]
+    assert [r['iter'] for r in records[0]] == [r['iter'] for r in records[1]]
+    for a, b in zip(*records):
+        assert a.keys() == b.keys() and all(a[key] == pytest.approx(b[key], rel=1e-4) for key in a), (a, b)
+    ckpt_shared, ckpt_single = (checkpoint.load(os.path.join(out, 'ckpt.pt')) for out in (shared, single))
+    assert largest_difference(ckpt_shared['model'], ckpt_single['model']) < 1e-3
+    assert ckpt_shared['optimizer'].keys() == {'muon', 'adamw'}
+
+
 def test_sigterm_to_torchrun_saves_one_checkpoint_from_which_the_lstm_continues(char_data, tmp_path):
     # the LSTM's 8 streams: process 0 carries rows 0-3, process 1 rows 4-7, each through both micro-steps
     args = [f'--data_dir={char_data}', *TINY_LSTM, '--gradient_accumulation_steps=2', '--eval_interval=4',

@@ -1,0 +1,74 @@
+"""bench.py's section on the GPT's recipe: the GPT-2 recipe (train.py's defaults) against the modern one
+(config/recipe_modern.py: rotary positions, RMSNorm, QK-norm, SwiGLU, zero-initialized projections, an untied
+head, Muon) on the same model shape, side by side: what the modern recipe costs per step. What it buys per
+minute of training is ablate.py's to measure.
+
+MFU counts the model's FLOPs (perf.py) at each recipe's own count (SwiGLU's 3 matrices, an untied head): an
+optimizer's work is not model FLOPs, so Muon's orthogonalization shows as a lower MFU, as AdamW's step does.
+"""
+import functools
+import statistics
+
+import perf
+import runtime
+import train
+from bench_harness import Job, Trainer, dtype_name, section
+from bench_train import defaults_model, model_label
+
+RECIPES = ('gpt2', 'modern')
+
+
+def recipe(name):
+    """The train.py options of a recipe: none for GPT-2's (the defaults), config/recipe_modern.py's for modern."""
+    return {} if name == 'gpt2' else train.recipe_overrides(train.MODERN_RECIPE)
+
+
+def conclude_recipe(rows, ctx):
+    return [], [f"{r['device']} {r['model']}: the modern recipe takes {r['step_ratio']:.2f}x the GPT-2 recipe's time"
+                f" per step ({r['modern_tokens_per_s']:,.0f} against {r['gpt2_tokens_per_s']:,.0f} tokens/s, MFU"
+                f" {r['modern_mfu']:.1%} against {r['gpt2_mfu']:.1%}), with {r['modern_params']:,} parameters"
+                f" against {r['gpt2_params']:,}" for r in rows]
+
+
+@section('recipe', "the GPT-2 recipe against the modern one (config/recipe_modern.py), train.py's dtype and"
+         " compile, alternating steps, median of --repeats",
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('dtype', 'dtype', '{}'),
+          ('gpt2_params', 'GPT-2 params', '{:,}'), ('gpt2_ms', 'ms/iter', '{:.1f}'),
+          ('gpt2_tokens_per_s', 'tokens/s', '{:,.0f}'), ('gpt2_mfu', 'MFU', '{:.1%}'),
+          ('modern_params', 'modern params', '{:,}'), ('modern_ms', 'ms/iter', '{:.1f}'),
+          ('modern_tokens_per_s', 'tokens/s', '{:,.0f}'), ('modern_mfu', 'MFU', '{:.1%}'),
+          ('step_ratio', 'time ratio', '{:.2f}x')],
+         conclude=conclude_recipe)
+def plan_recipe(ctx):
+    cfg = ctx.cfg
+
+    def job(device):
+        model_type, shape, batch_size = defaults_model(cfg.recipe_model)
+        dtype = ctx.training_dtype(device)
+        compiled = runtime.resolve_compile('auto', device) and True in ctx.compile_modes
+        trainers = {name: Trainer(ctx, model_type, device, dtype, batch_size, compiled, shape=shape,
+                                  recipe=recipe(name)) for name in RECIPES}
+        times = {name: [] for name in RECIPES}
+        try:
+            for trainer in trainers.values():
+                trainer.warm_up(cfg.warmup)
+            for _ in range(cfg.repeats):  # alternating, so that other work on the machine slows both alike
+                for name, trainer in trainers.items():
+                    times[name].append(perf.median_seconds(trainer.step, device, 1))
+        finally:
+            for trainer in trainers.values():
+                trainer.close()
+        row = {'model': model_label(cfg.recipe_model), 'device': device, 'dtype': dtype_name(dtype),
+               'compiled': compiled}
+        for name, trainer in trainers.items():
+            rates = trainer.throughput(statistics.median(times[name]))
+            row.update({f'{name}_params': sum(p.numel() for p in trainer.raw_model.parameters()),
+                        f'{name}_ms': rates['ms_per_iter'], f'{name}_tokens_per_s': rates['tokens_per_s'],
+                        f'{name}_mfu': rates['mfu'], f'{name}_flops_per_token': rates['flops_per_token']})
+        row['step_ratio'] = row['modern_ms'] / row['gpt2_ms']
+        return row
+
+    if 'gpt' not in ctx.models:
+        return []
+    return [Job(f'recipe {cfg.recipe_model} {device}', device, ctx.training_dtype(device),
+                functools.partial(job, device)) for device in ctx.devices]

@@ -1,0 +1,326 @@
+"""The GPT's recipe options (model.ModelArgs: rope, norm, qk_norm, mlp, zero_init_proj, tie_head) and the Muon
+optimizer (optim.py): each changes the model as its comment says, rotary positions work wherever positions do
+(the KV cache, packed documents, generation past block_size), the GPT-2 recipe is today's model, older
+checkpoints load as the models they were, and a Muon run resumes bit for bit."""
+import dataclasses
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import checkpoint
+import optim
+import perf
+import sample
+import train
+from configurator import UserError, parse
+from conftest import ROOT, TINY_GPT, metrics, without_timing
+from model import GPT, KVCache, ModelArgs
+from test_generate import greedy, reference
+
+SMALL = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, pad_id=3)
+MODERN = dict(rope=True, norm='rmsnorm', qk_norm=True, mlp='swiglu', zero_init_proj=True, tie_head=False)
+
+
+def gpt(**overrides):
+    torch.manual_seed(0)
+    return GPT(ModelArgs(**{**SMALL, **overrides})).eval()
+
+
+def scaled(model, factor=5.0):
+    """The model with every weight multiplied by factor: outputs that depend on the context strongly enough
+    for comparisons to mean something (and nothing left at zero-init's zeros)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p)).mul_(factor)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the GPT-2 recipe is the model as it was
+
+# Recorded from model.py before the recipe options existed (main at a0c75c8): GPT(ModelArgs(**SMALL)) after
+# torch.manual_seed(0), its logits for the last position's first 8 ids, for idx drawn after torch.manual_seed(1).
+GPT2_KEYS = ['wte.weight', 'wpe.weight', *(f'blocks.{i}.{name}' for i in range(2) for name in (
+    'ln_1.weight', 'attn.qkv.weight', 'attn.proj.weight', 'ln_2.weight', 'mlp.up.weight', 'mlp.down.weight')),
+    'ln_f.weight', 'lm_head.weight']
+GPT2_LOGITS = {
+    False: [0.004301518201828003, -0.059398114681243896, 0.009800565429031849, 0.0, -0.07800611853599548,
+            -0.018724137917160988, 0.03175695985555649, 0.04029932618141174, 0.07027877867221832,
+            -0.09268271923065186, 0.042502161115407944, 0.0, 0.18994814157485962, 0.0025062195491045713,
+            0.060807421803474426, -0.023509953171014786],
+    True: [-0.11174875497817993, 0.04147403687238693, 0.014551839791238308, 0.0, -0.001454428886063397,
+           0.041426628828048706, 0.053773440420627594, 0.06733621656894684, -0.03975165635347366,
+           -0.009401671588420868, 0.05428889021277428, 0.0, 0.2757857143878937, -0.14425602555274963,
+           0.024987267330288887, -0.013122130185365677]}
+GPT2_SUMS = {False: (19.773300170898438, 80.25638580322266), True: (11.50149154663086, 78.12474060058594)}
+
+
+@pytest.mark.parametrize('bias', [False, True])
+def test_the_default_recipe_is_the_gpt2_model_as_it_was(bias):
+    model = gpt(bias=bias)
+    keys = list(model.state_dict())
+    expected = GPT2_KEYS if not bias else [k for key in GPT2_KEYS for k in (
+        [key, key.replace('weight', 'bias')] if key.startswith('blocks') or key == 'ln_f.weight' else [key])]
+    assert keys == expected
+    torch.manual_seed(1)
+    idx = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        logits = model(idx)
+    # The recorded values were computed on another CPU: its matrix kernels may round the last bit otherwise, so
+    # to float32 precision, not bit for bit; any change to the computation (an op, an init draw) moves them by
+    # orders of magnitude more. Bit for bit on one machine: see the old-checkpoint test below.
+    torch.testing.assert_close(logits[:, -1, :8].flatten(), torch.tensor(GPT2_LOGITS[bias]), rtol=1e-5, atol=1e-7)
+    total, absolute = GPT2_SUMS[bias]
+    assert logits.sum().item() == pytest.approx(total, rel=1e-5)
+    assert logits.abs().sum().item() == pytest.approx(absolute, rel=1e-5)
+
+
+def test_a_checkpoint_saved_before_the_recipe_options_loads_as_the_model_it_was(tiny_checkpoint, tmp_path):
+    ckpt = checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))
+    old = {k: v for k, v in ckpt.items() if k != 'digest'}
+    new_keys = {f.name for f in dataclasses.fields(ModelArgs)} - {
+        'model_type', 'vocab_size', 'pad_id', 'block_size', 'n_layer', 'n_embd', 'n_head', 'n_hidden', 'dropout',
+        'bias'}
+    assert new_keys == set(MODERN)
+    old['model_args'] = {k: v for k, v in ckpt['model_args'].items() if k not in new_keys}
+    path = str(tmp_path / 'old.pt')
+    checkpoint.save(path, old)
+    loaded = checkpoint.load(path)
+    assert loaded['model_args'] == ckpt['model_args']  # the options it lacked read as GPT-2's
+    idx = torch.randint(0, ckpt['model_args']['vocab_size'], (2, 20))
+    with torch.no_grad():
+        assert torch.equal(checkpoint.restore_model(loaded).eval()(idx),
+                           checkpoint.restore_model(ckpt).eval()(idx))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# each option does what its comment says
+
+def test_rope_replaces_the_position_table_with_relative_positions():
+    learned, rotary = gpt(), gpt(rope=True)
+    assert 'wpe.weight' not in rotary.state_dict() and not hasattr(rotary, 'wpe')
+    assert sum(p.numel() for p in learned.parameters()) - sum(p.numel() for p in rotary.parameters()) == 16 * 16
+    idx = torch.randint(0, 50, (2, 10))
+    shifted = torch.arange(5, 15).expand(2, 10)  # every position 5 later: the same distances between them
+    with torch.no_grad():
+        assert torch.allclose(scaled(rotary)(idx), rotary(idx, positions=shifted), atol=1e-4)
+        assert not torch.allclose(scaled(learned)(idx), learned(idx, positions=shifted), atol=1e-2)
+
+
+def test_rope_with_a_kv_cache_equals_one_pass_over_the_whole_sequence():
+    model = scaled(gpt(rope=True, qk_norm=True))
+    idx = torch.randint(0, 50, (3, 16))
+    with torch.no_grad():
+        whole = model(idx)
+        cache = KVCache(model.args)
+        pieces = [model(idx[:, :5], cache), model(idx[:, 5:9], cache)] + [model(idx[:, i:i + 1], cache)
+                                                                          for i in range(9, 16)]
+    assert torch.allclose(torch.cat(pieces, dim=1), whole, atol=1e-4)
+
+
+def test_rope_packed_document_computes_what_it_computes_alone():
+    model = scaled(gpt(**MODERN))
+    doc_a, doc_b = [1, 5, 6, 7, 8, 2], [1, 17, 23, 9, 2]
+    idx = torch.tensor([doc_a + doc_b])
+    doc_ids = torch.tensor([[0] * 6 + [1] * 5])
+    positions = torch.tensor([list(range(6)) + list(range(5))])
+    with torch.no_grad():
+        packed = model(idx, positions=positions, doc_ids=doc_ids)
+        assert torch.allclose(packed[:, 6:], model(torch.tensor([doc_b])), atol=1e-4)
+        # positions that ran on instead of restarting: the same, as rotary attention only sees distances,
+        # whereas without the document mask B would read A
+        ran_on = model(idx, positions=torch.arange(11)[None], doc_ids=doc_ids)
+        assert torch.allclose(ran_on[:, 6:], packed[:, 6:], atol=1e-4)
+        assert not torch.allclose(model(idx)[:, 6:], packed[:, 6:], atol=1e-2)
+
+
+@pytest.mark.parametrize('context_shift, shift', [(0.25, 4), (0.0, 0)])
+def test_rope_generation_past_block_size_cached_equals_recomputed(context_shift, shift):
+    torch.manual_seed(0)
+    model = GPT(ModelArgs(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, **MODERN)).eval()
+    scaled(model)
+    ids = torch.tensor([[1, 17, 33, 42, 8]])
+    cached = greedy(model, ids, 48, context_shift=context_shift)
+    recomputed = greedy(model, ids, 48, use_cache=False, context_shift=context_shift)
+    assert cached.tolist() == recomputed.tolist() == reference(model, ids, 48, shift)[:, 5:].tolist()
+    assert len(set(cached[0].tolist())) >= 10  # not one token repeated
+
+
+def test_rmsnorm_has_gains_only():
+    model = gpt(norm='rmsnorm', bias=True)
+    norms = [m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))]
+    assert len(norms) == 5 and all(isinstance(m, nn.RMSNorm) for m in norms)
+    assert not any(name.startswith(('ln_', 'blocks.0.ln')) and name.endswith('bias')
+                   for name, _ in model.named_parameters())
+    x = torch.randn(2, 3, 16) * 4 + 7
+    y = model.ln_f(x)
+    assert torch.allclose(y.pow(2).mean(-1), torch.ones(2, 3), atol=1e-4)  # unit RMS, the mean not removed
+    assert not torch.allclose(y.mean(-1), torch.zeros(2, 3), atol=1e-2)
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    plain, normed = scaled(gpt()), scaled(gpt(qk_norm=True))
+    idx = torch.randint(0, 50, (2, 10))
+    with torch.no_grad():
+        before = [m(idx) for m in (plain, normed)]
+        for model in (plain, normed):
+            for block in model.blocks:
+                block.attn.qkv.weight[:32] *= 3.0  # the rows that make q and k (n_embd = 16 each)
+        after = [m(idx) for m in (plain, normed)]
+    assert torch.allclose(before[1], after[1], atol=1e-4)
+    assert not torch.allclose(before[0], after[0], atol=1e-2)
+    assert normed.blocks[0].attn.q_norm.weight.shape == (8,)  # a gain per channel of a head
+
+
+@pytest.mark.parametrize('mlp, hidden, matrices', [('gelu', 64, 2), ('relu2', 64, 2), ('swiglu', 48, 3)])
+def test_mlp_activations(mlp, hidden, matrices):
+    block = gpt(mlp=mlp).blocks[0].mlp
+    assert block.down.weight.shape == (16, hidden)
+    assert block.up.weight.shape == ((matrices - 1) * hidden, 16)
+    x = torch.randn(2, 3, 16)
+    h = x @ block.up.weight.T
+    expected = {'gelu': lambda: nn.functional.gelu(h), 'relu2': lambda: torch.relu(h) ** 2,
+                'swiglu': lambda: nn.functional.silu(h[..., :hidden]) * h[..., hidden:]}[mlp]()
+    with torch.no_grad():
+        assert torch.allclose(block(x), expected @ block.down.weight.T, atol=1e-6)
+
+
+def test_swiglu_flops_count_its_three_matrices():
+    gelu, swiglu = gpt(), gpt(mlp='swiglu')
+    per_layer = {name: perf.matmul_params(m) - perf.matmul_params(gpt(n_layer=1, mlp=m.args.mlp))
+                 for name, m in (('gelu', gelu), ('swiglu', swiglu))}
+    attention = 4 * 16 * 16
+    assert per_layer['gelu'] == attention + 2 * 16 * 64
+    assert per_layer['swiglu'] == attention + 3 * 16 * 48
+
+
+def test_zero_init_proj_starts_every_block_as_the_identity():
+    model = gpt(zero_init_proj=True, tie_head=False)
+    for block in model.blocks:
+        assert not block.attn.proj.weight.any() and not block.mlp.down.weight.any()
+        assert block.attn.qkv.weight.std() > 0.01
+    assert not model.lm_head.weight.any()
+    assert torch.equal(model(torch.randint(0, 50, (2, 8))), torch.zeros(2, 8, 50))  # uniform first guesses
+    tied = gpt(zero_init_proj=True)  # a tied head is the embedding: not zeroed
+    assert tied.lm_head.weight.std() > 0.01
+
+
+def test_untied_head_is_a_matrix_of_its_own():
+    model = gpt(tie_head=False)
+    assert model.lm_head.weight is not model.wte.weight
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in gpt().parameters()) == 50 * 16
+    assert 'lm_head.weight' in model.state_dict()
+    assert model.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+def test_unknown_norm_or_mlp_is_refused():
+    with pytest.raises(ValueError, match='unknown norm'):
+        gpt(norm='batchnorm')
+    with pytest.raises(UserError, match=r"--mlp=geglu must be gelu, relu2 or swiglu"):
+        parse(train.TrainConfig, ['--mlp=geglu'])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Muon, and training with the options
+
+def test_muon_is_in_this_torch():
+    # the command docs/models.md gives to check an install
+    done = subprocess.run([sys.executable, '-c', 'import torch.optim; print(torch.optim.Muon.__name__)'],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == 'Muon'
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    model = gpt(**MODERN)
+    cfg = train.TrainConfig(optimizer='muon', learning_rate=1e-3, muon_lr=0.02)
+    optimizer = optim.make_optimizer(model, cfg, 'cpu')
+    muon, adamw = optimizer.optimizers['muon'], optimizer.optimizers['adamw']
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    in_muon = {id(p) for g in muon.param_groups for p in g['params']}
+    in_adamw = {id(p) for g in adamw.param_groups for p in g['params']}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[i] for i in in_muon) == sorted(
+        n for n, p in model.named_parameters() if n.startswith('blocks.') and p.dim() == 2)
+    assert {names[i] for i in in_adamw} >= {'wte.weight', 'lm_head.weight', 'ln_f.weight'}
+    assert not in_muon & in_adamw and len(in_muon | in_adamw) == len(list(model.parameters()))
+    optim.set_learning_rate(optimizer, 5e-4)  # the schedule at half its peak: each optimizer at half its own
+    assert [g['lr'] for g in optimizer.param_groups] == pytest.approx([0.01, 5e-4, 5e-4])
+    with pytest.raises(UserError, match='--optimizer=muon is for the GPT'):
+        train.check_config(train.TrainConfig(model_type='lstm', optimizer='muon'))
+
+
+def test_the_modern_recipe_trains(char_data, tmp_path):
+    out_dir = str(tmp_path / 'out')
+    result = train.main([f'--data_dir={char_data}', os.path.join(ROOT, 'config', 'recipe_modern.py'), f'--out_dir={out_dir}',
+                         '--max_iters=60', '--eval_interval=60', '--learning_rate=3e-3', *TINY_GPT])
+    evals = [r for r in metrics(out_dir) if 'val_loss' in r]
+    assert evals[0]['val_loss'] > 3.5 and result['val_loss'] < evals[0]['val_loss'] - 0.8
+    ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))
+    assert {k: ckpt['model_args'][k] for k in MODERN} == MODERN and ckpt['config']['optimizer'] == 'muon'
+    assert set(ckpt['optimizer']) == {'muon', 'adamw'}
+    # sample.py needs nothing but the checkpoint; past block_size (32), with and without the cache alike
+    drawn = [sample.sample(parse(sample.SampleConfig, [f'--out_dir={out_dir}', '--start=And God', '--seed=3',
+                                                       '--max_new_tokens=80', f'--kv_cache={kv}']), io.StringIO())
+             for kv in (True, False)]
+    assert drawn[0] == drawn[1] and len(drawn[0][0]) == len('And God') + 80
+
+
+def test_the_recipe_file_sets_every_option():
+    cfg = parse(train.TrainConfig, [os.path.join(ROOT, 'config', 'recipe_modern.py')])
+    assert {k: getattr(cfg, k) for k in MODERN} == MODERN and cfg.optimizer == 'muon'
+    assert all(getattr(train.TrainConfig(), k) == getattr(ModelArgs(), k) for k in MODERN)  # GPT-2's today
+
+
+def test_muon_resume_continues_exactly(char_data, tmp_path):
+    common = [f'--data_dir={char_data}', '--eval_interval=10', '--dropout=0.1', '--lr_decay_iters=20',
+              *TINY_GPT, *(f'--{k}={v}' for k, v in MODERN.items()), '--optimizer=muon']
+    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+    train.main([*common, f'--out_dir={straight}', '--max_iters=20'])
+    train.main([*common, f'--out_dir={split}', '--max_iters=10'])
+    train.main([*common, f'--out_dir={split}', '--max_iters=20', '--init_from=resume'])
+    resumed, reference_ckpt = (torch.load(os.path.join(d, 'ckpt.pt'), weights_only=True) for d in (split, straight))
+    assert without_timing(metrics(split)) == without_timing(metrics(straight))
+    for name, tensor in reference_ckpt['model'].items():
+        assert torch.equal(tensor, resumed['model'][name]), name
+    buffers = [s['optimizer']['muon']['state'][0]['momentum_buffer'] for s in (reference_ckpt, resumed)]
+    assert torch.equal(*buffers) and buffers[0].any()
+    assert resumed['optimizer']['adamw']['state'][0]['step'] == 20
+    with pytest.raises(UserError, match='was trained with --optimizer=muon: resume with that optimizer'):
+        train.main([*common[:-1], f'--out_dir={split}', '--max_iters=30', '--init_from=resume'])
+
+
+def test_rope_needs_an_even_head_size():
+    with pytest.raises(UserError, match='n_embd / n_head = 5 must be even'):
+        train.check_config(train.TrainConfig(n_embd=20, n_head=4, rope=True))
+    train.check_config(train.TrainConfig(model_type='lstm', n_embd=20, n_head=4, rope=True))  # GPT only
+
+
+def test_a_loss_scaler_steps_muon_and_adamw_together():
+    # float16 training (CUDA) unscales and steps the optimizer through torch.amp.GradScaler: the same update as
+    # the unscaled step, for both optimizers' parameters
+    updated, options = [], dict(MODERN, zero_init_proj=False)  # zero projections: the first step moves the head only
+    for scaler in (torch.amp.GradScaler('cpu', init_scale=1024.0), None):
+        model = gpt(**options)
+        optimizer = optim.make_optimizer(model, train.TrainConfig(optimizer='muon', adamw='for_loop'), 'cpu')
+        torch.manual_seed(1)
+        loss = model(torch.randint(0, 50, (2, 8))).logsumexp(-1).mean()
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        updated.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    assert updated[0].keys() == updated[1].keys()
+    for name in updated[0]:
+        assert torch.allclose(updated[0][name], updated[1][name], atol=1e-6), name
+    before = dict(gpt(**options).named_parameters())
+    for name in ('blocks.0.attn.qkv.weight', 'wte.weight'):  # one of Muon's, one of AdamW's: both stepped
+        assert (updated[0][name] - before[name]).abs().max() > 1e-4, name
