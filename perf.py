@@ -14,6 +14,7 @@ the total at bench.py's default sizes and less for wider models.
 MFU = FLOPs per token x tokens/s / peak FLOP/s. A CPU's peak is measured (the fastest large matrix product);
 a GPU's comes from GPU_PEAK_TFLOPS when it is listed there, else it is measured too.
 """
+import ctypes
 import gc
 import platform
 import re
@@ -63,11 +64,21 @@ def reset_peak_memory(device):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         return
+    release_free_heap()
     try:  # Linux: writing 5 to clear_refs resets the process's peak resident set size (VmHWM)
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
     except OSError:
         pass  # elsewhere the peak is the process's peak so far
+
+
+def release_free_heap():
+    """Hand the heap that freed tensors left back to the operating system (glibc's malloc_trim), so that the
+    resident set, and the next peak measured from it, holds only what is in use. Elsewhere a no-op."""
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def peak_memory_mb(device):

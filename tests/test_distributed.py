@@ -213,5 +213,5 @@ def test_gradients_are_averaged_once_per_step_in_the_last_micro_step(monkeypatch
         for _ in range(2):
             train.train_step(batch_loss, optimizer, scaler, cfg, 3)
         assert synced_backwards == [0, 0]  # one bucket, once per step of 3 micro-steps
-        assert train.unwrap(ddp) is model
+        assert distributed.unwrap(ddp) is model
     assert not torch.distributed.is_initialized()  # left on the way out

@@ -448,7 +448,11 @@ def test_a_signal_stops_prepare_with_one_line_and_leaves_the_previous_files(tmp_
     messages = [line for line in re.split(r'[\r\n]', err) if line.strip() and not re.search(r'\[\d+:\d\d', line)]
     assert 'Traceback' not in err and messages == [
         f"{signum.name}: prepare stopped, its temporary files removed; {data_dir} holds a complete dataset"]
-    assert snapshot(data_dir) == previous and temporaries(data_dir) == []
+    if snapshot(data_dir) != previous:  # on a slow machine the signal can come after the new files are published:
+        meta = storage.load_meta(str(data_dir))  # then they are the new dataset, whole
+        storage.verify_checksums(str(data_dir), meta)
+        assert meta['tokenizer']['kind'] == 'word' and moment == 'tokenize'
+    assert temporaries(data_dir) == []
     tokens_cache = os.path.join(os.environ['HF_DATASETS_CACHE'], 'prepare-tokens')
     assert [name for name in os.listdir(tokens_cache) if f'.tmp-{process.pid}' in name] == []
 
