@@ -140,14 +140,14 @@ def measure_busy_cpus(seconds=0.2):
 def busy_note(busy_cpus, threads):
     """A line for a run that starts on a CPU other work keeps busy (None when it does not): what was seen, and
     what --threads does about it."""
-    cpus = os.cpu_count() or 1
-    if busy_cpus < 0.5:
+    seen = f"the CPU is busy: other work kept {busy_cpus:.1f} of its {os.cpu_count() or 1} CPUs busy as training started"
+    if busy_cpus < 0.5 or threads == 1 == physical_cores():  # idle, or one core: nothing to choose
         return None
-    advice = ("took fewer threads than cores: a thread that shares its core with other work holds up the others"
-              if threads < physical_cores() else
-              f"with {threads} threads on a busy CPU a step can run several times slower: try --threads=1")
-    return (f"the CPU is busy: other work kept {busy_cpus:.1f} of its {cpus} CPUs busy as training started, so"
-            f" it {advice}; --threads=N sets the count")
+    if threads < physical_cores():
+        return (f"{seen}, so training takes {threads} thread{'s' if threads > 1 else ''} of its"
+                f" {physical_cores()} cores: a thread that shares its core with other work holds up the others"
+                f" (--threads=N sets the count)")
+    return f"{seen}: with {threads} threads a step can run several times slower than with fewer; try --threads=1"
 
 
 def adamw_kernel(name, device):

@@ -49,6 +49,37 @@ def test_threads_default_to_physical_cores_shared_by_the_processes(monkeypatch):
         runtime.resolve_threads(-1)
 
 
+def test_a_busy_cpu_leaves_out_the_cores_other_work_holds(monkeypatch):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.setattr(runtime, 'physical_cores', lambda: 2)
+    monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+    assert [runtime.resolve_threads(0, 1, busy) for busy in (0.0, 0.4, 0.9, 1.6, 2.0)] == [2, 2, 1, 1, 1]
+    assert runtime.resolve_threads(2, 1, 2.0) == 2  # --threads wins
+    assert runtime.busy_note(0.3, 2) is None  # an idle CPU: nothing to say
+    assert runtime.busy_note(1.2, 1) == ('the CPU is busy: other work kept 1.2 of its 2 CPUs busy as training'
+                                         ' started, so training takes 1 thread of its 2 cores: a thread that shares'
+                                         ' its core with other work holds up the others (--threads=N sets the count)')
+    assert runtime.busy_note(1.2, 2).endswith('with 2 threads a step can run several times slower than with fewer;'
+                                              ' try --threads=1')
+    monkeypatch.setattr(runtime, 'physical_cores', lambda: 1)
+    assert runtime.busy_note(1.2, 1) is None  # one core: no choice to make
+
+
+def test_busy_cpus_are_measured_from_the_machine():
+    busy = runtime.measure_busy_cpus(0.05)
+    assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_training_on_a_busy_cpu_says_so_and_takes_fewer_threads(char_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.setattr(runtime, 'physical_cores', lambda: 2)
+    monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+    monkeypatch.setattr(runtime, 'measure_busy_cpus', lambda seconds=0.2: 1.5)  # another job holds a core
+    train.main([f'--data_dir={char_data}', f'--out_dir={tmp_path}', *TINY_GPT, '--max_iters=2', '--eval_interval=2'])
+    said = capsys.readouterr().out
+    assert 'the CPU is busy: other work kept 1.5 of its 2 CPUs busy' in said and ', 1 CPU thread)' in said
+
+
 def test_physical_cores_counts_no_more_than_the_usable_cpus():
     assert 1 <= runtime.physical_cores() <= len(os.sched_getaffinity(0))
 
