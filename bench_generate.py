@@ -47,6 +47,13 @@ def plan_sample(ctx):
             for device in ctx.devices for model_type in ctx.models]
 
 
+def generate_args(ctx):
+    """The GPT the generation sections time: --generate_shape, whatever the shape of the training sections."""
+    n_layer, n_head, n_embd, block_size = ctx.cfg.generate_shape
+    return dataclasses.replace(ctx.model_args('gpt'), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                               block_size=block_size)
+
+
 def conclude_generate(rows, ctx):
     """The cache's speed-up at each output length, and how tokens/s changes from the shortest output to the
     longest."""
@@ -83,9 +90,8 @@ def conclude_generate(rows, ctx):
          conclude=conclude_generate)
 def plan_generate(ctx):
     cfg = ctx.cfg
-    n_layer, n_head, n_embd, block_size = cfg.generate_shape
-    args = dataclasses.replace(ctx.model_args('gpt'), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                               block_size=block_size)
+    args = generate_args(ctx)
+    n_layer, n_embd, block_size = args.n_layer, args.n_embd, args.block_size
 
     def job(device, new_tokens):
         torch.manual_seed(cfg.seed)
@@ -155,9 +161,8 @@ def conclude_stream(rows, ctx):
          conclude=conclude_stream)
 def plan_stream(ctx):
     cfg = ctx.cfg
-    n_layer, n_head, n_embd, block_size = cfg.generate_shape
-    args = dataclasses.replace(ctx.model_args('gpt'), n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                               block_size=block_size)
+    args = generate_args(ctx)
+    n_layer, n_embd, block_size = args.n_layer, args.n_embd, args.block_size
     # a character tokenizer with one symbol per id of the model's vocabulary (specials first, as prepare.py has)
     symbols = [chr(0x100 + i) for i in range(args.vocab_size - len(tok.SPECIALS))]
     tokenizer = tok.CharTokenizer([*tok.SPECIALS, *symbols])
