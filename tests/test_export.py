@@ -184,3 +184,82 @@ def test_prepare_train_and_sample_do_not_import_transformers():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == '[]'
 
+
+# ---------------------------------------------------------------------------------------------------------
+# train.py --init_from=DIR
+
+class HFAsOurs(torch.nn.Module):
+    """A transformers causal LM behind our GPT's forward, for train.py's evaluation."""
+    args = model_module.ModelArgs()
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.hf_model = hf_model
+
+    def forward(self, idx, positions=None, doc_ids=None):
+        assert positions is None and doc_ids is None  # random windows: one document's positions from 0
+        return self.hf_model(idx).logits
+
+
+@pytest.fixture(scope='module')
+def gpt2_directory(tmp_path_factory):
+    """A tiny randomly initialised GPT2LMHeadModel with GPT-2's vocabulary and activation, saved as
+    transformers saves one."""
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=32, n_embd=8, n_layer=1, n_head=2,
+                                     activation_function='gelu_new')
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, weight in gpt2.named_parameters():
+            if weight.dim() == 1:  # gains and biases of their own, not 1 and 0
+                weight.add_(torch.randn_like(weight) * 0.2)
+            else:
+                weight.normal_(0, 0.3)
+    directory = str(tmp_path_factory.mktemp('gpt2'))
+    gpt2.save_pretrained(directory)
+    return directory
+
+
+FINETUNE = ['--max_iters=0', '--block_size=16', '--batch_size=4', '--eval_tokens=256', '--device=cpu',
+            '--dtype=float32', '--n_layer=3', '--n_embd=64']  # the shape options are the directory's, not these
+
+
+def test_init_from_a_gpt2_directory_starts_at_transformers_loss(tmp_path, gpt2_directory, bpe_data):
+    import train
+    import batching
+    args = [f'--data_dir={bpe_data}', f'--out_dir={tmp_path / "out"}', f'--init_from={gpt2_directory}', *FINETUNE]
+    train.main(args)
+    first = __import__('conftest').metrics(str(tmp_path / 'out'))[0]
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(gpt2_directory).eval()
+    cfg = train.parse(train.TrainConfig, args)
+    meta = __import__('storage').load_meta(bpe_data)
+    with torch.no_grad():
+        expected = train.evaluate(HFAsOurs(hf_model), train.open_documents(bpe_data, 'val', meta), cfg, 'cpu',
+                                  torch.float32, batching.IGNORE_INDEX)
+    assert first['iter'] == 0 and first['val_loss'] == pytest.approx(expected, abs=1e-5)
+    assert abs(expected - 10.825) > 0.1  # not the uniform loss ln(50257) a model that predicts nothing has
+    saved = checkpoint.load(str(tmp_path / 'out' / 'ckpt.pt'))
+    assert {k: saved['model_args'][k] for k in ('n_layer', 'n_embd', 'block_size', 'mlp', 'bias')} == dict(
+        n_layer=1, n_embd=8, block_size=16, mlp='gelu_tanh', bias=True)
+
+
+def train_refused(*args):
+    result = run_script('train.py', *args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and 'Traceback' not in result.stderr
+    return result.stderr
+
+
+def test_init_from_refuses_another_vocabulary_another_architecture_and_no_directory(tmp_path, gpt2_directory,
+                                                                                     char_data):
+    stderr = train_refused(f'--data_dir={char_data}', f'--out_dir={tmp_path / "a"}', f'--init_from={gpt2_directory}',
+                           *FINETUNE)
+    assert 'has 50,257 token ids' in stderr and '--tokenizer=bpe' in stderr
+    llama = tmp_path / 'llama'
+    transformers.LlamaConfig(vocab_size=64, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                             num_attention_heads=2).save_pretrained(str(llama))
+    assert 'holds a llama model' in train_refused(f'--data_dir={char_data}', f'--init_from={llama}', *FINETUNE)
+    assert 'must be scratch, resume or a Hugging Face model directory' in train_refused(
+        f'--data_dir={char_data}', f'--init_from={tmp_path / "nothing"}', *FINETUNE)
+    assert 'longer than the 32 positions' in train_refused(
+        f'--data_dir={char_data}', f'--init_from={gpt2_directory}', *FINETUNE, '--block_size=64')
