@@ -11,6 +11,8 @@ standard equivalent (the LSTM, relu2, LayerNorm with rotary, ...) is one line an
 import dataclasses
 import os
 
+import transformers
+
 import checkpoint
 import hf
 from configurator import UserError, parse, run
@@ -36,6 +38,7 @@ def check_destination(to):
 def export(cfg):
     """Write the checkpoint's model (and tokenizer, where expressible) into cfg.to; return the lines said."""
     check_destination(cfg.to)
+    transformers.utils.logging.disable_progress_bar()  # export says what it wrote in its own lines
     path = checkpoint_path(cfg)
     loaded = checkpoint.load(path)
     model = hf.hf_model(loaded)  # a UserError for a model with no standard equivalent, before anything is written

@@ -249,7 +249,7 @@ def _bytes_to_unicode():
 
 def hf_tokenizer(meta):
     """(a transformers PreTrainedTokenizerFast that encodes as ours, or None, a line saying what is exported)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
     tokenizer = tok.from_meta(meta)
     kind = meta['kind']
@@ -274,6 +274,9 @@ def hf_tokenizer(meta):
         return None, f"tokenizer not exported: {what}; the model is (feed it our token ids)"
     if kind != 'bpe':
         backend.add_special_tokens([AddedToken(s, special=True) for s in tok.SPECIALS])
+        bos = tok.SPECIALS[tok.BOS_ID]  # a text starts as our documents (and sample.py's prompts) do: after <s>
+        backend.post_processor = processors.TemplateProcessing(single=f'{bos} $A', pair=f'{bos} $A $B',
+                                                               special_tokens=[(bos, tok.BOS_ID)])
         specials = dict(unk_token=tok.SPECIALS[tok.UNK_ID], bos_token=tok.SPECIALS[tok.BOS_ID],
                         eos_token=tok.SPECIALS[tok.EOS_ID], pad_token=tok.SPECIALS[tok.PAD_ID])
     wrapped = PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False, **specials)

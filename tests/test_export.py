@@ -101,6 +101,8 @@ def check_same_ids(meta, directory, texts=TEXTS):
         assert theirs(text, add_special_tokens=False)['input_ids'] == ours.encode(text), text
         ids = ours.encode(text)
         assert theirs.decode(ids) == ours.decode(ids)
+    start = [ours.bos_id] if ours.bos_id != ours.eos_id else []  # GPT-2's BPE adds nothing, as transformers' GPT-2
+    assert theirs(TEXTS[0])['input_ids'] == start + ours.encode(TEXTS[0])
     return theirs
 
 
