@@ -10,7 +10,8 @@ directory with it; train.py --init_from=DIR reads one. Only these two paths impo
 Both rotate q and k the same way (channel i with i + head_size / 2, RoFormer's wavelengths from ROPE_BASE), and
 Qwen3 normalizes each head's q and k before the rotation, as ours does. Our RMSNorm's eps is torch's default,
 the float32 epsilon, so the exported configs carry that value. Anything else (relu2, LayerNorm with rotary,
-RMSNorm with learned positions, the LSTM) has no standard architecture that computes it exactly.
+RMSNorm with learned positions, the LSTM) is refused: most have no standard architecture that computes them
+exactly (rotary with LayerNorm and GELU would be GPT-NeoX's, which is not mapped here).
 """
 import json
 import os
@@ -40,8 +41,8 @@ def architecture(args):
     if args.rope and args.norm == 'rmsnorm' and args.mlp == 'swiglu' and not (args.qk_norm and args.bias):
         return 'qwen3' if args.qk_norm else 'llama'
     recipe = (f"rope={args.rope}, norm={args.norm}, mlp={args.mlp}, qk_norm={args.qk_norm}, bias={args.bias}")
-    raise UserError(f"this GPT ({recipe}): no standard transformers architecture expresses that combination;"
-                    f" export supports {SUPPORTED}")
+    raise UserError(f"this GPT ({recipe}): no standard transformers architecture that export knows expresses that"
+                    f" combination; export supports {SUPPORTED}")
 
 
 def swiglu_hidden(args):
@@ -140,8 +141,8 @@ def hf_model(checkpoint):
 # reading a Hugging Face directory into our GPT (train.py --init_from=DIR)
 
 def read_pretrained(directory):
-    """(ModelArgs without vocab-independent training choices, our state_dict) of a local Hugging Face model
-    directory of GPT-2's architecture (config.json and model.safetensors or pytorch_model.bin)."""
+    """(ModelArgs of its shape, our GPT's state_dict) of a local Hugging Face model directory of GPT-2's
+    architecture (config.json, and model.safetensors, its shards or pytorch_model.bin)."""
     path = os.path.join(directory, 'config.json')
     if not os.path.isdir(directory) or not os.path.exists(path):
         raise UserError(f"--init_from={directory}: not a Hugging Face model directory (no config.json): give"

@@ -150,7 +150,7 @@ def refused(*args):
 
 
 @pytest.mark.parametrize('recipe, says', [
-    (dict(mlp='relu2'), 'no standard transformers architecture expresses that combination'),
+    (dict(mlp='relu2'), 'no standard transformers architecture that export knows expresses that combination'),
     (dict(rope=True), 'rope=True, norm=layernorm'),
     (dict(norm='rmsnorm'), 'norm=rmsnorm'),
     (dict(rope=True, norm='rmsnorm', qk_norm=True, mlp='swiglu', bias=True), 'bias=True'),
