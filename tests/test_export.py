@@ -8,17 +8,20 @@ import sys
 
 import pytest
 import torch
+import transformers
 
+import batching
 import checkpoint
 import export
 import hf
 import model as model_module
 import sample
+import storage
 import tokenizer as tok
+import train
 from configurator import UserError
-from conftest import ROOT, run_script
+from conftest import ROOT, metrics, run_script
 
-transformers = pytest.importorskip('transformers')
 
 CHAR_META = tok.CharTokenizer.build(["In the beginning God created the heaven and the earth.\nÆon ☃ é"]).to_meta()
 RECIPES = {  # every combination the project trains, and the other exportable ones
@@ -119,7 +122,7 @@ def test_gpt2_bpe_tokenizer_encodes_as_ours(tmp_path, gpt2_vocab, stories):
 
 
 def test_learned_bpe_tokenizer_encodes_as_ours(tmp_path, learned_data, verses, stories):
-    meta = tok.from_meta(__import__('storage').load_meta(learned_data)['tokenizer']).to_meta()
+    meta = tok.from_meta(storage.load_meta(learned_data)['tokenizer']).to_meta()
     assert 'exported' in write(meta, str(tmp_path))
     theirs = check_same_ids(meta, str(tmp_path), TEXTS + verses[:20] + stories[:5])
     assert [theirs.convert_ids_to_tokens(i) for i in range(4)] == list(tok.SPECIALS)
@@ -132,7 +135,7 @@ def test_char_tokenizer_encodes_as_ours_unknown_characters_included(tmp_path):
 
 
 def test_word_and_midi_tokenizers_are_not_exported_and_say_so(tmp_path, word_data):
-    meta = __import__('storage').load_meta(word_data)['tokenizer']
+    meta = storage.load_meta(word_data)['tokenizer']
     line = write(meta, str(tmp_path))
     assert line.startswith('tokenizer not exported: the word tokenizer') and 'the model is' in line
     assert os.listdir(tmp_path) == []
@@ -227,14 +230,12 @@ FINETUNE = ['--max_iters=0', '--block_size=16', '--batch_size=4', '--eval_tokens
 
 
 def test_init_from_a_gpt2_directory_starts_at_transformers_loss(tmp_path, gpt2_directory, bpe_data):
-    import train
-    import batching
     args = [f'--data_dir={bpe_data}', f'--out_dir={tmp_path / "out"}', f'--init_from={gpt2_directory}', *FINETUNE]
     train.main(args)
-    first = __import__('conftest').metrics(str(tmp_path / 'out'))[0]
+    first = metrics(str(tmp_path / 'out'))[0]
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(gpt2_directory).eval()
     cfg = train.parse(train.TrainConfig, args)
-    meta = __import__('storage').load_meta(bpe_data)
+    meta = storage.load_meta(bpe_data)
     with torch.no_grad():
         expected = train.evaluate(HFAsOurs(hf_model), train.open_documents(bpe_data, 'val', meta), cfg, 'cpu',
                                   torch.float32, batching.IGNORE_INDEX)
