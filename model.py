@@ -29,13 +29,13 @@ class ModelArgs:
     rope: bool = False        # rotary position embeddings on queries and keys instead of the learned wpe table
     norm: str = 'layernorm'   # layernorm | rmsnorm
     qk_norm: bool = False     # RMSNorm of each head's queries and keys before attention
-    mlp: str = 'gelu'         # gelu | relu2 | swiglu
+    mlp: str = 'gelu'         # gelu | gelu_tanh | relu2 | swiglu
     zero_init_proj: bool = False  # the matrices that write to the residual stream (and an untied head) start at 0
     tie_head: bool = True     # the output head is the token embedding (False: a matrix of its own)
 
 
 NORMS = ('layernorm', 'rmsnorm')
-MLPS = ('gelu', 'relu2', 'swiglu')
+MLPS = ('gelu', 'gelu_tanh', 'relu2', 'swiglu')
 ROPE_BASE = 10000.0  # the rotary wavelengths run from 2 pi to about 2 pi x ROPE_BASE positions (RoFormer's value)
 
 
@@ -113,6 +113,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     """Linear(C, 4C) -> GELU -> Linear(4C, C), or with another activation:
 
+    gelu_tanh  GELU's tanh approximation, the one GPT-2's released weights were trained with (train.py
+            --init_from=DIR reads them with it)
     relu2   ReLU(x)^2: sparse like ReLU, smooth at 0 like GELU, cheaper than both (So et al. 2021, Primer)
     swiglu  SiLU(gate) * up, a gated unit (Shazeer 2020; LLaMA); gate and up are the two halves of one
             Linear(C, 2H), with H = 8C/3 rounded up to a multiple of 8 so that its 3 matrices hold about as
@@ -136,7 +138,7 @@ class MLP(nn.Module):
             gate, h = h.chunk(2, dim=-1)
             h = F.silu(gate) * h
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate='tanh' if self.activation == 'gelu_tanh' else 'none')
         return self.dropout(self.down(h))
 
 

@@ -4,6 +4,7 @@
     python train.py config/train_akjv_lstm.py
     python train.py config/train_akjv.py --init_from=resume      # continue out_dir/ckpt.pt (or best.pt alone)
     python train.py config/train_akjv.py --overwrite=True        # from scratch, replacing out_dir's old run
+    python train.py --data_dir=data/tinystories --init_from=path/to/gpt2  # fine-tune a Hugging Face GPT-2 directory
     torchrun --standalone --nproc_per_node=4 train.py config/train_akjv.py --gradient_accumulation_steps=4
 
 Writes to out_dir: ckpt.pt (latest), best.pt (lowest val loss), metrics.jsonl, loss.png, and .lock, held while
@@ -40,6 +41,9 @@ from reliability import (CHECKPOINTS, MAX_SKIPPED_IN_A_ROW, OutDirLock, StepLoss
                          prepare_out_dir, refuse_to_replace, resume_command, weights_finite, write_error)
 from trainlog import MetricsLog
 
+INIT_FROM = ('scratch', 'resume')  # or a directory: see TrainConfig.init_from
+# what --init_from=DIR sets, whatever the config says (dropout and block_size stay the config's)
+PRETRAINED_SHAPE = ('model_type', 'n_layer', 'n_head', 'n_embd', 'bias', 'rope', 'norm', 'qk_norm', 'mlp', 'tie_head')
 EVAL_SEED = 0  # the same val windows for every run, whatever its training seed, so runs compare
 # every change to the GPT-2 recipe at once (model.ModelArgs' options and Muon): bench.py times it, ablate.py
 # takes it apart
@@ -51,8 +55,9 @@ class TrainConfig:
     # input and output
     data_dir: str = 'data/akjv'   # a directory written by prepare.py
     out_dir: str = 'out'          # checkpoints, metrics.jsonl and loss.png go here
-    init_from: str = option('scratch', choices=('scratch', 'resume'))  # resume: continue from out_dir/ckpt.pt (or
-    #                               best.pt where there is no ckpt.pt)
+    init_from: str = 'scratch'    # scratch, resume (continue from out_dir/ckpt.pt, or best.pt where there is no
+    #                               ckpt.pt) or a Hugging Face model directory of GPT-2's architecture to start
+    #                               from (its shape is used; the data's tokenizer must be its vocabulary's)
     overwrite: bool = False       # scratch into an out_dir that holds a checkpoint: replace it (at the first save)
     # model (see model.ModelArgs; ignored on resume, where the checkpoint's shape is used)
     model_type: str = option('gpt', choices=MODELS)  # the network: a decoder-only transformer or an LSTM
@@ -66,8 +71,8 @@ class TrainConfig:
     rope: bool = False            # GPT: rotary position embeddings on queries and keys (no learned position table)
     norm: str = option('layernorm', choices=NORMS)  # GPT: the normalization layers (rmsnorm: no mean, no bias)
     qk_norm: bool = False         # GPT: RMSNorm of each head's queries and keys before attention
-    mlp: str = option('gelu', choices=MLPS)  # GPT: the MLP's activation (relu2: ReLU squared; swiglu: gated,
-    #                               3 matrices of 8/3 n_embd)
+    mlp: str = option('gelu', choices=MLPS)  # GPT: the MLP's activation (gelu_tanh: its tanh approximation, as
+    #                               GPT-2's weights; relu2: ReLU squared; swiglu: gated, 3 matrices of 8/3 n_embd)
     zero_init_proj: bool = False  # GPT: the output projections of attention and MLP (and an untied head) start at 0
     tie_head: bool = True         # GPT: the output head shares the token embedding's matrix (False: its own)
     block_size: int = option(128, low=1)  # tokens per window (GPT context; LSTM steps of backprop through time)
@@ -162,6 +167,9 @@ def recipe_overrides(path):
 def check_config(cfg):
     """Each field's declared valid values, then what no one field can say alone."""
     configurator.check(cfg)
+    if cfg.init_from not in INIT_FROM and not os.path.isdir(cfg.init_from):
+        raise UserError(f"--init_from={cfg.init_from} must be scratch, resume or a Hugging Face model directory"
+                        f" (none there)")
     if cfg.max_memory != 'auto':
         runtime.parse_size(cfg.max_memory)  # raises for a size it cannot read
     if cfg.model_type == 'gpt' and cfg.n_embd % cfg.n_head:
@@ -259,13 +267,17 @@ class Run:
         started = time.perf_counter()
         self.world = world
         self.ckpt_path, self.best_path = (os.path.join(cfg.out_dir, name) for name in CHECKPOINTS)
-        if cfg.init_from == 'scratch' and not cfg.overwrite:  # before anything in out_dir is touched
+        if cfg.init_from != 'resume' and not cfg.overwrite:  # before anything in out_dir is touched
             world.on_main(refuse_to_replace, cfg.out_dir)
         self.resumed_path, resumed = load_resumable(cfg.out_dir, world.say) if cfg.init_from == 'resume' else \
             (None, None)
         if resumed:  # the model's shape is the checkpoint's, whatever the config says
             cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
         check_config(cfg)
+        pretrained = self.read_pretrained(cfg) if cfg.init_from not in INIT_FROM else None
+        if pretrained:  # the model's shape is the directory's too (block_size aside: a window of at most its own)
+            shape = dataclasses.asdict(pretrained[0])
+            cfg = dataclasses.replace(cfg, **{k: shape[k] for k in PRETRAINED_SHAPE})
         self.cfg, self.world, self.device = cfg, world, device
         self.resume_command = resume_command(cfg, argv, world.launcher())  # what a stopped run prints
         self.micro_steps = micro_steps_per_process(cfg, world.size)
@@ -276,6 +288,10 @@ class Run:
             storage.check_token_ids(cfg.data_dir, self.meta)
         if resumed:
             self.check_resumable(resumed)
+        if pretrained and pretrained[0].vocab_size != self.meta['vocab_size']:
+            raise UserError(f"--init_from={cfg.init_from} has {pretrained[0].vocab_size:,} token ids, {cfg.data_dir}"
+                            f" {self.meta['vocab_size']:,} ({self.meta['tokenizer']['kind']}): prepare the data with"
+                            f" the weights' tokenizer (GPT-2's: python prepare.py DIR --tokenizer=bpe)")
         self.train_docs, self.val_docs = (open_documents(cfg.data_dir, s, self.meta) for s in ('train', 'val'))
         batches = make_batches(cfg, self.train_docs, 'train', cfg.seed, device, world)
         make_batches(cfg, self.val_docs, 'val', EVAL_SEED, world=world)  # a val split too small fails now, not later
@@ -285,6 +301,10 @@ class Run:
         self.args = ModelArgs(**shape, vocab_size=self.meta['vocab_size'],
                               pad_id=self.meta['tokenizer']['special_ids'].get('pad'))
         self.raw_model = build_model(self.args).to(device)  # the plain module, whose weights a checkpoint holds
+        if pretrained:
+            weights = dict(pretrained[1], **{'wpe.weight': pretrained[1]['wpe.weight'][:cfg.block_size]})
+            self.raw_model.load_state_dict(weights)
+            world.say(f"starting from the weights of {cfg.init_from}")
         world.on_main(prepare_out_dir, cfg.out_dir, checkpoint.estimated_size(self.raw_model, self.meta['tokenizer']))
         self.optimizer = make_optimizer(self.raw_model, cfg, device)
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
@@ -306,6 +326,17 @@ class Run:
         world.say(self.description())
         if self.micro_batches:
             world.say(self.micro_batches)
+
+    @staticmethod
+    def read_pretrained(cfg):
+        """(ModelArgs, state_dict) of the Hugging Face directory cfg.init_from names (transformers is imported
+        on this path only)."""
+        import hf
+        args, weights = hf.read_pretrained(cfg.init_from)
+        if cfg.block_size > args.block_size:
+            raise UserError(f"--block_size={cfg.block_size} is longer than the {args.block_size} positions of"
+                            f" --init_from={cfg.init_from}: give at most {args.block_size}")
+        return args, weights
 
     def make_batch_loss(self, batches, hidden):
         """The training batches' BatchLoss, in micro-batches where a batch would not fit --max_memory (then

@@ -177,14 +177,16 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
     assert normed.blocks[0].attn.q_norm.weight.shape == (8,)  # a gain per channel of a head
 
 
-@pytest.mark.parametrize('mlp, hidden, matrices', [('gelu', 64, 2), ('relu2', 64, 2), ('swiglu', 48, 3)])
+@pytest.mark.parametrize('mlp, hidden, matrices', [('gelu', 64, 2), ('gelu_tanh', 64, 2), ('relu2', 64, 2),
+                                                       ('swiglu', 48, 3)])
 def test_mlp_activations(mlp, hidden, matrices):
     block = gpt(mlp=mlp).blocks[0].mlp
     assert block.down.weight.shape == (16, hidden)
     assert block.up.weight.shape == ((matrices - 1) * hidden, 16)
     x = torch.randn(2, 3, 16)
     h = x @ block.up.weight.T
-    expected = {'gelu': lambda: nn.functional.gelu(h), 'relu2': lambda: torch.relu(h) ** 2,
+    expected = {'gelu': lambda: nn.functional.gelu(h), 'gelu_tanh': lambda: 0.5 * h * (1 + torch.tanh(
+                    (2 / torch.pi) ** 0.5 * (h + 0.044715 * h ** 3))), 'relu2': lambda: torch.relu(h) ** 2,
                 'swiglu': lambda: nn.functional.silu(h[..., :hidden]) * h[..., hidden:]}[mlp]()
     with torch.no_grad():
         assert torch.allclose(block(x), expected @ block.down.weight.T, atol=1e-6)
@@ -221,7 +223,7 @@ def test_untied_head_is_a_matrix_of_its_own():
 def test_unknown_norm_or_mlp_is_refused():
     with pytest.raises(ValueError, match='unknown norm'):
         gpt(norm='batchnorm')
-    with pytest.raises(UserError, match=r"--mlp=geglu must be gelu, relu2 or swiglu"):
+    with pytest.raises(UserError, match=r"--mlp=geglu must be gelu, gelu_tanh, relu2 or swiglu"):
         parse(train.TrainConfig, ['--mlp=geglu'])
 
 
