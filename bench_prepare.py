@@ -115,8 +115,7 @@ def read_texts(path):
 
 def raw_tiktoken(texts, num_threads):
     """(seconds, tokens) of encode_ordinary_batch over texts, in chunks so the id lists never pile up."""
-    import tiktoken
-    encoding = tiktoken.get_encoding('gpt2')
+    encoding = tok.BPETokenizer().encoding  # GPT-2's, from the project's cache offline, as prepare.py loads it
     tokens, start = 0, time.perf_counter()
     for i in range(0, len(texts), 20_000):
         tokens += sum(map(len, encoding.encode_ordinary_batch(texts[i:i + 20_000], num_threads=num_threads)))
@@ -144,8 +143,7 @@ def timed_learning(texts, vocab_size):
 
 
 def encode_share(texts, start, end):
-    import tiktoken
-    encoding = tiktoken.get_encoding('gpt2')
+    encoding = tok.BPETokenizer().encoding
     for text in texts[start:end]:
         encoding.encode_ordinary(text)
 
