@@ -45,11 +45,6 @@ def architecture(args):
                     f" combination; export supports {SUPPORTED}")
 
 
-def swiglu_hidden(args):
-    """Our SwiGLU's hidden size H (model.MLP): the Linear(C, 2H) holds gate (first half) and up (second)."""
-    return model_module.MLP(model_module.ModelArgs(n_embd=args.n_embd, mlp='swiglu')).down.in_features
-
-
 def hf_config(args, special_ids):
     """The transformers config of the GPT args describe (the architecture's), with the tokenizer's special ids."""
     import transformers
@@ -62,7 +57,8 @@ def hf_config(args, special_ids):
             n_head=args.n_head, n_inner=4 * args.n_embd, activation_function=GELUS[args.mlp],
             resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout,
             layer_norm_epsilon=LAYER_NORM_EPS, **ids)
-    shape = dict(vocab_size=args.vocab_size, hidden_size=args.n_embd, intermediate_size=swiglu_hidden(args),
+    shape = dict(vocab_size=args.vocab_size, hidden_size=args.n_embd,
+                 intermediate_size=model_module.mlp_hidden(args),
                  num_hidden_layers=args.n_layer, num_attention_heads=args.n_head, num_key_value_heads=args.n_head,
                  head_dim=args.n_embd // args.n_head, hidden_act='silu', max_position_embeddings=args.block_size,
                  rms_norm_eps=RMS_NORM_EPS, attention_bias=args.bias, attention_dropout=args.dropout,
@@ -213,7 +209,8 @@ def _byte_level_bpe(ranks, pattern, specials=()):
     specials: the tokens of ids 0, 1, ... (which ranks leave free)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.pre_tokenizers import ByteLevel
-    to_char = {b: c for b, c in zip(range(256), _bytes_to_unicode())}
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    to_char = bytes_to_unicode()  # GPT-2's printable character for each byte, as ByteLevel reads them
     spell = lambda token: ''.join(to_char[b] for b in token)
     vocab = {**{special: i for i, special in enumerate(specials)},
              **{spell(token): rank for token, rank in ranks.items()}}
@@ -230,22 +227,6 @@ def _byte_level_bpe(ranks, pattern, specials=()):
         ByteLevel(add_prefix_space=False, use_regex=False)])
     bpe.decoder = decoders.ByteLevel()
     return bpe
-
-
-def _bytes_to_unicode():
-    """GPT-2's printable character for each byte 0-255 (the one ByteLevel uses)."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    alphabet = ByteLevel.alphabet()
-    printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    assert set(chars.values()) == set(alphabet)
-    return [chars[b] for b in range(256)]
 
 
 def hf_tokenizer(meta):

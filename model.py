@@ -110,6 +110,12 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
+def mlp_hidden(args):
+    """The MLP's hidden width: 4C, or for SwiGLU 8C/3 rounded up to a multiple of 8 (its two input matrices
+    then hold about the parameters of the others' one)."""
+    return math.ceil(8 * args.n_embd / 3 / 8) * 8 if args.mlp == 'swiglu' else 4 * args.n_embd
+
+
 class MLP(nn.Module):
     """Linear(C, 4C) -> GELU -> Linear(4C, C), or with another activation:
 
@@ -124,7 +130,7 @@ class MLP(nn.Module):
     def __init__(self, args):
         super().__init__()
         self.activation = args.mlp
-        hidden = math.ceil(8 * args.n_embd / 3 / 8) * 8 if args.mlp == 'swiglu' else 4 * args.n_embd
+        hidden = mlp_hidden(args)
         self.up = nn.Linear(args.n_embd, 2 * hidden if args.mlp == 'swiglu' else hidden, bias=args.bias)
         self.down = nn.Linear(hidden, args.n_embd, bias=args.bias)
         self.down.is_residual_projection = True
