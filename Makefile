@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup gpt2-vocab
+.PHONY: demo test setup gpt2-vocab chromium
 setup: $(VENV)/installed
 
 $(VENV)/installed: requirements.txt
@@ -24,6 +24,17 @@ demo: setup
 gpt2-vocab: setup
 	$(PY) tools/fetch_gpt2_vocab.py
 
+# Chromium and its driver for the playground's browser test (tests/test_serve.py skips it without them):
+# Debian's packages, where this runs as root with apt-get; a no-op once they are installed
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver for the browser test"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+	   chromium-driver >/dev/null 2>&1) || echo "could not install chromium: the browser test will be skipped"; \
+	else echo "no chromium here and no apt-get as root: the browser test will be skipped"; fi
+
 # One torch thread: the tiny test models run faster so, and many times faster on a CPU shared with other work.
-test: setup gpt2-vocab
+test: setup gpt2-vocab chromium
 	HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q

@@ -31,12 +31,16 @@ Writes to <out_dir>-ablate-<what>/ (or --ablation_dir): results.md (the table), 
 (bits per character against target tokens and against training time), and one train.py out_dir per run.
 A run whose directory holds the results of the same settings is not trained again.
 """
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
+import statistics
 import time
 
 import torch
@@ -58,12 +62,18 @@ UNKNOWN_WINDOWINGS = '--windowings: unknown {bad}; choose from {choices}'
 DATA_SIZE_PREPARE = {'data/tinystories_20k': ' --max_docs=20000', 'data/tinystories_200k': ' --max_docs=200000'}
 TOKENIZERS = 'char,word,bpe512,bpe1k,bpe4k,bpe8k,bpe'
 TOKENIZER_PART = re.compile(r'(char|word|bpe|midi|bpe\d+k?)')  # what a data directory's name says of its tokenizer
+WHATS = ('windowing', 'data_size', 'dtype', 'tokenizer', 'recipe', 'sweep')
+# The recipe ablation's changes from the GPT-2 recipe (config/recipe_gpt2.py), each the one option it sets. Two
+# that set one option (relu2, swiglu) replace each other.
+RECIPE_CHANGES = {'rope': ('rope', True), 'rmsnorm': ('norm', 'rmsnorm'), 'qk_norm': ('qk_norm', True),
+                  'relu2': ('mlp', 'relu2'), 'swiglu': ('mlp', 'swiglu'), 'zero_init_proj': ('zero_init_proj', True),
+                  'untied_head': ('tie_head', False), 'muon': ('optimizer', 'muon')}
 
 
 @dataclasses.dataclass
 class AblateConfig(train.TrainConfig):
-    what: str = option('windowing', choices=('windowing', 'data_size', 'dtype', 'tokenizer'))  # what differs
-    #                               between the runs: a run per --windowings, --data_dirs, --dtypes or --tokenizers
+    what: str = option('windowing', choices=WHATS)  # what differs between the runs: a run per --windowings,
+    #                               --data_dirs, --dtypes, --tokenizers, recipe change (--recipe_changes) or --sweep
     windowings: str = option('', choices=('',), some_of=batching.WINDOWINGS, error=UNKNOWN_WINDOWINGS)
     #                               windowing: strategies to compare, comma-separated ('' = all that suit a model)
     data_dirs: str = DATA_SIZE_DIRS  # data_size: prepared directories, scored on the first one's val split
@@ -80,17 +90,41 @@ class AblateConfig(train.TrainConfig):
     time_budget: float = option(0.0, low=0)  # seconds of training per run, start-up included (0 = the same
     #                               target tokens)
     calibration_iters: int = option(20, low=4)  # time_budget: steps of the calibration run that fits max_iters
+    recipe_base: str = option('', choices=('',), some_of=tuple(RECIPE_CHANGES))  # recipe:
+    #                               the changes from the GPT-2 recipe that make the base run, comma-separated
+    recipe_changes: str = option(','.join(RECIPE_CHANGES), choices=('',), some_of=tuple(RECIPE_CHANGES))  # recipe:
+    #                               a run per change, each toggled alone in the base (added, or removed from it)
+    sweep: str = ''               # sweep: KEY=V1,V2,... a run per value of one train.py option
+    seeds: int = option(1, low=1)  # runs per variant, from --seed up: the table gives their mean and spread
+    jobs: int = option(1, low=1)  # runs at once, each in a process of its own on its own share of the CPU cores
 
 
 @dataclasses.dataclass
 class Variant:
-    name: str       # the table's row label
+    name: str       # the table's row label (the runs of a variant's seeds share it)
     overrides: dict  # what this run changes in the training config
     context_chars: float | None = None  # tokenizer, same context: block_size covers this many characters
+    directory: str = ''  # the run's directory in the ablation's ('' = its name)
+    seed: int | None = None  # --seeds above 1: the seed of this run of the variant
+
+
+def listed(text):
+    return [name.strip() for name in text.split(',') if name.strip()]
 
 
 def variants(cfg):
-    """The runs of the ablation, checked: one per windowing strategy or per data directory."""
+    """The runs of the ablation, checked: each variant, once per seed with --seeds above 1."""
+    variant_list = what_varies(cfg)
+    if cfg.seeds == 1:
+        return variant_list
+    return [dataclasses.replace(v, overrides={**v.overrides, 'seed': seed}, seed=seed,
+                                directory=f"{v.directory or v.name}-seed{seed}")
+            for v in variant_list for seed in range(cfg.seed, cfg.seed + cfg.seeds)]
+
+
+def what_varies(cfg):
+    """The variants of the ablation: one per windowing strategy, data directory, dtype, tokenizer, recipe change
+    or swept value."""
     if cfg.what == 'windowing':
         # streams is the LSTM's TBPTT layout: for a GPT, strided windows in a fixed order, so left out by default
         everything = [w for w in batching.WINDOWINGS if cfg.model_type == 'lstm' or w != 'streams']
@@ -116,7 +150,48 @@ def variants(cfg):
                             f" bpeN / bpeNk (learned, N or N x 1,024 ids), comma-separated")
         context = context_chars(cfg)
         return [Variant(name, {'data_dir': tokenizer_dir(cfg, name)}, context) for name in names]
-    raise UserError(f"--what={cfg.what} must be windowing, data_size, dtype or tokenizer")
+    if cfg.what == 'recipe':
+        return recipe_variants(cfg)
+    if cfg.what == 'sweep':
+        key, is_set, values = cfg.sweep.partition('=')
+        if not is_set or not listed(values):
+            raise UserError(f"--sweep={cfg.sweep!r} must be KEY=V1,V2,...: a train.py option and its values,"
+                            f" e.g. --sweep=learning_rate=1e-3,3e-3")
+        return [Variant(f'{key}={text}', {key: configurator.parse_value(train.TrainConfig, key, text)})
+                for text in listed(values)]
+    raise UserError(f"--what={cfg.what} must be one of {', '.join(WHATS)}")
+
+
+def recipe_variants(cfg):
+    """GPT-2's recipe (config/recipe_gpt2.py); the base, that recipe with --recipe_base's changes (when it has
+    any); and the base with each of --recipe_changes toggled alone: added, or removed where the base has it. A
+    change that sets the option of one in the base replaces it (relu2 for swiglu)."""
+    if cfg.model_type != 'gpt':
+        raise UserError(f"--what=recipe compares the GPT's recipes; --model_type={cfg.model_type} has none: give"
+                        f" --model_type=gpt")
+    base = listed(cfg.recipe_base)
+    for change in base:
+        rivals = [c for c in base if RECIPE_CHANGES[c][0] == RECIPE_CHANGES[change][0]]
+        if len(rivals) > 1:
+            raise UserError(f"--recipe_base: {' and '.join(rivals)} both set {RECIPE_CHANGES[change][0]}: keep one")
+    gpt2 = train.recipe(train.GPT2_RECIPE)
+
+    def variant(name, directory, changes):
+        return Variant(name, {**gpt2, **dict(RECIPE_CHANGES[c] for c in changes)}, directory=directory)
+
+    runs = [variant('gpt2', 'gpt2', [])]
+    if base:
+        runs.append(variant('+'.join(base), 'base', base))
+    for change in listed(cfg.recipe_changes):
+        replaced = [c for c in base if RECIPE_CHANGES[c][0] == RECIPE_CHANGES[change][0]]
+        if change in base:
+            runs.append(variant(f'- {change}', f'drop_{change}', [c for c in base if c != change]))
+        elif replaced:
+            runs.append(variant(f'{change} for {replaced[0]}', f'{change}_for_{replaced[0]}',
+                                [change if c == replaced[0] else c for c in base]))
+        else:
+            runs.append(variant(f'+ {change}', f'add_{change}', [*base, change]))
+    return runs
 
 
 def tokenizer_dir(cfg, name):
@@ -226,16 +301,24 @@ def fit_iters(cfg, run_cfg, run_dir):
     return iters, {'iters': steps, 'wall_s': wall_s, 'step_s': step_s, 'overhead_s': overhead_s}
 
 
-def run_variant(cfg, variant, budget):
-    """Train one variant to the budget of real target tokens (or of seconds), scoring it at cfg.points points."""
-    run_dir = os.path.join(cfg.ablation_dir, variant.name)
+def run_config(cfg, variant):
+    """The checked train.py config of one variant's run."""
     train_fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     run_cfg = train.TrainConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in train_fields})
-    run_cfg = dataclasses.replace(run_cfg, **variant.overrides, out_dir=run_dir, init_from='scratch')
-    meta = storage.load_meta(run_cfg.data_dir)
+    run_cfg = dataclasses.replace(run_cfg, **variant.overrides, init_from='scratch',
+                                  out_dir=os.path.join(cfg.ablation_dir, variant.directory or variant.name))
     if variant.context_chars:
+        meta = storage.load_meta(run_cfg.data_dir)
         run_cfg = dataclasses.replace(run_cfg, block_size=max(1, round(variant.context_chars / chars_per_token(meta))))
     train.check_config(run_cfg)
+    return run_cfg
+
+
+def run_variant(cfg, variant, budget):
+    """Train one variant to the budget of real target tokens (or of seconds), scoring it at cfg.points points."""
+    run_cfg = run_config(cfg, variant)
+    run_dir = run_cfg.out_dir
+    meta = storage.load_meta(run_cfg.data_dir)
     documents, chars = held_out(cfg, run_cfg.data_dir)
     share = train.make_batches(run_cfg, train.open_documents(run_cfg.data_dir, 'train', meta), 'train',
                                run_cfg.seed).target_fraction
@@ -274,7 +357,7 @@ def run_variant(cfg, variant, budget):
                       'val_loss': loss, 'val_bits_per_char': bits_per_char})
         print(f"{variant.name}: iteration {stop}/{iters}, {curve[-1]['target_tokens']:,.0f} target tokens:"
               f" val loss {loss:.4f} per target, {bits_per_char:.4f} bits/char")
-    result = {'settings': settings, 'name': variant.name, 'iters': iters, 'target_share': share,
+    result = {'settings': settings, 'name': variant.name, 'seed': run_cfg.seed, 'iters': iters, 'target_share': share,
               'positions': iters * tokens_per_iter, 'target_tokens': iters * tokens_per_iter * share,
               'train_s': train_s, 'tokens_per_s': iters * tokens_per_iter / train_s, 'calibration': calibration,
               'block_size': run_cfg.block_size, 'parameters': parameters, 'vocab_size': meta['vocab_size'],
@@ -283,6 +366,112 @@ def run_variant(cfg, variant, budget):
     with storage.atomic_write(saved, 'w') as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def in_parallel(cfg, variant_list, budget):
+    """run_variant for every variant, cfg.jobs at a time, each in a process of its own pinned to its own share of
+    this process's CPUs (with that many torch threads), so that runs at once do not slow each other more than
+    sharing the machine's memory does. Each run's output goes to <its directory>.log; a line here as each ends."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if cfg.jobs > len(cpus):
+        raise UserError(f"--jobs={cfg.jobs}: this process may use {len(cpus)} CPUs, so at most {len(cpus)} runs"
+                        f" can each have one: give --jobs={len(cpus)} or fewer")
+    share = len(cpus) // cfg.jobs
+    context = multiprocessing.get_context('spawn')  # not fork: torch's threads do not survive a fork
+    shares = context.Queue()
+    for j in range(cfg.jobs):
+        shares.put(cpus[j * share:(j + 1) * share])
+    with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=context, initializer=pin,
+                                                initargs=(shares,)) as pool:
+        futures = {pool.submit(run_logged, cfg, v, budget): v for v in variant_list}
+        for future in concurrent.futures.as_completed(futures):
+            r, v = future.result(), futures[future]
+            print(f"{v.directory or v.name}: {r['iters']:,} iterations in {r['train_s']:.0f} s, val loss"
+                  f" {r['val_loss']:.4f} per target, {r['val_bits_per_char']:.4f} bits/char")
+        return [future.result() for future in futures]
+
+
+def pin(shares):
+    """A worker of in_parallel: run on one share of the CPUs, with a torch thread per CPU of it."""
+    cpus = shares.get()
+    os.sched_setaffinity(0, cpus)
+    torch.set_num_threads(len(cpus))
+
+
+def run_logged(cfg, variant, budget):
+    """run_variant with its output in <the run's directory>.log, and train.py's threads those of its share."""
+    cfg = dataclasses.replace(cfg, threads=cfg.threads or torch.get_num_threads())
+    log = os.path.join(cfg.ablation_dir, f"{variant.directory or variant.name}.log")
+    with open(log, 'w') as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        return run_variant(cfg, variant, budget)
+
+
+def summary(results):
+    """Each variant's runs (its seeds) summed up: the mean, spread (sample standard deviation), lowest and
+    highest val bits per character, and their mean iterations, training time and tokens/s."""
+    variants = {}
+    for r in results:
+        variants.setdefault(r['name'], []).append(r)
+    rows = []
+    for name, runs in variants.items():
+        bits = [r['val_bits_per_char'] for r in runs]
+        rows.append({'name': name, 'runs': len(runs), 'seeds': [r['seed'] for r in runs],
+                     'mean': statistics.mean(bits), 'std': statistics.stdev(bits) if len(bits) > 1 else 0.0,
+                     'min': min(bits), 'max': max(bits), 'parameters': runs[0]['parameters'],
+                     **{k: statistics.mean(r[k] for r in runs) for k in ('iters', 'train_s', 'tokens_per_s')}})
+    return rows
+
+
+def seeds_table(results, what):
+    """The variants (each the mean of its seeds' runs) as a markdown table: spread, range, and the difference of
+    each mean from the first variant's; the best mean in bold."""
+    rows = summary(results)
+    best = min(r['mean'] for r in rows)
+    lines = [f"| {what} | runs | parameters | iterations | train time | tokens/s | val bits/char (mean) | spread (sd)"
+             f" | lowest - highest | vs {rows[0]['name']} |", '|---|' + '---:|' * 9]
+    for r in rows:
+        mean = f"{r['mean']:.4f}"
+        lines.append(f"| `{r['name']}` | {r['runs']} | {r['parameters']:,} | {r['iters']:,.0f} | {r['train_s']:.0f} s"
+                     f" | {r['tokens_per_s']:,.0f} | {f'**{mean}**' if r['mean'] == best else mean} | {r['std']:.4f} |"
+                     f" {r['min']:.4f} - {r['max']:.4f} | {r['mean'] - rows[0]['mean']:+.4f} |")
+    return '\n'.join(lines) + '\n'
+
+
+def seeds_plot(results, path, title, what):
+    """Left: each variant's curve, the mean of its seeds' bits per character against their mean training time.
+    Right: each variant's final bits per character, a dot per seed and a bar at the mean, the best at the top, and
+    a dashed line at the first variant's mean."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = summary(results)
+    fig, (curves, finals) = plt.subplots(1, 2, figsize=(11, 0.9 + 0.32 * max(8, len(rows))),
+                                         gridspec_kw={'width_ratios': [1, 1.1]})
+    for row in rows:
+        runs = [r for r in results if r['name'] == row['name']]
+        points = zip(*(r['curve'] for r in runs))
+        means = [(statistics.mean(p['train_s'] for p in ps) / 60, statistics.mean(p['val_bits_per_char'] for p in ps))
+                 for ps in points]
+        curves.plot(*zip(*means), 'o-', label=row['name'], alpha=0.8, markersize=3)
+    curves.set_xlabel('training time (minutes, this machine)')
+    curves.set_ylabel('held-out bits per character (mean of the seeds)')
+    curves.legend(fontsize=7)
+    ordered = sorted(rows, key=lambda r: -r['mean'])
+    for y, row in enumerate(ordered):
+        finals.barh(y, row['mean'] - ordered[-1]['min'] + 0.02, left=ordered[-1]['min'] - 0.02, color='C0', alpha=0.25)
+        bits = [r['val_bits_per_char'] for r in results if r['name'] == row['name']]
+        finals.plot(bits, [y] * len(bits), 'o', color='C0', markersize=4)
+    finals.axvline(rows[0]['mean'], color='gray', linestyle='--', linewidth=1, label=f"{rows[0]['name']}'s mean")
+    finals.legend(fontsize=7, loc='lower right')
+    finals.set_yticks(range(len(ordered)), [r['name'] for r in ordered], fontsize=8)
+    finals.set_xlabel('held-out bits per character at the end (dots: seeds; bar: their mean)')
+    for ax in (curves, finals):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with storage.atomic_write(path) as f:
+        fig.savefig(f, format='png', dpi=80)
+    plt.close(fig)
 
 
 def table(results, what):
@@ -342,18 +531,23 @@ def ablate(cfg):
     print(f"ablation of {cfg.what}: {len(variant_list)} runs of {each} each, scored on"
           f" {documents.starts.size:,} held-out documents of {scored_on} ({int(documents.pairs.sum()):,} targets,"
           f" {chars:,} characters)")
-    results = [run_variant(cfg, v, budget) for v in variant_list]
+    for v in variant_list:  # every run's config is checked before the first trains
+        run_config(cfg, v)
+    results = (in_parallel(cfg, variant_list, budget) if cfg.jobs > 1 else
+               [run_variant(cfg, v, budget) for v in variant_list])
     context = (f", context {variant_list[0].context_chars:.0f} characters" if variant_list[0].context_chars else
                f", block {cfg.block_size}")
-    title = (f"{cfg.what} ablation: {cfg.model_type} {cfg.n_layer}x{cfg.n_embd}{context}, {each} per run;"
+    seeds = f", {cfg.seeds} seeds" if cfg.seeds > 1 else ""
+    title = (f"{cfg.what} ablation: {cfg.model_type} {cfg.n_layer}x{cfg.n_embd}{context}, {each} per run{seeds};"
              f" scored on {scored_on} val")
-    markdown = table(results, cfg.what)
+    markdown = table(results, cfg.what) if cfg.seeds == 1 else seeds_table(results, cfg.what)
     with storage.atomic_write(os.path.join(cfg.ablation_dir, 'results.md'), 'w') as f:
         f.write(f"{title}\n\n{markdown}")
     with storage.atomic_write(os.path.join(cfg.ablation_dir, 'results.json'), 'w') as f:
         json.dump({'config': dataclasses.asdict(cfg), 'scored_on': scored_on, 'documents': documents.starts.size,
-                   'targets': int(documents.pairs.sum()), 'chars': chars, 'results': results}, f, indent=1)
-    plot(results, os.path.join(cfg.ablation_dir, 'ablation.png'), title, cfg.what)
+                   'targets': int(documents.pairs.sum()), 'chars': chars, 'results': results,
+                   'variants': summary(results)}, f, indent=1)
+    (plot if cfg.seeds == 1 else seeds_plot)(results, os.path.join(cfg.ablation_dir, 'ablation.png'), title, cfg.what)
     print(f"\n{markdown}\nwrote {cfg.ablation_dir}/results.md, results.json, ablation.png")
     return results
 

@@ -60,7 +60,7 @@ class Context:
     def train_config(self, model_type, batch_size, windowing=None, shape=None, adamw='auto', max_memory='auto',
                      recipe=None):
         """The train.py config of a measurement: its optimizer settings and clipping are what is timed. recipe:
-        train.py options that change the GPT-2 recipe (see train.recipe_overrides)."""
+        the RECIPE options of a recipe file (see train.recipe); None: train.py's defaults."""
         cfg = train.TrainConfig(data_dir=self.cfg.data_dir or 'random tokens', model_type=model_type,
                                 **(shape or self.shape()), batch_size=batch_size, seed=self.cfg.seed,
                                 windowing=windowing or self.cfg.windowing, adamw=adamw, max_memory=max_memory,
@@ -69,7 +69,8 @@ class Context:
         return cfg
 
     def model_args(self, model_type, shape=None, vocab_size=None, recipe=None):
-        options = {k: v for k, v in (recipe or {}).items() if k in MODEL_OPTIONS}
+        # the recipe's model options, else train.py's defaults (which may not be ModelArgs' GPT-2 ones)
+        options = {k: (recipe or {}).get(k, getattr(train.TrainConfig, k)) for k in train.RECIPE if k in MODEL_OPTIONS}
         return ModelArgs(model_type=model_type, vocab_size=vocab_size or self.vocab_size, pad_id=self.pad_id,
                          **(shape or self.shape()), **options)
 
@@ -101,7 +102,7 @@ def resolve_devices(name):
 class Trainer:
     """A fresh model, optimizer and batch source built as train.py builds them, micro-batches under --max_memory
     included; step() is one train.train_step. vocab_size: another head than the data's (the tokens stay);
-    recipe: train.py options that change the GPT-2 recipe."""
+    recipe: the RECIPE options of a recipe file (None: train.py's defaults)."""
 
     def __init__(self, ctx, model_type, device, dtype, batch_size, compiled, windowing=None, shape=None,
                  adamw='auto', vocab_size=None, max_memory='auto', recipe=None):

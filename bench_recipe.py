@@ -19,8 +19,8 @@ RECIPES = ('gpt2', 'modern')
 
 
 def recipe(name):
-    """The train.py options of a recipe: none for GPT-2's (the defaults), config/recipe_modern.py's for modern."""
-    return {} if name == 'gpt2' else train.recipe_overrides(train.MODERN_RECIPE)
+    """The train.py options of a recipe: config/recipe_gpt2.py's or config/recipe_modern.py's."""
+    return train.recipe(train.GPT2_RECIPE if name == 'gpt2' else train.MODERN_RECIPE)
 
 
 def conclude_recipe(rows, ctx):

@@ -171,8 +171,7 @@ def parse(config_class, argv=None):
             key, eq, text = arg[2:].partition('=')
             if not eq:
                 raise UserError(f"argument {arg!r} has no value: write --{key}=VALUE")
-            _check_known(key, fields, f'--{key}')
-            values[key] = _convert(key, _literal(text, hints[key]), hints[key])
+            values[key] = parse_value(config_class, key, text)
             where.pop(key, None)
         elif arg.endswith('.py'):
             for key, (value, line) in _read_config_file(arg).items():
@@ -189,6 +188,14 @@ def parse(config_class, argv=None):
             positional_given.add(slot[0])
             values[slot[0]] = _convert(slot[0], arg, hints[slot[0]])
     return check(config_class(**values), where)
+
+
+def parse_value(config_class, key, text):
+    """The value --key=text gives config_class's field key, in the field's type (a UserError for an unknown key
+    or a value of another type; its valid values are check's)."""
+    _check_known(key, {f.name: f for f in dataclasses.fields(config_class)}, f'--{key}')
+    hint = typing.get_type_hints(config_class)[key]
+    return _convert(key, _literal(text, hint), hint)
 
 
 def check(cfg, where=None):

@@ -32,6 +32,7 @@ A model trained on music (the midi tokenizer) prints its events as text (NOTE_ON
 samples: FILE-1.mid, FILE-2.mid, ...); --out=FILE.txt (or .md) gets the text.
 """
 import dataclasses
+import math
 import os
 import sys
 
@@ -99,6 +100,12 @@ def read_prompt(start):
             return f.read()
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read the prompt file {start[5:]}: {error}")
+
+
+def sample_start(tokenizer, prompt):
+    """The text a sample begins with: the prompt, or for music its events as decode writes them (each ends in a
+    space), so that the sample follows on."""
+    return tokenizer.decode(tokenizer.encode(prompt)) if tokenizer.kind == 'midi' else prompt
 
 
 def prompt_ids(tokenizer, text):
@@ -232,21 +239,26 @@ def token_label(tokenizer, i):
 
 
 @torch.inference_mode()
-def probability_table(model, tokenizer, ids, n, cfg):
-    """The n most likely tokens to follow ids (1, T): probability and log-probability under the model, and
-    the probability of being drawn at cfg's temperature, top_k and top_p. Returns the table's lines."""
+def next_token_rows(model, ids, n, cfg):
+    """The n most likely tokens to follow ids (1, T), the likeliest first, each as (id, probability and
+    log-probability under the model, probability of being drawn at cfg's temperature, top_k and top_p)."""
     logits = read_context(model, ids, cfg.kv_cache, cfg.context_shift).logits  # (1, V)
     log_probs = torch.log_softmax(logits.float(), dim=-1)[0]
     drawn = sampling_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p)[0]
     top = torch.topk(log_probs, min(n, log_probs.numel()))
-    labels = [token_label(tokenizer, i) for i in top.indices.tolist()]
+    return [(i, math.exp(log_p), log_p, drawn[i].item()) for i, log_p in zip(top.indices.tolist(), top.values.tolist())]
+
+
+def probability_table(model, tokenizer, ids, n, cfg):
+    """next_token_rows as the lines of a table, with each token's label."""
+    rows = next_token_rows(model, ids, n, cfg)
+    labels = [token_label(tokenizer, row[0]) for row in rows]
     width = max(len('token'), *map(len, labels))
-    lines = [f"next token: the {len(labels)} most likely of {log_probs.numel():,}"
+    lines = [f"next token: the {len(labels)} most likely of {model.args.vocab_size:,}"
              f" (drawn: at temperature {cfg.temperature:g}, top_k {cfg.top_k}, top_p {cfg.top_p:g})",
              f"rank  {'token':<{width}}      id  probability  log-prob   drawn"]
-    rows = zip(labels, top.indices.tolist(), top.values.exp().tolist(), top.values.tolist())
-    for rank, (label, i, p, log_p) in enumerate(rows, 1):
-        lines.append(f"{rank:>4}  {label:<{width}}  {i:>6}  {p:>11.4f}  {log_p:>8.4f}  {drawn[i].item():>6.4f}")
+    for rank, (label, (i, p, log_p, drawn)) in enumerate(zip(labels, rows), 1):
+        lines.append(f"{rank:>4}  {label:<{width}}  {i:>6}  {p:>11.4f}  {log_p:>8.4f}  {drawn:>6.4f}")
     return lines
 
 
@@ -275,9 +287,7 @@ def sample(cfg, out=sys.stdout):
     if is_music_out and tokenizer.kind != 'midi':
         raise UserError(f"--out={cfg.out} writes music, but this checkpoint's tokenizer is {tokenizer.kind}:"
                         f" sample a model trained on a music corpus (data/bach), or write text (.txt)")
-    prompt = read_prompt(cfg.start)
-    if tokenizer.kind == 'midi':  # event names as decode writes them (each ends in a space), so the sample follows
-        prompt = tokenizer.decode(tokenizer.encode(prompt))
+    prompt = sample_start(tokenizer, read_prompt(cfg.start))
     ids = prompt_ids(tokenizer, prompt)
     block_size = model.args.block_size
     if model.args.model_type == 'gpt' and len(ids) > block_size:
@@ -315,13 +325,17 @@ def write_music(tokenizer, samples, cfg):
         print(f"wrote {path}: {len(notes)} notes, {quarters:g} quarter notes", file=sys.stderr)
 
 
+def generate_as(model, ids, cfg):
+    """generate with cfg's settings (a SampleConfig's fields), its random draws seeded by cfg.seed."""
+    generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
+    return generate(model, ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                    generator=generator, use_cache=cfg.kv_cache, context_shift=cfg.context_shift)
+
+
 def draw(model, tokenizer, prompt, ids, cfg, out):
     """Generate from every row of ids (B, T) at once; print as the module docstring says. Returns the texts and
     each row's new token ids (up to its end-of-document token with --stop_at_eos)."""
-    generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
-    tokens = generate(model, ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                      top_p=cfg.top_p, generator=generator, use_cache=cfg.kv_cache,
-                      context_shift=cfg.context_shift)
+    tokens = generate_as(model, ids, cfg)
     is_streamed = len(ids) == 1
     new, samples = [[] for _ in ids], [None] * len(ids)
     shown, decode_next = 0, tokenizer.stream_decoder()  # characters of the streamed sample's new text written

@@ -45,8 +45,10 @@ INIT_FROM = ('scratch', 'resume')  # or a directory: see TrainConfig.init_from
 # what --init_from=DIR sets, whatever the config says (dropout and block_size stay the config's)
 PRETRAINED_SHAPE = ('model_type', 'n_layer', 'n_head', 'n_embd', 'bias', 'rope', 'norm', 'qk_norm', 'mlp', 'tie_head')
 EVAL_SEED = 0  # the same val windows for every run, whatever its training seed, so runs compare
-# every change to the GPT-2 recipe at once (model.ModelArgs' options and Muon): bench.py times it, ablate.py
-# takes it apart
+# The GPT's recipe: model.ModelArgs' options and the optimizer. A recipe file (config/recipe_*.py) sets each:
+# GPT-2's (model.ModelArgs' defaults and AdamW), and every modern change at once (bench.py times them both).
+RECIPE = ('rope', 'norm', 'qk_norm', 'mlp', 'zero_init_proj', 'tie_head', 'optimizer')
+GPT2_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'recipe_gpt2.py')
 MODERN_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'recipe_modern.py')
 
 
@@ -156,12 +158,11 @@ def resolved_windowing(config):
     return batching.resolve_windowing(config.get('windowing', 'auto'), config['model_type'])
 
 
-def recipe_overrides(path):
-    """{option: value} of what a recipe file (config/recipe_*.py) changes from TrainConfig's defaults, its
-    out_dir aside: the recipe as overrides of any config."""
-    defaults = TrainConfig()
-    return {k: v for k, v in dataclasses.asdict(parse(TrainConfig, [path])).items()
-            if k != 'out_dir' and v != getattr(defaults, k)}
+def recipe(path):
+    """{option: value} of each RECIPE option as a recipe file (config/recipe_*.py) sets it: the recipe as
+    overrides of any config."""
+    cfg = parse(TrainConfig, [path])
+    return {key: getattr(cfg, key) for key in RECIPE}
 
 
 def check_config(cfg):

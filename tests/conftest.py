@@ -148,3 +148,19 @@ def bpe_checkpoint(tmp_path_factory, bpe_data):
     train.main([f'--data_dir={bpe_data}', f'--out_dir={out_dir}', '--max_iters=15', '--eval_interval=15',
                 '--learning_rate=2e-2', *TINY_GPT, '--batch_size=4', '--block_size=16'])
     return out_dir
+
+
+@pytest.fixture(scope='session')
+def bach_data(tmp_path_factory):
+    """Ten chorales: 6 for training (each at -1, 0 and +1 semitones), 4 for validation."""
+    data_dir = str(tmp_path_factory.mktemp('data') / 'bach')
+    prepare.main([data_dir, '--max_docs=6', '--val_fraction=0.0115', '--transpose=1', '--num_proc=1'])
+    return data_dir
+
+
+@pytest.fixture(scope='session')
+def bach_checkpoint(tmp_path_factory, bach_data):
+    out_dir = str(tmp_path_factory.mktemp('out') / 'bach')
+    result = train.main([f'--data_dir={bach_data}', f'--out_dir={out_dir}', '--max_iters=30', '--eval_interval=15',
+                         '--learning_rate=1e-2', *TINY_GPT])
+    return out_dir, result

@@ -109,7 +109,7 @@ def test_data_size_needs_prepared_directories_with_one_val_split(char_data, word
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--what=depth'], 'must be windowing, data_size, dtype or tokenizer'),
+    (['--what=depth'], 'must be windowing, data_size, dtype, tokenizer, recipe or sweep'),
     (['--what=tokenizer', '--tokenizers=char,bpe2x'], '--tokenizers: bpe2x: give char, word, bpe'),
     (['--time_budget=-1'], '--time_budget=-1.0 must be 0 or more'),
     (['--windowings=random,diagonal'], 'unknown diagonal; choose from random, sliding'),
@@ -140,3 +140,87 @@ def test_tokenizer_ablation_prepares_each_directory_and_gives_every_run_the_same
     assert bpe['parameters'] > char['parameters']  # a 300-id embedding and output layer
     markdown = (tmp_path / 'out-ablate-tokenizer' / 'results.md').read_text()
     assert '| tokenizer | vocab | chars/token | block | parameters | tokens/s | iterations |' in markdown
+
+
+def recipe_of(variant):
+    return {k: variant.overrides[k] for k in ('rope', 'norm', 'qk_norm', 'mlp', 'zero_init_proj', 'tie_head',
+                                              'optimizer')}
+
+
+GPT2 = {'rope': False, 'norm': 'layernorm', 'qk_norm': False, 'mlp': 'gelu', 'zero_init_proj': False,
+        'tie_head': True, 'optimizer': 'adamw'}
+
+
+def test_recipe_ablation_adds_each_change_to_gpt2_alone():
+    variant_list = ablate.variants(ablate.AblateConfig(what='recipe'))
+    assert [v.name for v in variant_list] == ['gpt2', '+ rope', '+ rmsnorm', '+ qk_norm', '+ relu2', '+ swiglu',
+                                              '+ zero_init_proj', '+ untied_head', '+ muon']
+    assert recipe_of(variant_list[0]) == GPT2
+    assert recipe_of(variant_list[2]) == {**GPT2, 'norm': 'rmsnorm'}
+    assert recipe_of(variant_list[7]) == {**GPT2, 'tie_head': False}
+    assert recipe_of(variant_list[8]) == {**GPT2, 'optimizer': 'muon'}
+    assert [v.directory for v in variant_list][:2] == ['gpt2', 'add_rope']
+
+
+def test_recipe_ablation_removes_each_change_from_the_base_and_swaps_the_mlp():
+    # the base starts from GPT-2's recipe whatever the config says (here: already modern)
+    cfg = ablate.AblateConfig(what='recipe', recipe_base='rope,swiglu,muon', recipe_changes='rope,relu2,muon,qk_norm',
+                              rope=True, qk_norm=True, norm='rmsnorm')
+    gpt2, base, no_rope, relu2, no_muon, qk_norm = ablate.variants(cfg)
+    assert [gpt2.name, base.name, no_rope.name, relu2.name, no_muon.name, qk_norm.name] == [
+        'gpt2', 'rope+swiglu+muon', '- rope', 'relu2 for swiglu', '- muon', '+ qk_norm']
+    modern = {**GPT2, 'rope': True, 'mlp': 'swiglu', 'optimizer': 'muon'}
+    assert recipe_of(gpt2) == GPT2 and recipe_of(base) == modern
+    assert recipe_of(no_rope) == {**modern, 'rope': False}
+    assert recipe_of(relu2) == {**modern, 'mlp': 'relu2'}
+    assert recipe_of(no_muon) == {**modern, 'optimizer': 'adamw'}
+    assert recipe_of(qk_norm) == {**modern, 'qk_norm': True}
+    assert relu2.directory == 'relu2_for_swiglu' and no_muon.directory == 'drop_muon'
+
+
+def test_sweep_gives_a_run_per_value_in_the_option_type():
+    variant_list = ablate.variants(ablate.AblateConfig(what='sweep', sweep='learning_rate=1e-3,3e-3', seeds=2))
+    assert [(v.name, v.overrides, v.directory) for v in variant_list] == [
+        ('learning_rate=1e-3', {'learning_rate': 0.001, 'seed': 1337}, 'learning_rate=1e-3-seed1337'),
+        ('learning_rate=1e-3', {'learning_rate': 0.001, 'seed': 1338}, 'learning_rate=1e-3-seed1338'),
+        ('learning_rate=3e-3', {'learning_rate': 0.003, 'seed': 1337}, 'learning_rate=3e-3-seed1337'),
+        ('learning_rate=3e-3', {'learning_rate': 0.003, 'seed': 1338}, 'learning_rate=3e-3-seed1338')]
+
+
+@pytest.fixture(scope='module')
+def seeds_run(tmp_path_factory, char_data):
+    out = tmp_path_factory.mktemp('seeds')
+    args = [f'--data_dir={char_data}', f'--out_dir={out}/out', *TINY_GPT, '--eval_tokens=512', '--what=recipe',
+            '--recipe_changes=muon', '--seeds=2', '--target_tokens=2000', '--points=2', '--eval_documents=20']
+    return args, out / 'out-ablate-recipe'
+
+
+def test_seeds_run_in_parallel_as_they_run_one_after_another(seeds_run):
+    args, directory = seeds_run
+    in_turn = ablate.main(args)
+    in_parallel = ablate.main([*args, f'--ablation_dir={directory}-parallel', '--jobs=2'])
+    assert [(r['name'], r['seed']) for r in in_turn] == [('gpt2', 1337), ('gpt2', 1338), ('+ muon', 1337),
+                                                         ('+ muon', 1338)]
+    assert in_turn[0]['val_loss'] != in_turn[1]['val_loss']  # two seeds: two initial weights and batch orders
+    for one, other in zip(in_turn, in_parallel):  # the same runs; bitwise alike up to the threads a process has
+        assert (one['name'], one['seed'], one['iters']) == (other['name'], other['seed'], other['iters'])
+        assert other['val_loss'] == pytest.approx(one['val_loss'], rel=1e-4)
+    log = (directory.parent / 'out-ablate-recipe-parallel' / 'gpt2-seed1338.log').read_text()
+    assert 'gpt2: iteration 4/8,' in log and 'gpt2: iteration 8/8,' in log  # the run's own output
+
+
+def test_seeds_table_gives_each_variants_mean_and_spread(seeds_run):
+    _, directory = seeds_run
+    results = json.loads((directory / 'results.json').read_text())
+    runs = results['results']
+    gpt2 = [r['val_bits_per_char'] for r in runs if r['name'] == 'gpt2']
+    muon = [r['val_bits_per_char'] for r in runs if r['name'] == '+ muon']
+    first, second = results['variants']
+    assert (first['name'], first['runs'], first['seeds']) == ('gpt2', 2, [1337, 1338])
+    assert first['mean'] == pytest.approx(sum(gpt2) / 2) and second['mean'] == pytest.approx(sum(muon) / 2)
+    assert first['std'] == pytest.approx(abs(gpt2[0] - gpt2[1]) / 2 ** 0.5)
+    rows = [line for line in (directory / 'results.md').read_text().splitlines() if line.startswith('| `')]
+    assert [row.split('`')[1] for row in rows] == ['gpt2', '+ muon']
+    assert rows[1].endswith(f"| {second['mean'] - first['mean']:+.4f} |")
+    assert f"{min(muon):.4f} - {max(muon):.4f}" in rows[1]
+    assert (directory / 'ablation.png').stat().st_size > 5000

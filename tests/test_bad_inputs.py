@@ -117,6 +117,13 @@ CASES = [
     ('bench', ['--memory_models=gpt:1:2'], r'memory_models'),
     ('bench', ['--max_memory=0MB'], r'--max_memory=0MB'),
     ('ablate', ['--data_dir={root}/data', '--what=everything'], r'--what=everything'),
+    ('ablate', ['--data_dir={root}/data', '--what=sweep', '--sweep=learning_rate'], r'must be KEY=V1,V2'),
+    ('ablate', ['--data_dir={root}/data', '--what=sweep', '--sweep=lr=1e-3,3e-3'], r'--lr'),
+    ('ablate', ['--data_dir={root}/data', '--what=sweep', '--sweep=learning_rate=-1'], r'--learning_rate=-1'),
+    ('ablate', ['--data_dir={root}/data', '--what=recipe', '--recipe_base=relu2,swiglu'], r'both set mlp'),
+    ('ablate', ['--data_dir={root}/data', '--what=recipe', '--recipe_changes=alibi'], r'alibi'),
+    ('ablate', ['--data_dir={root}/data', '--what=recipe', '--model_type=lstm'], r'--model_type=lstm has none'),
+    ('ablate', ['--data_dir={root}/data', '--jobs=64'], r'--jobs=64'),
 ]
 
 

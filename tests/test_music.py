@@ -14,7 +14,7 @@ import storage
 import tokenizer as tok
 import train
 from configurator import UserError
-from conftest import TINY_GPT, TINY_LSTM, run_script
+from conftest import TINY_LSTM, run_script
 
 N = music.Note
 MIDI = tok.MidiTokenizer()  # a grid of 4 steps per quarter note, shifts of up to 32 steps
@@ -125,14 +125,6 @@ def documents(data_dir, split):
     return pieces
 
 
-@pytest.fixture(scope='session')
-def bach_data(tmp_path_factory):
-    """Ten chorales: 6 for training (each at -1, 0 and +1 semitones), 4 for validation."""
-    data_dir = str(tmp_path_factory.mktemp('data') / 'bach')
-    prepare.main([data_dir, '--max_docs=6', '--val_fraction=0.0115', '--transpose=1', '--num_proc=1'])
-    return data_dir
-
-
 def test_prepare_bach(bach_data):
     meta = storage.load_meta(bach_data)
     assert meta['source'] == 'bach' and meta['tokenizer'] == MIDI.to_meta() and meta['vocab_size'] == 292
@@ -180,14 +172,6 @@ def test_prepare_empty_folder(tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(UserError, match='has no .mid or .midi files'):
         prepare.main([str(tmp_path / 'data'), f'--input={tmp_path / "empty"}'])
-
-
-@pytest.fixture(scope='session')
-def bach_checkpoint(tmp_path_factory, bach_data):
-    out_dir = str(tmp_path_factory.mktemp('out') / 'bach')
-    result = train.main([f'--data_dir={bach_data}', f'--out_dir={out_dir}', '--max_iters=30', '--eval_interval=15',
-                         '--learning_rate=1e-2', *TINY_GPT])
-    return out_dir, result
 
 
 def test_train_reports_bits_per_note(bach_checkpoint, bach_data):

@@ -1,0 +1,268 @@
+"""serve.py, the web playground: its API against sample.py, its refusals, its queue, and the page in a real
+(headless) Chromium."""
+import io
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import sample
+import serve
+from configurator import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """serve.py's application on a free local port, in a thread of this process."""
+
+    def __init__(self, out_dir, **options):
+        import uvicorn
+        self.playground = serve.Playground(serve.ServeConfig(out_dir=out_dir, device='cpu', **options))
+        self.port = free_port()
+        self.url = f'http://127.0.0.1:{self.port}'
+        config = uvicorn.Config(serve.make_app(self.playground), host='127.0.0.1', port=self.port,
+                                log_level='warning')
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, 'the server did not start'
+            time.sleep(0.05)
+
+    def post(self, route, body):
+        """(status, the response body: JSON, or the server-sent events as (event, data) pairs)."""
+        request = urllib.request.Request(self.url + route, data=json.dumps(body).encode(), method='POST',
+                                         headers={'Content-Type': 'application/json'})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, text, kind = response.status, response.read(), response.headers['Content-Type']
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+        if kind.startswith('text/event-stream'):
+            events = []
+            for block in text.decode().split('\n\n')[:-1]:
+                name, data = block.split('\n')
+                events.append((name.removeprefix('event: '), json.loads(data.removeprefix('data: '))))
+            return status, events
+        return status, (json.loads(text) if kind.startswith('application/json') else text)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope='module')
+def server(tiny_checkpoint):
+    s = Server(tiny_checkpoint)
+    yield s
+    s.close()
+
+
+def sample_py(out_dir, **settings):
+    """What `python sample.py --start=... ` prints for one sample, less its separator."""
+    cfg = sample.SampleConfig(out_dir=out_dir, device='cpu', **settings)
+    return sample.sample(cfg, io.StringIO())[0]
+
+
+def streamed_text(events):
+    start = next(data for name, data in events if name == 'start')
+    return start['prompt'] + ''.join(data['text'] for name, data in events if name == 'token')
+
+
+@pytest.mark.parametrize('settings', [
+    {'start': 'And God', 'seed': 7, 'max_new_tokens': 60},
+    {'start': 'In the', 'seed': 3, 'max_new_tokens': 40, 'temperature': 1.3, 'top_k': 5, 'top_p': 0.8},
+    {'start': '', 'seed': 11, 'max_new_tokens': 30, 'temperature': 0.0},
+])
+def test_a_stream_is_what_sample_py_prints_with_the_same_settings(server, tiny_checkpoint, settings):
+    body = {('prompt' if k == 'start' else k): v for k, v in settings.items()}
+    status, events = server.post('/api/generate', body)
+    assert status == 200
+    names = [name for name, _ in events]
+    assert names == ['start', *['token'] * settings['max_new_tokens'], 'done']
+    assert events[-1][1]['tokens'] == settings['max_new_tokens']
+    assert streamed_text(events) == sample_py(tiny_checkpoint, **settings)
+    start = events[0][1]
+    assert start['ids'][0] == 1 and ''.join(start['tokens']) == settings['start']  # <s>, then the prompt's
+
+
+def test_next_tokens_are_sample_py_s_probability_table(server, tiny_checkpoint):
+    ids = sample.prompt_ids(server.playground.tokenizer, 'And the earth')
+    status, body = server.post('/api/next', {'ids': ids, 'n': 5, 'temperature': 0.5, 'top_k': 3})
+    assert status == 200 and len(body['rows']) == 5
+    cfg = sample.SampleConfig(start='And the earth', temperature=0.5, top_k=3, show_probs=5, max_new_tokens=0,
+                              out_dir=tiny_checkpoint, device='cpu')
+    out = io.StringIO()
+    sample.sample(cfg, out)
+    table = [line.split() for line in out.getvalue().splitlines()[2:] if line.strip()]
+    for row, line in zip(body['rows'], table):
+        assert row['id'] == int(line[-4]) and f"{row['probability']:.4f}" == line[-3]
+        assert f"{row['drawn']:.4f}" == line[-1]
+    assert sum(row['drawn'] for row in body['rows'][:3]) == pytest.approx(1.0)  # top_k 3 keeps three
+    assert [row['drawn'] for row in body['rows'][3:]] == [0.0, 0.0]
+    probabilities = [row['probability'] for row in body['rows']]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+@pytest.mark.parametrize('route, body, status, says', [
+    ('/api/generate', {'temperature': -1}, 422, 'temperature=-1.0 is negative: use 0 for greedy'),
+    ('/api/generate', {'top_p': 1.5}, 422, 'top_p=1.5 must be'),
+    ('/api/generate', {'top_k': 'many'}, 422, "top_k must be a number, got 'many'"),
+    ('/api/generate', {'max_new_tokens': 10 ** 9}, 422, 'max_new_tokens=1,000,000,000 is more than this'),
+    ('/api/generate', {'max_new_tokens': 0}, 422, 'max_new_tokens must be positive'),
+    ('/api/generate', {'prompt': 'x' * 30000}, 422, 'the prompt is 30,000 characters; this playground takes'),
+    ('/api/generate', {'prompt': 'In the beginning ' * 4}, 422, 'the prompt is 69 tokens; this model reads at'
+                                                                 ' most its block_size of 32'),
+    ('/api/next', {'ids': []}, 422, 'ids must be a non-empty list of token ids'),
+    ('/api/next', {'ids': [1, 10 ** 6]}, 422, 'ids must be a non-empty list of token ids from 0 to'),
+    ('/api/next', {'ids': [1], 'n': 0}, 422, 'n must be a whole number from 1 to 100'),
+    ('/api/notes', {'ids': [1]}, 422, "this checkpoint's tokenizer is char, not music"),
+])
+def test_a_bad_request_is_a_4xx_with_one_line_and_the_server_goes_on(server, route, body, status, says):
+    got, answer = server.post(route, body)
+    assert got == status and answer['error'].startswith(says) and '\n' not in answer['error']
+    assert server.post('/api/generate', {'max_new_tokens': 3})[0] == 200
+
+
+def test_a_body_that_is_not_json_is_a_400(server):
+    request = urllib.request.Request(server.url + '/api/generate', data=b'{not json', method='POST')
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=30)
+    assert error.value.code == 400 and json.loads(error.value.read()) == {'error': 'the request body must be JSON'}
+
+
+def test_requests_take_turns_and_a_full_queue_is_a_429(tiny_checkpoint):
+    s = Server(tiny_checkpoint, queue=2)
+    try:
+        release = threading.Event()
+        s.playground.submit(release.wait)  # the worker is busy with this until released
+        results = []
+        waiting = [threading.Thread(target=lambda: results.append(s.post('/api/generate', {'max_new_tokens': 5})))
+                   for _ in range(2)]
+        for thread in waiting:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while s.playground.jobs.qsize() < 2:  # both queued behind the busy worker
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        status, answer = s.post('/api/generate', {'max_new_tokens': 5})
+        assert status == 429 and answer['error'].startswith('busy: 2 requests are waiting for the model')
+        release.set()
+        for thread in waiting:
+            thread.join(timeout=30)
+        assert [r[0] for r in results] == [200, 200]  # served in turn once the model was free
+        assert all(r[1][-1][0] == 'done' for r in results)
+    finally:
+        s.close()
+
+
+def test_music_notes_and_midi(bach_checkpoint):
+    out_dir, _ = bach_checkpoint
+    s = Server(out_dir)
+    try:
+        status, events = s.post('/api/generate', {'max_new_tokens': 40, 'seed': 5})
+        ids = events[0][1]['ids'] + [data['id'] for name, data in events if name == 'token']
+        status, body = s.post('/api/notes', {'ids': ids})
+        assert status == 200 and body['steps_per_quarter'] == 4
+        assert body['notes'] == [n._asdict() for n in s.playground.tokenizer.to_notes(ids)]
+        status, midi = s.post('/api/midi', {'ids': ids})
+        assert status == 200 and midi[:4] == b'MThd'
+    finally:
+        s.close()
+
+
+def test_a_port_in_use_is_a_one_line_error():
+    with socket.create_server(('127.0.0.1', 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=rf'cannot listen on 127.0.0.1:{port} .*: give another --port'):
+            serve.check_port('127.0.0.1', port)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the page, in a real browser
+
+@pytest.fixture(scope='module')
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no Chromium here: install Debian's chromium and chromium-driver (make test does, as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--window-size=1300,900'):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def fill(driver, element_id, value):
+    element = driver.find_element('id', element_id)
+    driver.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'))",
+                          element, str(value))
+
+
+def test_the_page_streams_the_sample_and_draws_the_distribution(browser, server, tiny_checkpoint):
+    from selenium.webdriver.support.ui import WebDriverWait
+    wait = WebDriverWait(browser, 30)
+    browser.get(server.url)
+    wait.until(lambda d: 'parameters' in d.find_element('id', 'model').text)
+    prompt = browser.find_element('id', 'prompt')
+    prompt.clear()
+    prompt.send_keys('And God said')
+    fill(browser, 'seed', 42)
+    fill(browser, 'max_new_tokens', 80)
+    fill(browser, 'temperature', 0.9)
+    browser.find_element('id', 'generate').click()
+    wait.until(lambda d: d.find_element('id', 'output').get_attribute('data-done') == 'true')
+    boxes = browser.find_elements('css selector', '#output .token')
+    new_boxes = browser.find_elements('css selector', '#output .token.new')
+    assert len(new_boxes) == 80 and len(boxes) == 80 + len('And God said')
+    shown = browser.execute_script("return Array.from(document.querySelectorAll('#output .token'))"
+                                   ".map(b => b.textContent.replace('\u21b5', '')).join('')")
+    assert shown == sample_py(tiny_checkpoint, start='And God said', seed=42, max_new_tokens=80, temperature=0.9)
+    assert 'tokens/s' in browser.find_element('id', 'status').text
+    new_boxes[10].click()  # the 11th new token: the distribution it was drawn from
+    wait.until(lambda d: d.find_element('id', 'distribution').is_displayed())
+    wait.until(lambda d: len(d.find_elements('css selector', '#bars .bar-row')) == 10)
+    rows = browser.find_elements('css selector', '#bars .bar-row')
+    ids = browser.execute_script("return state.ids")
+    index = int(new_boxes[10].get_attribute('data-index'))
+    status, expected = server.post('/api/next', {'ids': ids[:index], 'n': 10, 'temperature': 0.9})
+    assert [int(r.get_attribute('data-id')) for r in rows] == [row['id'] for row in expected['rows']]
+    widths = browser.execute_script("return Array.from(document.querySelectorAll('#bars .bar-model'))"
+                                    ".map(b => parseFloat(b.style.width))")
+    assert widths == pytest.approx([100 * row['probability'] for row in expected['rows']], abs=1e-3)
+    chosen = browser.find_elements('css selector', '#bars .bar-row-chosen')
+    assert all(int(c.get_attribute('data-id')) == ids[index] for c in chosen)
+    # greedy: all of the drawn mass on the likeliest token, and the chart follows the slider
+    fill(browser, 'temperature', 0)
+    wait.until(lambda d: d.execute_script("return parseFloat(document.querySelector('#bars .bar-drawn')"
+                                          ".style.width)") == 100)
+    if os.environ.get('PLAYGROUND_SCREENSHOT'):  # tools/playground_screenshot.py sets it
+        browser.save_screenshot(os.environ['PLAYGROUND_SCREENSHOT'])
+
+
+def test_the_page_shows_a_refusal(browser, server):
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser.get(server.url)
+    WebDriverWait(browser, 30).until(lambda d: 'parameters' in d.find_element('id', 'model').text)
+    fill(browser, 'max_new_tokens', 10 ** 7)
+    browser.find_element('id', 'generate').click()
+    error = WebDriverWait(browser, 30).until(lambda d: d.find_element('id', 'error').text)
+    assert error.startswith('max_new_tokens=10,000,000 is more than this playground serves at once')
