@@ -1,7 +1,6 @@
-"""bench.py's section on the GPT's recipe: the GPT-2 recipe (train.py's defaults) against the modern one
-(config/recipe_modern.py: rotary positions, RMSNorm, QK-norm, SwiGLU, zero-initialized projections, an untied
-head, Muon) on the same model shape, side by side: what the modern recipe costs per step. What it buys per
-minute of training is ablate.py's to measure.
+"""bench.py's section on the GPT's recipe: the GPT-2 recipe (config/recipe_gpt2.py) against train.py's default
+one on the same model shape, side by side: what the default recipe costs per step. What it buys per minute of
+training is ablate.py's to measure (docs/models.md, The GPT's recipe).
 
 MFU counts the model's FLOPs (perf.py) at each recipe's own count (SwiGLU's 3 matrices, an untied head): an
 optimizer's work is not model FLOPs, so Muon's orthogonalization shows as a lower MFU, as AdamW's step does.
@@ -15,28 +14,37 @@ import train
 from bench_harness import Job, Trainer, dtype_name, section
 from bench_train import defaults_model, model_label
 
-RECIPES = ('gpt2', 'modern')
+RECIPES = ('gpt2', 'default')
 
 
 def recipe(name):
-    """The train.py options of a recipe: config/recipe_gpt2.py's or config/recipe_modern.py's."""
-    return train.recipe(train.GPT2_RECIPE if name == 'gpt2' else train.MODERN_RECIPE)
+    """The train.py options of a recipe: config/recipe_gpt2.py's, or train.py's defaults."""
+    if name == 'gpt2':
+        return train.recipe(train.GPT2_RECIPE)
+    return {key: getattr(train.TrainConfig, key) for key in train.RECIPE}
+
+
+def describe(options):
+    """A recipe in a few words: what it changes from GPT-2's."""
+    gpt2 = recipe('gpt2')
+    changed = [f"{k}={v}" for k, v in options.items() if v != gpt2[k]]
+    return ', '.join(changed) or "GPT-2's"
 
 
 def conclude_recipe(rows, ctx):
-    return [], [f"{r['device']} {r['model']}: the modern recipe takes {r['step_ratio']:.2f}x the GPT-2 recipe's time"
-                f" per step ({r['modern_tokens_per_s']:,.0f} against {r['gpt2_tokens_per_s']:,.0f} tokens/s, MFU"
-                f" {r['modern_mfu']:.1%} against {r['gpt2_mfu']:.1%}), with {r['modern_params']:,} parameters"
-                f" against {r['gpt2_params']:,}" for r in rows]
+    return [], [f"{r['device']} {r['model']}: the default recipe ({r['default_recipe']}) takes {r['step_ratio']:.2f}x"
+                f" the GPT-2 recipe's time per step ({r['default_tokens_per_s']:,.0f} against"
+                f" {r['gpt2_tokens_per_s']:,.0f} tokens/s, MFU {r['default_mfu']:.1%} against {r['gpt2_mfu']:.1%}),"
+                f" with {r['default_params']:,} parameters against {r['gpt2_params']:,}" for r in rows]
 
 
-@section('recipe', "the GPT-2 recipe against the modern one (config/recipe_modern.py), train.py's dtype and"
-         " compile, alternating steps, median of --repeats",
+@section('recipe', "the GPT-2 recipe (config/recipe_gpt2.py) against train.py's default one, train.py's dtype"
+         " and compile, alternating steps, median of --repeats",
          [('model', 'model', '{}'), ('device', 'device', '{}'), ('dtype', 'dtype', '{}'),
           ('gpt2_params', 'GPT-2 params', '{:,}'), ('gpt2_ms', 'ms/iter', '{:.1f}'),
           ('gpt2_tokens_per_s', 'tokens/s', '{:,.0f}'), ('gpt2_mfu', 'MFU', '{:.1%}'),
-          ('modern_params', 'modern params', '{:,}'), ('modern_ms', 'ms/iter', '{:.1f}'),
-          ('modern_tokens_per_s', 'tokens/s', '{:,.0f}'), ('modern_mfu', 'MFU', '{:.1%}'),
+          ('default_params', 'default params', '{:,}'), ('default_ms', 'ms/iter', '{:.1f}'),
+          ('default_tokens_per_s', 'tokens/s', '{:,.0f}'), ('default_mfu', 'MFU', '{:.1%}'),
           ('step_ratio', 'time ratio', '{:.2f}x')],
          conclude=conclude_recipe)
 def plan_recipe(ctx):
@@ -65,7 +73,8 @@ def plan_recipe(ctx):
             row.update({f'{name}_params': sum(p.numel() for p in trainer.raw_model.parameters()),
                         f'{name}_ms': rates['ms_per_iter'], f'{name}_tokens_per_s': rates['tokens_per_s'],
                         f'{name}_mfu': rates['mfu'], f'{name}_flops_per_token': rates['flops_per_token']})
-        row['step_ratio'] = row['modern_ms'] / row['gpt2_ms']
+        row['step_ratio'] = row['default_ms'] / row['gpt2_ms']
+        row['default_recipe'] = describe(recipe('default'))
         return row
 
     if 'gpt' not in ctx.models:

@@ -25,6 +25,14 @@ def learning_rate(it, cfg):
 OPTIMIZERS = ('adamw', 'muon')
 
 
+def resolve_optimizer(name, model_type):
+    """--optimizer as the optimizer it names: auto is Muon (with AdamW for the rest) for a GPT, AdamW for an
+    LSTM, whose weights are not the GPT's hidden matrices."""
+    if name != 'auto':
+        return name
+    return 'muon' if model_type == 'gpt' else 'adamw'
+
+
 def set_learning_rate(optimizer, lr):
     """Set every parameter group's learning rate to lr times the group's lr_scale (1 unless make_optimizer set
     one): each optimizer of several follows the one schedule at its own peak."""
@@ -44,7 +52,8 @@ def make_optimizer(model, cfg, device):
     --optimizer=muon: torch.optim.Muon for hidden_matrices (peak --muon_lr) and that AdamW for the rest, stepped
     as one (Optimizers)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == 'muon':
+    is_muon = resolve_optimizer(cfg.optimizer, model.args.model_type) == 'muon'
+    if is_muon:
         # Muon: momentum, then the update orthogonalized by a few Newton-Schulz steps, so that every direction of
         # a matrix moves at the same rate instead of the few that dominate the gradient
         hidden = hidden_matrices(model)
@@ -55,7 +64,7 @@ def make_optimizer(model, cfg, device):
               {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
     adamw = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                               **runtime.adamw_options(cfg.adamw, device))
-    return Optimizers(muon=muon, adamw=adamw) if cfg.optimizer == 'muon' else adamw
+    return Optimizers(muon=muon, adamw=adamw) if is_muon else adamw
 
 
 class Optimizers:

@@ -36,7 +36,7 @@ from configurator import UNKNOWN, UserError, option, parse, run
 from distributed import micro_steps_per_process
 from loss import BatchLoss, mean_loss, micro_batch_rows
 from model import MLPS, MODELS, NORMS, ModelArgs, build_model
-from optim import OPTIMIZERS, learning_rate, make_optimizer, set_learning_rate, train_step
+from optim import OPTIMIZERS, learning_rate, make_optimizer, resolve_optimizer, set_learning_rate, train_step
 from reliability import (CHECKPOINTS, MAX_SKIPPED_IN_A_ROW, OutDirLock, StepLosses, StopOnSignal, load_resumable,
                          prepare_out_dir, refuse_to_replace, resume_command, weights_finite, write_error)
 from trainlog import MetricsLog
@@ -93,8 +93,9 @@ class TrainConfig:
     beta1: float = option(0.9, low=0, high=1, high_open=True)   # AdamW: decay rate of the gradient's mean
     beta2: float = option(0.99, low=0, high=1, high_open=True)  # AdamW: decay rate of its mean square
     grad_clip: float = option(1.0, low=0)  # clip the gradient norm to this (0 = off)
-    optimizer: str = option('adamw', choices=OPTIMIZERS)  # muon: torch.optim.Muon for the GPT's hidden matrices,
-    #                               AdamW (at learning_rate) for embeddings, head and gains (optim.py)
+    optimizer: str = option('adamw', choices=('auto', OPTIMIZERS))  # muon: torch.optim.Muon for the GPT's hidden
+    #                               matrices, AdamW (at learning_rate) for embeddings, head and gains (optim.py);
+    #                               auto: muon for a GPT, adamw for an LSTM
     muon_lr: float = option(0.02, low=0, low_open=True)  # Muon's peak learning rate, on learning_rate's schedule
     muon_weight_decay: float = option(0.0, low=0)  # Muon's decoupled weight decay (x its learning rate per step)
     max_memory: str = 'auto'      # memory for one micro-batch's logits and activations, e.g. 2GB or 500MB: a
@@ -279,6 +280,7 @@ class Run:
         if pretrained:  # the model's shape is the directory's too (block_size aside: a window of at most its own)
             shape = dataclasses.asdict(pretrained[0])
             cfg = dataclasses.replace(cfg, **{k: shape[k] for k in PRETRAINED_SHAPE})
+        cfg = dataclasses.replace(cfg, optimizer=resolve_optimizer(cfg.optimizer, cfg.model_type))  # as saved
         self.cfg, self.world, self.device = cfg, world, device
         self.resume_command = resume_command(cfg, argv, world.launcher())  # what a stopped run prints
         self.micro_steps = micro_steps_per_process(cfg, world.size)

@@ -12,10 +12,12 @@ import ablate
 import bench
 import prepare
 import sample
+import serve
 import train
 from configurator import run
 
-SCRIPTS = {'prepare': prepare, 'train': train, 'sample': sample, 'bench': bench, 'ablate': ablate}
+SCRIPTS = {'prepare': prepare, 'train': train, 'sample': sample, 'bench': bench, 'ablate': ablate,
+           'serve': serve}
 
 
 @pytest.fixture(scope='module')
@@ -124,6 +126,10 @@ CASES = [
     ('ablate', ['--data_dir={root}/data', '--what=recipe', '--recipe_changes=alibi'], r'alibi'),
     ('ablate', ['--data_dir={root}/data', '--what=recipe', '--model_type=lstm'], r'--model_type=lstm has none'),
     ('ablate', ['--data_dir={root}/data', '--jobs=64'], r'--jobs=64'),
+    # serve.py
+    ('serve', ['--out_dir={root}/out', '--port=70000'], r'--port=70000'),
+    ('serve', ['--out_dir={root}/no_out'], r'no_out'),
+    ('serve', ['--out_dir={root}/out', '--queue=0'], r'--queue=0 must be positive'),
 ]
 
 

@@ -254,8 +254,6 @@ def test_the_page_streams_the_sample_and_draws_the_distribution(browser, server,
     fill(browser, 'temperature', 0)
     wait.until(lambda d: d.execute_script("return parseFloat(document.querySelector('#bars .bar-drawn')"
                                           ".style.width)") == 100)
-    if os.environ.get('PLAYGROUND_SCREENSHOT'):  # tools/playground_screenshot.py sets it
-        browser.save_screenshot(os.environ['PLAYGROUND_SCREENSHOT'])
 
 
 def test_the_page_shows_a_refusal(browser, server):
