@@ -2,16 +2,18 @@
 computes, the weights renamed both ways, and our tokenizers as `tokenizers` objects. export.py writes a model
 directory with it; train.py --init_from=DIR reads one. Only these two paths import transformers.
 
-    our GPT's recipe                                   transformers
-    learned positions, LayerNorm, GELU (exact or tanh)  GPT2LMHeadModel (Conv1D weights: ours transposed)
-    rotary, RMSNorm, SwiGLU, qk_norm, no biases         Qwen3ForCausalLM
-    rotary, RMSNorm, SwiGLU, no qk_norm                 LlamaForCausalLM
+    our GPT's recipe                                       transformers
+    learned positions, LayerNorm, GELU (exact or tanh), relu2  GPT2LMHeadModel (Conv1D weights: ours transposed)
+    rotary, LayerNorm, GELU (exact or tanh), relu2         GPTNeoXForCausalLM (sequential residual, rotary on
+                                                           every channel; q, k, v interleaved per head)
+    rotary, RMSNorm, SwiGLU, qk_norm, no biases            Qwen3ForCausalLM
+    rotary, RMSNorm, SwiGLU, no qk_norm                    LlamaForCausalLM
 
 Both rotate q and k the same way (channel i with i + head_size / 2, RoFormer's wavelengths from ROPE_BASE), and
 Qwen3 normalizes each head's q and k before the rotation, as ours does. Our RMSNorm's eps is torch's default,
-the float32 epsilon, so the exported configs carry that value. Anything else (relu2, LayerNorm with rotary,
-RMSNorm with learned positions, the LSTM) is refused: most have no standard architecture that computes them
-exactly (rotary with LayerNorm and GELU would be GPT-NeoX's, which is not mapped here).
+the float32 epsilon, so the exported configs carry that value. GPT-2 and GPT-NeoX have biases everywhere: a GPT
+of ours without them exports zeros there. Anything else (RMSNorm with learned positions or a plain MLP, qk_norm
+without RMSNorm and SwiGLU, SwiGLU with LayerNorm, the LSTM) is refused: no standard architecture computes it.
 """
 import json
 import os
@@ -24,20 +26,20 @@ from configurator import UserError
 
 RMS_NORM_EPS = torch.finfo(torch.float32).eps  # nn.RMSNorm(eps=None) in float32, as the exported model runs
 LAYER_NORM_EPS = 1e-5                           # nn.LayerNorm's default, which ours use
-GELUS = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh'}  # our MLP -> GPT-2's activation_function
-SUPPORTED = ("the GPT-2 recipe (learned positions, LayerNorm, gelu or gelu_tanh; --qk_norm=False) and rotary"
-             " + RMSNorm + SwiGLU (Llama; with --qk_norm and no biases, Qwen3)")
+ACTIVATIONS = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'relu2': 'relu2'}  # plain MLPs: transformers' names
+SUPPORTED = ("LayerNorm with a plain MLP (gelu, gelu_tanh or relu2) and --qk_norm=False, with learned positions"
+             " (GPT-2) or rotary ones (GPT-NeoX); and rotary + RMSNorm + SwiGLU (Llama; with --qk_norm and no"
+             " biases, Qwen3)")
 
 
 def architecture(args):
-    """'gpt2', 'qwen3' or 'llama': the transformers architecture that computes the GPT args describe; else a
-    UserError that says what has no standard equivalent."""
+    """'gpt2', 'gpt_neox', 'qwen3' or 'llama': the transformers architecture that computes the GPT args
+    describe; else a UserError that says what has no standard equivalent."""
     if args.model_type != 'gpt':
         raise UserError(f"the {args.model_type} model: no standard transformers architecture expresses it;"
                         f" export supports the GPT: {SUPPORTED}")
-    gpt2 = not args.rope and args.norm == 'layernorm' and args.mlp in GELUS and not args.qk_norm
-    if gpt2:
-        return 'gpt2'
+    if args.norm == 'layernorm' and args.mlp in ACTIVATIONS and not args.qk_norm:
+        return 'gpt_neox' if args.rope else 'gpt2'
     if args.rope and args.norm == 'rmsnorm' and args.mlp == 'swiglu' and not (args.qk_norm and args.bias):
         return 'qwen3' if args.qk_norm else 'llama'
     recipe = (f"rope={args.rope}, norm={args.norm}, mlp={args.mlp}, qk_norm={args.qk_norm}, bias={args.bias}")
@@ -54,9 +56,17 @@ def hf_config(args, special_ids):
     if kind == 'gpt2':
         return transformers.GPT2Config(
             vocab_size=args.vocab_size, n_positions=args.block_size, n_embd=args.n_embd, n_layer=args.n_layer,
-            n_head=args.n_head, n_inner=4 * args.n_embd, activation_function=GELUS[args.mlp],
+            n_head=args.n_head, n_inner=4 * args.n_embd, activation_function=ACTIVATIONS[args.mlp],
             resid_pdrop=args.dropout, embd_pdrop=args.dropout, attn_pdrop=args.dropout,
             layer_norm_epsilon=LAYER_NORM_EPS, **ids)
+    if kind == 'gpt_neox':
+        return transformers.GPTNeoXConfig(
+            vocab_size=args.vocab_size, hidden_size=args.n_embd, num_hidden_layers=args.n_layer,
+            num_attention_heads=args.n_head, intermediate_size=4 * args.n_embd, hidden_act=ACTIVATIONS[args.mlp],
+            max_position_embeddings=args.block_size, layer_norm_eps=LAYER_NORM_EPS, use_parallel_residual=False,
+            attention_bias=True, hidden_dropout=args.dropout, attention_dropout=args.dropout,
+            rope_parameters={'rope_type': 'default', 'rope_theta': model_module.ROPE_BASE,
+                             'partial_rotary_factor': 1.0}, **ids)
     shape = dict(vocab_size=args.vocab_size, hidden_size=args.n_embd,
                  intermediate_size=model_module.mlp_hidden(args),
                  num_hidden_layers=args.n_layer, num_attention_heads=args.n_head, num_key_value_heads=args.n_head,
@@ -82,9 +92,44 @@ def _layer_names(kind):
             'mlp.down.weight': 'mlp.down_proj.weight', 'mlp.down.bias': 'mlp.down_proj.bias'}
 
 
+def to_gpt_neox(args, state_dict):
+    """Our GPT's weights as GPTNeoXForCausalLM's: its fused query_key_value holds each head's q, k and v
+    together ((n_head, 3, head_size) rows, ours (3, n_head, head_size)), and every bias (zeros where we have
+    none)."""
+    C, H = args.n_embd, args.n_head
+
+    def get(name, size):
+        return state_dict.get(name, torch.zeros(size))
+
+    out = {'gpt_neox.embed_in.weight': state_dict['wte.weight'], 'gpt_neox.final_layer_norm.weight':
+           state_dict['ln_f.weight'], 'gpt_neox.final_layer_norm.bias': get('ln_f.bias', C)}
+    if not args.tie_head:
+        out['lm_head.weight'] = state_dict['lm_head.weight']
+    for i in range(args.n_layer):
+        ours, theirs = f'blocks.{i}.', f'gpt_neox.layers.{i}.'
+        qkv_weight, qkv_bias = state_dict[ours + 'attn.qkv.weight'], get(ours + 'attn.qkv.bias', 3 * C)
+        out.update({
+            theirs + 'input_layernorm.weight': state_dict[ours + 'ln_1.weight'],
+            theirs + 'input_layernorm.bias': get(ours + 'ln_1.bias', C),
+            theirs + 'post_attention_layernorm.weight': state_dict[ours + 'ln_2.weight'],
+            theirs + 'post_attention_layernorm.bias': get(ours + 'ln_2.bias', C),
+            theirs + 'attention.query_key_value.weight':
+                qkv_weight.view(3, H, C // H, C).transpose(0, 1).reshape(3 * C, C).contiguous(),
+            theirs + 'attention.query_key_value.bias': qkv_bias.view(3, H, C // H).transpose(0, 1).reshape(3 * C),
+            theirs + 'attention.dense.weight': state_dict[ours + 'attn.proj.weight'],
+            theirs + 'attention.dense.bias': get(ours + 'attn.proj.bias', C),
+            theirs + 'mlp.dense_h_to_4h.weight': state_dict[ours + 'mlp.up.weight'],
+            theirs + 'mlp.dense_h_to_4h.bias': get(ours + 'mlp.up.bias', 4 * C),
+            theirs + 'mlp.dense_4h_to_h.weight': state_dict[ours + 'mlp.down.weight'],
+            theirs + 'mlp.dense_4h_to_h.bias': get(ours + 'mlp.down.bias', C)})
+    return out
+
+
 def to_hf_state_dict(args, state_dict):
     """Our GPT's weights under the names and layouts of its transformers architecture (tied head: once)."""
     kind = architecture(args)
+    if kind == 'gpt_neox':
+        return to_gpt_neox(args, state_dict)
     prefix, layers = ('transformer.', 'transformer.h.') if kind == 'gpt2' else ('model.', 'model.layers.')
     names = _layer_names(kind)
     out = {prefix + ('wte.weight' if kind == 'gpt2' else 'embed_tokens.weight'): state_dict['wte.weight'],
@@ -152,7 +197,7 @@ def read_pretrained(directory):
     if config.model_type != 'gpt2':
         raise UserError(f"--init_from={directory} holds a {config.model_type} model: train.py reads GPT-2's"
                         f" architecture (GPT2LMHeadModel) only")
-    activation = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh'}.get(
+    activation = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'relu2': 'relu2'}.get(
         config.activation_function)
     inner = config.n_inner or 4 * config.n_embd
     exact = (activation and inner == 4 * config.n_embd and config.layer_norm_epsilon == LAYER_NORM_EPS
@@ -160,7 +205,7 @@ def read_pretrained(directory):
     if not exact:
         raise UserError(f"--init_from={directory}: this GPT-2 config (activation {config.activation_function},"
                         f" n_inner {inner}, layer_norm_epsilon {config.layer_norm_epsilon}) is not one our GPT"
-                        f" computes: it needs gelu/gelu_new, n_inner 4 x n_embd and eps {LAYER_NORM_EPS}")
+                        f" computes: it needs gelu/gelu_new/relu2, n_inner 4 x n_embd and eps {LAYER_NORM_EPS}")
     hf_weights = read_weights(directory)
     tied = config.tie_word_embeddings or 'lm_head.weight' not in hf_weights
     args = model_module.ModelArgs(vocab_size=config.vocab_size, block_size=config.n_positions, n_layer=config.n_layer,

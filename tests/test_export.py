@@ -27,11 +27,16 @@ CHAR_META = tok.CharTokenizer.build(["In the beginning God created the heaven an
 RECIPES = {  # every combination the project trains, and the other exportable ones
     'gpt2': dict(),
     'gpt2_bias_untied_tanh': dict(bias=True, tie_head=False, mlp='gelu_tanh'),
+    'gpt2_relu2': dict(mlp='relu2', tie_head=False),
+    'neox_relu2_untied': dict(rope=True, mlp='relu2', zero_init_proj=True, tie_head=False),
+    'neox_gelu_bias': dict(rope=True, bias=True),
     'modern': dict(rope=True, norm='rmsnorm', qk_norm=True, mlp='swiglu', zero_init_proj=True, tie_head=False),
     'llama': dict(rope=True, norm='rmsnorm', mlp='swiglu', bias=True),
     'qwen3_tied': dict(rope=True, norm='rmsnorm', qk_norm=True, mlp='swiglu'),
 }
 EXPECTED = {'gpt2': 'GPT2LMHeadModel', 'gpt2_bias_untied_tanh': 'GPT2LMHeadModel', 'modern': 'Qwen3ForCausalLM',
+            'gpt2_relu2': 'GPT2LMHeadModel', 'neox_relu2_untied': 'GPTNeoXForCausalLM',
+            'neox_gelu_bias': 'GPTNeoXForCausalLM',
             'llama': 'LlamaForCausalLM', 'qwen3_tied': 'Qwen3ForCausalLM'}
 
 
@@ -86,7 +91,8 @@ def test_a_tied_head_is_stored_once(exported):
     name, ours, theirs, directory = exported
     from safetensors import safe_open
     with safe_open(os.path.join(directory, 'model.safetensors'), 'pt') as f:
-        has_head = 'lm_head.weight' in f.keys()
+        head = 'embed_out.weight' if EXPECTED[name] == 'GPTNeoXForCausalLM' else 'lm_head.weight'
+        has_head = head in f.keys()
     assert has_head == (not ours.args.tie_head)
     assert (theirs.get_output_embeddings().weight.data_ptr() ==
             theirs.get_input_embeddings().weight.data_ptr()) == ours.args.tie_head
@@ -153,8 +159,8 @@ def refused(*args):
 
 
 @pytest.mark.parametrize('recipe, says', [
-    (dict(mlp='relu2'), 'no standard transformers architecture that export knows expresses that combination'),
-    (dict(rope=True), 'rope=True, norm=layernorm'),
+    (dict(mlp='swiglu'), 'no standard transformers architecture that export knows expresses that combination'),
+    (dict(rope=True, qk_norm=True), 'rope=True, norm=layernorm, mlp=gelu, qk_norm=True'),
     (dict(norm='rmsnorm'), 'norm=rmsnorm'),
     (dict(rope=True, norm='rmsnorm', qk_norm=True, mlp='swiglu', bias=True), 'bias=True'),
 ])
