@@ -8,6 +8,7 @@ optimizer's work is not model FLOPs, so Muon's orthogonalization shows as a lowe
 import functools
 import statistics
 
+import optim
 import perf
 import runtime
 import train
@@ -21,7 +22,8 @@ def recipe(name):
     """The train.py options of a recipe: config/recipe_gpt2.py's, or train.py's defaults."""
     if name == 'gpt2':
         return train.recipe(train.GPT2_RECIPE)
-    return {key: getattr(train.TrainConfig, key) for key in train.RECIPE}
+    options = {key: getattr(train.TrainConfig, key) for key in train.RECIPE}
+    return {**options, 'optimizer': optim.resolve_optimizer(options['optimizer'], 'gpt')}
 
 
 def describe(options):

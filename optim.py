@@ -52,7 +52,7 @@ def make_optimizer(model, cfg, device):
     --optimizer=muon: torch.optim.Muon for hidden_matrices (peak --muon_lr) and that AdamW for the rest, stepped
     as one (Optimizers)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    is_muon = resolve_optimizer(cfg.optimizer, model.args.model_type) == 'muon'
+    is_muon = resolve_optimizer(cfg.optimizer, cfg.model_type) == 'muon'
     if is_muon:
         # Muon: momentum, then the update orthogonalized by a few Newton-Schulz steps, so that every direction of
         # a matrix moves at the same rate instead of the few that dominate the gradient

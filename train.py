@@ -69,8 +69,9 @@ class TrainConfig:
     n_hidden: int = option(0, low=0)  # LSTM only: hidden size (0 = n_embd)
     dropout: float = option(0.0, low=0, high=1, high_open=True)  # share of activations zeroed in training
     bias: bool = False            # biases in the linear layers and layer norms
-    # the GPT's recipe (model.ModelArgs): each default is GPT-2's; config/recipe_modern.py sets them all
-    rope: bool = False            # GPT: rotary position embeddings on queries and keys (no learned position table)
+    # the GPT's recipe (model.ModelArgs): the defaults are the best combination ablate.py found (docs/models.md,
+    # The GPT's recipe); config/recipe_gpt2.py sets GPT-2's, config/recipe_modern.py every change at once
+    rope: bool = True             # GPT: rotary position embeddings on queries and keys (no learned position table)
     norm: str = option('layernorm', choices=NORMS)  # GPT: the normalization layers (rmsnorm: no mean, no bias)
     qk_norm: bool = False         # GPT: RMSNorm of each head's queries and keys before attention
     mlp: str = option('gelu', choices=MLPS)  # GPT: the MLP's activation (gelu_tanh: its tanh approximation, as
@@ -93,7 +94,7 @@ class TrainConfig:
     beta1: float = option(0.9, low=0, high=1, high_open=True)   # AdamW: decay rate of the gradient's mean
     beta2: float = option(0.99, low=0, high=1, high_open=True)  # AdamW: decay rate of its mean square
     grad_clip: float = option(1.0, low=0)  # clip the gradient norm to this (0 = off)
-    optimizer: str = option('adamw', choices=('auto', OPTIMIZERS))  # muon: torch.optim.Muon for the GPT's hidden
+    optimizer: str = option('auto', choices=('auto', OPTIMIZERS))  # muon: torch.optim.Muon for the GPT's hidden
     #                               matrices, AdamW (at learning_rate) for embeddings, head and gains (optim.py);
     #                               auto: muon for a GPT, adamw for an LSTM
     muon_lr: float = option(0.02, low=0, low_open=True)  # Muon's peak learning rate, on learning_rate's schedule

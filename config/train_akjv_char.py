@@ -1,5 +1,8 @@
 # GPT on the AKJV Bible, character level: the lowest val bits/char we could reach in five minutes of wall clock
-# (start-up included) on 2 CPU cores; see docs/results.md, Learning per minute, for the curve and what was tried.
+# (start-up included) on 2 CPU cores, with train.py's default recipe (rotary positions and Muon); see
+# docs/models.md, The GPT's recipe, for the ablation that chose it and the learning rates it was tuned at, and
+# docs/results.md for the curves. The GPT-2 recipe at its own best learning rate:
+#     python train.py config/train_akjv_char.py config/recipe_gpt2.py --max_iters=1250
 # Prepare first: python prepare.py data/akjv_char
 # On a GPU, scale up: n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
 # max_iters=5000 (train.py compiles on CUDA by default).
@@ -12,9 +15,10 @@ n_embd = 128
 block_size = 128
 dropout = 0.0
 batch_size = 32
-max_iters = 1000
-learning_rate = 3e-3
+max_iters = 1050
+learning_rate = 6e-3
+muon_lr = 0.02
 min_lr = 3e-4
-warmup_iters = 100
-eval_interval = 200
+warmup_iters = 105
+eval_interval = 210
 eval_tokens = 81920

@@ -123,9 +123,11 @@ def bpe_data(tmp_path_factory, gpt2_vocab):
     return data_dir
 
 
+# AdamW, not the default Muon: these tests of the training mechanics compare optimizer states and steps exactly;
+# Muon's own tests are in test_recipe.py and test_distributed.py
 TINY_GPT = ['--model_type=gpt', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
             '--batch_size=8', '--eval_tokens=1024', '--log_interval=5', '--warmup_iters=5', '--device=cpu',
-            '--dtype=float32']
+            '--dtype=float32', '--optimizer=adamw']
 TINY_LSTM = ['--model_type=lstm', '--n_layer=2', '--n_embd=32', '--block_size=16', '--batch_size=8',
              '--eval_tokens=512', '--log_interval=5', '--warmup_iters=5', '--device=cpu',
              '--dtype=float32']

@@ -19,6 +19,10 @@ import sample
 import train
 from configurator import UserError
 from conftest import ROOT, TINY_GPT, TINY_LSTM, metrics, without_timing
+
+# AdamW where a run of 2 processes must be the single process's run to float32 rounding: Muon orthogonalizes in
+# bfloat16, which agrees across process counts to about 1e-4 only (its own test below)
+EXACT_GPT = [*TINY_GPT, '--optimizer=adamw']
 from loss import BatchLoss
 from model import ModelArgs, build_model
 from test_reliability import ONE_THREAD, temporaries, wait_until
@@ -53,7 +57,7 @@ def assert_same_run(out_a, out_b, weights_tolerance):
 
 def test_two_processes_take_the_single_process_step_and_checkpoints_move_between_them(char_data, tmp_path):
     # dropout off (TINY_GPT), 2 micro-steps per step: process r takes micro-step r of each of the single's steps
-    common = [f'--data_dir={char_data}', *TINY_GPT, '--gradient_accumulation_steps=2', '--log_interval=1',
+    common = [f'--data_dir={char_data}', *EXACT_GPT, '--gradient_accumulation_steps=2', '--log_interval=1',
               '--eval_interval=1', '--learning_rate=3e-3', '--lr_decay_iters=6']
     shared, single = tmp_path / 'shared', tmp_path / 'single'
     launch = torchrun(*common, f'--out_dir={shared}', '--max_iters=1')
@@ -91,7 +95,7 @@ def test_two_processes_take_the_single_process_step_and_checkpoints_move_between
     assert text.startswith('And God') and len(text) > len('And God') + 10  # (<s> reads as nothing)
 
 
-@pytest.mark.parametrize('model_args', [[*TINY_GPT, '--windowing=packed'],
+@pytest.mark.parametrize('model_args', [[*EXACT_GPT, '--windowing=packed'],
                                         [*TINY_LSTM, '--windowing=lines_slide']],
                          ids=['gpt-packed-by-row', 'lstm-lines-by-micro-step'])
 def test_two_processes_share_every_windowing_as_its_batch_source_says(char_data, tmp_path, model_args):
@@ -208,7 +212,7 @@ def test_gradients_are_averaged_once_per_step_in_the_last_micro_step(monkeypatch
         ddp.register_comm_hook(None, count_and_average)
         tokens = torch.randint(0, 50, (1000,)).numpy()
         batch_loss = BatchLoss(ddp, batching.RandomWindows(tokens, 2, 8, seed=0), 'cpu', torch.float32, -100)
-        cfg = train.TrainConfig(gradient_accumulation_steps=3)
+        cfg = train.TrainConfig(gradient_accumulation_steps=3, optimizer='adamw')
         optimizer, scaler = train.make_optimizer(model, cfg, 'cpu'), torch.amp.GradScaler(enabled=False)
         for _ in range(2):
             train.train_step(batch_loss, optimizer, scaler, cfg, 3)

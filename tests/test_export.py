@@ -26,6 +26,7 @@ from conftest import ROOT, metrics, run_script
 CHAR_META = tok.CharTokenizer.build(["In the beginning God created the heaven and the earth.\nÆon ☃ é"]).to_meta()
 RECIPES = {  # every combination the project trains, and the other exportable ones
     'gpt2': dict(),
+    'default': dict(rope=True),  # train.py's default recipe (Muon changes the training, not the model)
     'gpt2_bias_untied_tanh': dict(bias=True, tie_head=False, mlp='gelu_tanh'),
     'gpt2_relu2': dict(mlp='relu2', tie_head=False),
     'neox_relu2_untied': dict(rope=True, mlp='relu2', zero_init_proj=True, tie_head=False),
@@ -34,7 +35,7 @@ RECIPES = {  # every combination the project trains, and the other exportable on
     'llama': dict(rope=True, norm='rmsnorm', mlp='swiglu', bias=True),
     'qwen3_tied': dict(rope=True, norm='rmsnorm', qk_norm=True, mlp='swiglu'),
 }
-EXPECTED = {'gpt2': 'GPT2LMHeadModel', 'gpt2_bias_untied_tanh': 'GPT2LMHeadModel', 'modern': 'Qwen3ForCausalLM',
+EXPECTED = {'gpt2': 'GPT2LMHeadModel', 'default': 'GPTNeoXForCausalLM', 'gpt2_bias_untied_tanh': 'GPT2LMHeadModel', 'modern': 'Qwen3ForCausalLM',
             'gpt2_relu2': 'GPT2LMHeadModel', 'neox_relu2_untied': 'GPTNeoXForCausalLM',
             'neox_gelu_bias': 'GPTNeoXForCausalLM',
             'llama': 'LlamaForCausalLM', 'qwen3_tied': 'Qwen3ForCausalLM'}

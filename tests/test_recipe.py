@@ -81,8 +81,11 @@ def test_the_default_recipe_is_the_gpt2_model_as_it_was(bias):
 
 
 def test_a_checkpoint_saved_before_the_recipe_options_loads_as_the_model_it_was(tiny_checkpoint, tmp_path):
-    ckpt = checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))
-    old = {k: v for k, v in ckpt.items() if k != 'digest'}
+    trained = checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))  # its tokenizer; a GPT-2-recipe model
+    args = ModelArgs(**{**trained['model_args'], **{k: getattr(ModelArgs(), k) for k in MODERN}})
+    torch.manual_seed(0)
+    ckpt = {'model_args': dataclasses.asdict(args), 'model': GPT(args).state_dict(), 'tokenizer': trained['tokenizer']}
+    old = dict(ckpt)
     new_keys = {f.name for f in dataclasses.fields(ModelArgs)} - {
         'model_type', 'vocab_size', 'pad_id', 'block_size', 'n_layer', 'n_embd', 'n_head', 'n_hidden', 'dropout',
         'bias'}
@@ -275,7 +278,12 @@ def test_the_modern_recipe_trains(char_data, tmp_path):
 def test_the_recipe_file_sets_every_option():
     cfg = parse(train.TrainConfig, [os.path.join(ROOT, 'config', 'recipe_modern.py')])
     assert {k: getattr(cfg, k) for k in MODERN} == MODERN and cfg.optimizer == 'muon'
-    assert all(getattr(train.TrainConfig(), k) == getattr(ModelArgs(), k) for k in MODERN)  # GPT-2's today
+    gpt2 = parse(train.TrainConfig, [os.path.join(ROOT, 'config', 'recipe_gpt2.py')])
+    assert all(getattr(gpt2, k) == getattr(ModelArgs(), k) for k in MODERN) and gpt2.optimizer == 'adamw'
+    # train.py's default: GPT-2's recipe with rotary positions and Muon (ablate.py's evidence, docs/models.md)
+    default = train.TrainConfig()
+    assert {k: getattr(default, k) for k in train.RECIPE} == {**{k: getattr(ModelArgs(), k) for k in MODERN},
+                                                              'rope': True, 'optimizer': 'auto'}
 
 
 def test_muon_resume_continues_exactly(char_data, tmp_path):

@@ -118,7 +118,7 @@ def test_learning_rate_schedule():
 def test_weight_decay_only_on_matrices(char_data):
     from model import ModelArgs, build_model
     model = build_model(ModelArgs(vocab_size=20, n_layer=1, n_head=2, n_embd=8, bias=True))
-    decay, no_decay = train.make_optimizer(model, train.TrainConfig(), 'cpu').param_groups
+    decay, no_decay = train.make_optimizer(model, train.TrainConfig(optimizer='adamw'), 'cpu').param_groups
     assert all(p.dim() == 2 for p in decay['params']) and decay['weight_decay'] == 0.1
     assert all(p.dim() == 1 for p in no_decay['params']) and no_decay['weight_decay'] == 0.0
 
