@@ -261,8 +261,8 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
 
 def test_the_modern_recipe_trains(char_data, tmp_path):
     out_dir = str(tmp_path / 'out')
-    result = train.main([f'--data_dir={char_data}', os.path.join(ROOT, 'config', 'recipe_modern.py'), f'--out_dir={out_dir}',
-                         '--max_iters=60', '--eval_interval=60', '--learning_rate=3e-3', *TINY_GPT])
+    result = train.main([f'--data_dir={char_data}', *TINY_GPT, os.path.join(ROOT, 'config', 'recipe_modern.py'),
+                         f'--out_dir={out_dir}', '--max_iters=60', '--eval_interval=60', '--learning_rate=3e-3'])
     evals = [r for r in metrics(out_dir) if 'val_loss' in r]
     assert evals[0]['val_loss'] > 3.5 and result['val_loss'] < evals[0]['val_loss'] - 0.8
     ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))
