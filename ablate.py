@@ -105,7 +105,6 @@ class Variant:
     overrides: dict  # what this run changes in the training config
     context_chars: float | None = None  # tokenizer, same context: block_size covers this many characters
     directory: str = ''  # the run's directory in the ablation's ('' = its name)
-    seed: int | None = None  # --seeds above 1: the seed of this run of the variant
 
 
 def listed(text):
@@ -117,7 +116,7 @@ def variants(cfg):
     variant_list = what_varies(cfg)
     if cfg.seeds == 1:
         return variant_list
-    return [dataclasses.replace(v, overrides={**v.overrides, 'seed': seed}, seed=seed,
+    return [dataclasses.replace(v, overrides={**v.overrides, 'seed': seed},
                                 directory=f"{v.directory or v.name}-seed{seed}")
             for v in variant_list for seed in range(cfg.seed, cfg.seed + cfg.seeds)]
 

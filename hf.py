@@ -92,36 +92,40 @@ def _layer_names(kind):
             'mlp.down.weight': 'mlp.down_proj.weight', 'mlp.down.bias': 'mlp.down_proj.bias'}
 
 
+def bias(state_dict, name):
+    """state_dict's bias name, or zeros of its weight's output size where our GPT has none (--bias=False): GPT-2
+    and GPT-NeoX always have one."""
+    if name in state_dict:
+        return state_dict[name]
+    return torch.zeros(state_dict[name.removesuffix('.bias') + '.weight'].shape[0])
+
+
 def to_gpt_neox(args, state_dict):
     """Our GPT's weights as GPTNeoXForCausalLM's: its fused query_key_value holds each head's q, k and v
     together ((n_head, 3, head_size) rows, ours (3, n_head, head_size)), and every bias (zeros where we have
     none)."""
     C, H = args.n_embd, args.n_head
-
-    def get(name, size):
-        return state_dict.get(name, torch.zeros(size))
-
     out = {'gpt_neox.embed_in.weight': state_dict['wte.weight'], 'gpt_neox.final_layer_norm.weight':
-           state_dict['ln_f.weight'], 'gpt_neox.final_layer_norm.bias': get('ln_f.bias', C)}
+           state_dict['ln_f.weight'], 'gpt_neox.final_layer_norm.bias': bias(state_dict, 'ln_f.bias')}
     if not args.tie_head:
         out['lm_head.weight'] = state_dict['lm_head.weight']
     for i in range(args.n_layer):
         ours, theirs = f'blocks.{i}.', f'gpt_neox.layers.{i}.'
-        qkv_weight, qkv_bias = state_dict[ours + 'attn.qkv.weight'], get(ours + 'attn.qkv.bias', 3 * C)
+        qkv_weight, qkv_bias = state_dict[ours + 'attn.qkv.weight'], bias(state_dict, ours + 'attn.qkv.bias')
         out.update({
             theirs + 'input_layernorm.weight': state_dict[ours + 'ln_1.weight'],
-            theirs + 'input_layernorm.bias': get(ours + 'ln_1.bias', C),
+            theirs + 'input_layernorm.bias': bias(state_dict, ours + 'ln_1.bias'),
             theirs + 'post_attention_layernorm.weight': state_dict[ours + 'ln_2.weight'],
-            theirs + 'post_attention_layernorm.bias': get(ours + 'ln_2.bias', C),
+            theirs + 'post_attention_layernorm.bias': bias(state_dict, ours + 'ln_2.bias'),
             theirs + 'attention.query_key_value.weight':
                 qkv_weight.view(3, H, C // H, C).transpose(0, 1).reshape(3 * C, C).contiguous(),
             theirs + 'attention.query_key_value.bias': qkv_bias.view(3, H, C // H).transpose(0, 1).reshape(3 * C),
             theirs + 'attention.dense.weight': state_dict[ours + 'attn.proj.weight'],
-            theirs + 'attention.dense.bias': get(ours + 'attn.proj.bias', C),
+            theirs + 'attention.dense.bias': bias(state_dict, ours + 'attn.proj.bias'),
             theirs + 'mlp.dense_h_to_4h.weight': state_dict[ours + 'mlp.up.weight'],
-            theirs + 'mlp.dense_h_to_4h.bias': get(ours + 'mlp.up.bias', 4 * C),
+            theirs + 'mlp.dense_h_to_4h.bias': bias(state_dict, ours + 'mlp.up.bias'),
             theirs + 'mlp.dense_4h_to_h.weight': state_dict[ours + 'mlp.down.weight'],
-            theirs + 'mlp.dense_4h_to_h.bias': get(ours + 'mlp.down.bias', C)})
+            theirs + 'mlp.dense_4h_to_h.bias': bias(state_dict, ours + 'mlp.down.bias')})
     return out
 
 
@@ -136,17 +140,14 @@ def to_hf_state_dict(args, state_dict):
            prefix + ('ln_f.weight' if kind == 'gpt2' else 'norm.weight'): state_dict['ln_f.weight']}
     if kind == 'gpt2':
         out['transformer.wpe.weight'] = state_dict['wpe.weight']
-        out['transformer.ln_f.bias'] = state_dict.get('ln_f.bias', torch.zeros(args.n_embd))
+        out['transformer.ln_f.bias'] = bias(state_dict, 'ln_f.bias')
     if not args.tie_head:
         out['lm_head.weight'] = state_dict['lm_head.weight']
     for i in range(args.n_layer):
         ours = {name[len(f'blocks.{i}.'):]: w for name, w in state_dict.items() if name.startswith(f'blocks.{i}.')}
         if kind == 'gpt2':  # GPT-2 has every bias: ours, or zeros where we have none
             for name in names:
-                w = ours.get(name)
-                if w is None:
-                    size = ours[name.replace('.bias', '.weight')].shape[0]
-                    w = torch.zeros(size)
+                w = bias(ours, name) if name.endswith('.bias') else ours[name]
                 out[f'{layers}{i}.{names[name]}'] = w.t().contiguous() if w.dim() == 2 else w
             continue
         for name, w in ours.items():

@@ -253,6 +253,7 @@ def make_app(playground):
     """The web application: the page's files and the API routes over playground."""
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title='playground', docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -285,9 +286,7 @@ def make_app(playground):
 
     @app.post('/api/next')
     async def next_tokens(request: Request):
-        body = await body_of(request)
-        from starlette.concurrency import run_in_threadpool
-        return await run_in_threadpool(playground.next_tokens, body)
+        return await run_in_threadpool(playground.next_tokens, await body_of(request))
 
     @app.post('/api/notes')
     async def notes(request: Request):

@@ -276,6 +276,8 @@ class Run:
             (None, None)
         if resumed:  # the model's shape is the checkpoint's, whatever the config says
             cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
+            if cfg.optimizer == 'auto':  # the optimizer whose state it holds (before the choice: AdamW)
+                cfg = dataclasses.replace(cfg, optimizer=resumed['config'].get('optimizer', 'adamw'))
         check_config(cfg)
         pretrained = self.read_pretrained(cfg) if cfg.init_from not in INIT_FROM else None
         if pretrained:  # the model's shape is the directory's too (block_size aside: a window of at most its own)

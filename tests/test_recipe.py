@@ -334,3 +334,16 @@ def test_a_loss_scaler_steps_muon_and_adamw_together():
     before = dict(gpt(**options).named_parameters())
     for name in ('blocks.0.attn.qkv.weight', 'wte.weight'):  # one of Muon's, one of AdamW's: both stepped
         assert (updated[0][name] - before[name]).abs().max() > 1e-4, name
+
+
+def test_resuming_with_the_default_optimizer_takes_the_checkpoints(char_data, tmp_path):
+    # a run trained with AdamW (as every run was before the default became auto) resumes with train.py's default
+    out_dir = str(tmp_path / 'out')
+    args = [f'--data_dir={char_data}', f'--out_dir={out_dir}', *TINY_GPT, '--eval_interval=4']
+    train.main([*args, '--max_iters=4'])
+    auto = [a for a in args if a != '--optimizer=adamw']
+    assert train.TrainConfig().optimizer == 'auto' and auto != args
+    train.main([*auto, '--max_iters=8', '--init_from=resume'])
+    ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))
+    assert ckpt['iter_num'] == 8 and ckpt['config']['optimizer'] == 'adamw' and 'state' in ckpt['optimizer']
+
