@@ -259,7 +259,8 @@ class KVCache:
     writes each layer's new keys and values at positions length, length + 1, ... and attends over all of them.
     It lives here, beside the attention, because its layout is the attention's: per layer a (B, n_head,
     block_size, C // n_head) buffer of keys and one of values, allocated at the first write with the batch
-    size, dtype and device of what is written.
+    size, dtype and device of what is written, and zeroed (decode.py attends over a whole buffer, masking the
+    positions not written yet: they must hold numbers).
     """
 
     def __init__(self, args):
@@ -276,8 +277,8 @@ class KVCache:
         layer's keys and values of positions 0 ... length + T - 1."""
         if self.keys[layer] is None:
             B, n_head, _, head_size = k.shape
-            self.keys[layer] = k.new_empty(B, n_head, self.block_size, head_size)
-            self.values[layer] = v.new_empty(B, n_head, self.block_size, head_size)
+            self.keys[layer] = k.new_zeros(B, n_head, self.block_size, head_size)
+            self.values[layer] = v.new_zeros(B, n_head, self.block_size, head_size)
         end = self.length + k.size(2)
         self.keys[layer][:, :, self.length:end] = k
         self.values[layer][:, :, self.length:end] = v

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 import checkpoint
 import configurator
+import decode
 import music
 import runtime
 import storage
@@ -73,6 +74,10 @@ class SampleConfig:
     show_probs: int = option(0, low=0, error=OFF_OR_MORE)  # first print the N most likely tokens to follow the
     #                               prompt, with their probabilities
     kv_cache: bool = True         # GPT: keep earlier keys and values (False: recompute them; same output, slower)
+    decode: str = option('eager', choices=('eager', *decode.STEPS))  # GPT with kv_cache: how a token steps.
+    #                               eager: GPT.forward. compile: decode.py's step under torch.compile (seconds
+    #                               before the first token, then about half the time per token). aot: compiled
+    #                               ahead of time by AOTInductor (tens of seconds first, then about a third)
     context_shift: float = option(0.25, low=0, high=1, high_open=True)  # GPT past block_size: share of the full
     #                               window dropped before it is re-read
     seed: int = option(1337, low=0, high=2**32 - 1)  # same seed and num_samples, same samples
@@ -156,7 +161,11 @@ def next_token(logits, temperature, top_k=0, top_p=1.0, generator=None):
     """One id per row, (B, 1), drawn from logits (B, V); temperature 0 takes the most likely (greedy)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), 1, generator=generator)
+    probs = sampling_probs(logits, temperature, top_k, top_p)
+    # Token i wins the race probs_i / E_i, E_i ~ Exponential(1), with probability probs_i: torch.multinomial's own
+    # way of drawing one sample on the CPU (the same draws from the same generator), without its checks of the
+    # probabilities, which cost more than the draw at one token per step
+    return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1, keepdim=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -170,8 +179,9 @@ class GPTContext:
     the module docstring): when the window is full, the oldest int(context_shift * block_size) tokens go.
     """
 
-    def __init__(self, model, ids, use_cache=True, context_shift=0.25):
+    def __init__(self, model, ids, use_cache=True, context_shift=0.25, how='eager'):
         self.model, self.block_size = model, model.args.block_size
+        self.step = decode.step_for(how) if how != 'eager' and use_cache else None  # else GPT.forward
         self.keep = self.block_size - int(context_shift * self.block_size)  # tokens re-read when it is full
         self.cache = KVCache(model.args) if use_cache else None
         self.window = ids[:, -self.block_size:]  # (B, W)
@@ -190,7 +200,10 @@ class GPTContext:
             self.logits = self._read()
         else:
             self.window = torch.cat([self.window, token], dim=1)
-            self.logits = self.model(token, self.cache)[:, -1] if self.cache is not None else self._read()
+            if self.step is not None:
+                self.logits = self.step(self.model, token, self.cache)
+            else:
+                self.logits = self.model(token, self.cache)[:, -1] if self.cache is not None else self._read()
 
 
 class LSTMContext:
@@ -206,21 +219,23 @@ class LSTMContext:
         self.logits = logits[:, -1]
 
 
-def read_context(model, ids, use_cache=True, context_shift=0.25):
+def read_context(model, ids, use_cache=True, context_shift=0.25, how='eager'):
     """The model's context after reading ids (B, T): .logits (B, V) of the next token, .append(token (B, 1))."""
     if model.args.model_type == 'lstm':
         return LSTMContext(model, ids)
-    return GPTContext(model, ids, use_cache, context_shift)
+    return GPTContext(model, ids, use_cache, context_shift, how)
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: tensors made here never need gradients
 def generate(model, ids, max_new_tokens, *, temperature=1.0, top_k=0, top_p=1.0, generator=None,
-             use_cache=True, context_shift=0.25):
+             use_cache=True, context_shift=0.25, how='eager'):
     """Yield max_new_tokens times the next token of every row of ids (B, T), as a (B,) tensor of ids.
 
-    The rows are generated together, one forward pass per token for the whole batch.
+    The rows are generated together, one forward pass per token for the whole batch. how: with the cache, a GPT
+    steps one token by GPT.forward ('eager') or by decode.py's step compiled ('compile', 'aot'): the same tokens,
+    less overhead per token.
     """
-    context = read_context(model, ids, use_cache, context_shift)
+    context = read_context(model, ids, use_cache, context_shift, how)
     for step in range(max_new_tokens):
         if step:
             context.append(token)
@@ -329,7 +344,8 @@ def generate_as(model, ids, cfg):
     """generate with cfg's settings (a SampleConfig's fields), its random draws seeded by cfg.seed."""
     generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
     return generate(model, ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                    generator=generator, use_cache=cfg.kv_cache, context_shift=cfg.context_shift)
+                    generator=generator, use_cache=cfg.kv_cache, context_shift=cfg.context_shift,
+                    how=cfg.decode)
 
 
 def draw(model, tokenizer, prompt, ids, cfg, out):

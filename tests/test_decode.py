@@ -1,0 +1,99 @@
+"""decode.py's one-token step against GPT.forward with its KV cache: the same logits for every recipe, and the same
+tokens from sample.generate eager, under torch.compile and compiled ahead of time (AOTInductor), past block_size."""
+import dataclasses
+import subprocess
+
+import pytest
+import torch
+
+import decode
+import sample
+from model import GPT, KVCache, ModelArgs
+
+BASE = ModelArgs(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
+RECIPES = {
+    'gpt2': BASE,
+    'default': dataclasses.replace(BASE, rope=True),
+    'modern': dataclasses.replace(BASE, rope=True, norm='rmsnorm', qk_norm=True, mlp='relu2', zero_init_proj=False,
+                                  tie_head=False),
+    'swiglu_bias': dataclasses.replace(BASE, mlp='swiglu', bias=True),
+    'gelu_tanh_padding': dataclasses.replace(BASE, rope=True, mlp='gelu_tanh', pad_id=0),
+}
+
+
+def confident(args, seed=0):
+    """A seeded GPT with weights scaled up, so that its greedy tokens vary and its top logits are far apart."""
+    torch.manual_seed(seed)
+    model = GPT(args).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5.0)
+    return model
+
+
+def has_compiler():
+    try:
+        return subprocess.run(['c++', '--version'], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+needs_compiler = pytest.mark.skipif(not has_compiler(), reason="torch.compile on the CPU needs a C++ compiler (c++)")
+
+
+@pytest.mark.parametrize('recipe', RECIPES)
+@torch.inference_mode()
+def test_the_step_equals_the_forward_with_a_cache_at_every_position(recipe):
+    model = confident(RECIPES[recipe])
+    ids = torch.tensor([[1, 17, 33, 42, 8], [5, 6, 7, 8, 9]])  # two rows: the batch axis is kept apart
+    forward, step = KVCache(model.args), KVCache(model.args)
+    model(ids, forward), model(ids, step)
+    for token in range(model.args.block_size - ids.size(1)):  # up to the last position
+        token = torch.tensor([[token + 10], [token + 20]])
+        expected = model(token, forward)[:, -1]
+        got = decode.append(model, token, step)
+        assert got.shape == (2, model.args.vocab_size)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+        assert got.argmax(-1).tolist() == expected.argmax(-1).tolist()
+    assert step.length == forward.length == model.args.block_size
+    with pytest.raises(ValueError, match='the cache is full: 16 tokens of block_size 16'):
+        decode.append(model, token, step)
+
+
+def test_the_race_draws_what_torch_multinomial_draws():
+    """next_token's exponential race is torch.multinomial's draw on the CPU: the same ids from the same seed."""
+    probs = torch.softmax(torch.randn(3, 50), dim=-1)
+    ours, theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    logits = probs.log()
+    for _ in range(100):
+        assert torch.equal(sample.next_token(logits, 1.0, generator=ours), torch.multinomial(probs, 1, generator=theirs))
+
+
+def tokens(model, how, n=40, temperature=0.0, seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.tensor([[1, 17, 33, 42, 8]] * 2)
+    return torch.stack(list(sample.generate(model, ids, n, temperature=temperature, generator=generator, how=how)),
+                       dim=1).tolist()
+
+
+@needs_compiler
+@pytest.mark.parametrize('how', ['compile', 'aot'])
+def test_a_compiled_step_generates_the_eager_tokens_past_block_size(how):
+    """40 new tokens through a block of 16: the window is re-read (by GPT.forward) and stepped again (compiled)
+    several times, greedy and sampled. Two recipes in turn: 'compile' then makes its graph again, 'aot' a library
+    per model."""
+    for recipe in ('default', 'modern'):
+        model = confident(RECIPES[recipe])
+        for temperature in (0.0, 1.0):
+            expected = tokens(model, 'eager', temperature=temperature)
+            assert tokens(model, how, temperature=temperature) == expected
+            assert len(set(expected[0])) >= 8  # not one token repeated
+
+
+@needs_compiler
+def test_the_compiled_step_reads_each_models_own_weights():
+    """Its guards skip the modules: a second model of the same recipe must still be read, not the first one's."""
+    first, second = confident(RECIPES['default'], seed=0), confident(RECIPES['default'], seed=1)
+    assert tokens(first, 'eager') != tokens(second, 'eager')
+    assert tokens(first, 'compile') == tokens(first, 'eager')
+    assert tokens(second, 'compile') == tokens(second, 'eager')
