@@ -33,6 +33,7 @@ import bench_memory  # memory, busy
 import bench_recipe  # noqa: F401 (recipe)
 import batching
 import configurator
+import decode
 import perf
 import runtime
 import storage
@@ -79,7 +80,11 @@ class BenchConfig:
     # generation: sample.generate with its KV cache against recomputing the window at every token, on a GPT of
     # this shape (the character-level config's 4 x 128, at a 256-token context) whatever the shape above
     generate_shape: tuple[int, int, int, int] = (4, 4, 128, 256)  # n_layer, n_head, n_embd, block_size
-    generate_tokens: tuple[int, ...] = (500, 2000)  # new tokens per run: the cost per token as the output grows
+    generate_tokens: tuple[int, ...] = (500, 20000)  # new tokens per run: the cost per token as the output grows
+    generate_decodes: str = option('compile,aot', choices=('none',), some_of=lambda: decode.STEPS)  # decode.py's
+    #                               compiled steps timed beside eager (sample.py --decode), comma-separated
+    generate_recompute_tokens: int = option(2000, low=2)  # recomputing the window, the slow mode, runs at most
+    #                               this many of each length's tokens (its cost per token is flat past block_size)
     generate_repeats: int = option(3, low=1)  # timed runs of each mode per length, alternating; the median
     #                               is reported
     stream_tokens: tuple[int, ...] = option((500, 20000), low=2)  # streaming: new tokens per sample, a short
@@ -107,7 +112,7 @@ class BenchConfig:
 
 QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=4, batch_sizes=(2, 20),
              warmup=1, repeats=2, sample_tokens=8, compile='False', generate_shape=(1, 2, 32, 16),
-             generate_tokens=(8, 40), generate_repeats=1, stream_tokens=(8, 80),
+             generate_tokens=(8, 40), generate_repeats=1, generate_decodes='none', stream_tokens=(8, 80),
              defaults_models=('gpt:1:2:32:16:4', 'lstm:1:1:32:16:4'), profile_models=('gpt:1:2:32:16:4',),
              memory_models=('gpt:1:2:32:16:4:500', 'gpt:1:2:32:16:32:500'), max_memory='1MB',
              busy_model='gpt:1:2:32:16:4', recipe_model='gpt:1:2:32:16:4')
@@ -173,7 +178,7 @@ def open_documents(cfg, directory):
 
 
 def format_table(title, columns, rows):
-    cells = [[fmt.format(row[key]) for key, _, fmt in columns] for row in rows]
+    cells = [['-' if row[key] is None else fmt.format(row[key]) for key, _, fmt in columns] for row in rows]  # None: not measured
     widths = [max([len(header), *(len(c[i]) for c in cells)]) for i, (_, header, _) in enumerate(columns)]
     lines = [[header for _, header, _ in columns], *cells]
     return '\n'.join([title, *('  '.join(v.rjust(w) for v, w in zip(line, widths)) for line in lines)])

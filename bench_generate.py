@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+import decode
 import perf
 import sample
 import tokenizer as tok
@@ -54,6 +55,11 @@ def generate_args(ctx):
                                block_size=block_size)
 
 
+def decodes(cfg):
+    """The compiled steps --generate_decodes asks for, in order."""
+    return [] if cfg.generate_decodes == 'none' else [s.strip() for s in cfg.generate_decodes.split(',') if s.strip()]
+
+
 def conclude_generate(rows, ctx):
     """The cache's speed-up at each output length, and how tokens/s changes from the shortest output to the
     longest."""
@@ -64,7 +70,10 @@ def conclude_generate(rows, ctx):
             lines.append(f"{device} gpt {r['shape']}: {r['new_tokens']} new tokens with the KV cache at"
                          f" {r['cached_tokens_per_s']:,.0f} tokens/s, {r['speedup']:.1f}x recomputing the window"
                          f" at every token ({r['recompute_tokens_per_s']:,.0f} tokens/s)"
-                         + ('' if r['same_tokens'] else '; WARNING: the two generated different tokens'))
+                         + ''.join(f"; {how} {r[f'{how}_tokens_per_s']:,.0f} tokens/s ({r[f'{how}_ms_per_token']:.3f}"
+                                   f" ms/token, {r[f'{how}_speedup']:.2f}x eager, made in {r[f'{how}_first_s']:.1f} s)"
+                                   for how in decode.STEPS if f'{how}_speedup' in r)
+                         + ('' if r['same_tokens'] else '; WARNING: the modes generated different tokens'))
         if len(runs) > 1:
             first, last = runs[0], runs[-1]
             change = {f'{mode}_{rate}': last[f'{mode}_{rate}'] / first[f'{mode}_{rate}']
@@ -77,13 +86,20 @@ def conclude_generate(rows, ctx):
     return [], lines
 
 
-@section('generate', f'generation: sample.generate with the KV cache against recomputing the window at every'
-         f' token (the same windows and tokens), greedy, after a {PROMPT_TOKENS}-token prompt, median of'
-         f' --generate_repeats alternating runs',
+DECODE_COLUMNS = [(f'{how}_{key}', f'{how} {header}', fmt) for how in decode.STEPS
+                  for key, header, fmt in (('tokens_per_s', 'tokens/s', '{:,.1f}'), ('ms_per_token', 'ms/token', '{:.3f}'),
+                                           ('first_s', 'first s', '{:.1f}'))]
+
+
+@section('generate', f'generation: sample.generate with the KV cache (eager GPT.forward, then decode.py\'s step'
+         f' compiled as --generate_decodes) against recomputing the window at every token (the same windows and'
+         f' tokens), greedy, after a {PROMPT_TOKENS}-token prompt, median of --generate_repeats alternating runs;'
+         f' recomputing over at most --generate_recompute_tokens; first s: the first run, compilation included',
          [('model', 'model', '{}'), ('device', 'device', '{}'), ('shape', 'shape', '{}'),
           ('block_size', 'block', '{}'), ('new_tokens', 'new tokens', '{:,}'),
-          ('cached_tokens_per_s', 'cached tokens/s', '{:,.1f}'),
-          ('recompute_tokens_per_s', 'recompute tokens/s', '{:,.1f}'), ('speedup', 'speed-up', '{:.2f}x'),
+          ('recompute_tokens_per_s', 'recompute tokens/s', '{:,.1f}'),
+          ('cached_tokens_per_s', 'cached tokens/s', '{:,.1f}'), ('cached_ms_per_token', 'cached ms/token', '{:.3f}'),
+          ('speedup', 'speed-up', '{:.2f}x'), *DECODE_COLUMNS,
           ('cached_second_half_tokens_per_s', 'cached 2nd half', '{:,.1f}'),
           ('recompute_second_half_tokens_per_s', 'recompute 2nd half', '{:,.1f}'),
           ('peak_memory_mb', 'peak MB', '{:,.0f}')],
@@ -98,14 +114,18 @@ def plan_generate(ctx):
         model = build_model(args).to(device).eval()
         prompt_len = min(PROMPT_TOKENS, block_size)
         prompt = torch.from_numpy(np.asarray(ctx.tokens[:prompt_len], dtype=np.int64))[None].to(device)
+        lengths = {'recompute': min(new_tokens, cfg.generate_recompute_tokens)}
+        modes = {'cached': dict(how='eager'), 'recompute': dict(use_cache=False),
+                 **{how: dict(how=how) for how in decodes(cfg)}}
 
-        def timed_run(use_cache):
+        def timed_run(mode):
             """(seconds, seconds of the second half, the tokens) of one greedy generation. The device is
             synchronized at the ends and halfway: the second half's rate is the steady cost per token."""
-            tokens, half = [], new_tokens // 2
+            n = lengths.get(mode, new_tokens)
+            tokens, half = [], n // 2
             perf.synchronize(device)
             start = time.perf_counter()
-            for token in generate(model, prompt, new_tokens, temperature=0, use_cache=use_cache):
+            for token in generate(model, prompt, n, temperature=0, **modes[mode]):
                 tokens.append(token)
                 if len(tokens) == half:
                     perf.synchronize(device)
@@ -114,23 +134,35 @@ def plan_generate(ctx):
             end = time.perf_counter()
             return end - start, end - halfway, torch.stack(tokens).tolist()
 
-        for use_cache in (True, False):
-            for _ in generate(model, prompt, cfg.warmup, temperature=0, use_cache=use_cache):
+        first = {}
+        for mode in modes:  # the first runs, untimed but for the compiled steps' first seconds (made then)
+            start = time.perf_counter()
+            for _ in generate(model, prompt, cfg.warmup, temperature=0, **modes[mode]):
                 pass
-        # alternating, so that other work on the machine slows both modes alike
-        runs = {'cached': [], 'recompute': []}
+            first[mode] = time.perf_counter() - start
+        # alternating, so that other work on the machine slows every mode alike
+        runs = {mode: [] for mode in modes}
         for _ in range(cfg.generate_repeats):
             for mode in runs:
-                runs[mode].append(timed_run(use_cache=mode == 'cached'))
+                runs[mode].append(timed_run(mode))
+        recompute_n = lengths['recompute']
         row = {'model': 'gpt', 'device': device, 'shape': f'{n_layer}x{n_embd}', 'block_size': block_size,
-               'prompt_tokens': prompt_len, 'new_tokens': new_tokens, 'repeats': cfg.generate_repeats,
-               'same_tokens': len({str(tokens) for mode in runs for _, _, tokens in runs[mode]}) == 1}
+               'prompt_tokens': prompt_len, 'new_tokens': new_tokens, 'recompute_tokens': recompute_n,
+               'repeats': cfg.generate_repeats,
+               'same_tokens': len({str(tokens[:recompute_n]) for mode in runs for _, _, tokens in runs[mode]}) == 1
+               and len({str(tokens) for mode in runs if mode != 'recompute' for _, _, tokens in runs[mode]}) == 1}
         for mode, timings in runs.items():
+            n = lengths.get(mode, new_tokens)
             seconds = statistics.median(t for t, _, _ in timings)
-            row.update({f'{mode}_s': seconds, f'{mode}_tokens_per_s': new_tokens / seconds,
-                        f'{mode}_ms_per_token': seconds / new_tokens * 1e3,
-                        f'{mode}_second_half_tokens_per_s':
-                            (new_tokens - new_tokens // 2) / statistics.median(t for _, t, _ in timings)})
+            row.update({f'{mode}_s': seconds, f'{mode}_tokens_per_s': n / seconds,
+                        f'{mode}_ms_per_token': seconds / n * 1e3,
+                        f'{mode}_second_half_tokens_per_s': (n - n // 2) / statistics.median(t for _, t, _ in timings)})
+        for how in decode.STEPS:
+            if how in runs:
+                row[f'{how}_first_s'] = first[how]
+                row[f'{how}_speedup'] = row[f'{how}_tokens_per_s'] / row['cached_tokens_per_s']
+            else:  # not asked for: an empty cell
+                row.update({f'{how}_{key}': None for key in ('tokens_per_s', 'ms_per_token', 'first_s')})
         row['speedup'] = row['cached_tokens_per_s'] / row['recompute_tokens_per_s']
         return row
 

@@ -37,6 +37,7 @@ import torch
 
 import checkpoint
 import configurator
+import decode
 import music
 import runtime
 import sample
@@ -60,6 +61,9 @@ class ServeConfig:
     queue: int = option(8, low=1)  # requests that may wait for the model; one more gets 429 (busy)
     device: str = option('auto', choices=runtime.DEVICES)  # auto: cuda if present, else mps, else cpu
     threads: int = option(0, low=0)  # CPU threads torch uses (0 = one per physical core)
+    decode: str = option('aot', choices=('eager', *decode.STEPS))  # how a GPT steps one token (sample.py
+    #                               --decode), made before the server starts: aot takes tens of seconds, then
+    #                               about a third of eager's time per token
 
 
 class RequestError(Exception):
@@ -83,7 +87,19 @@ class Playground:
         self.tokenizer = tok.from_meta(ckpt['tokenizer'])
         self.iter_num = ckpt.get('iter_num')
         self.jobs = queue.Queue(maxsize=cfg.queue)
+        self.make_decode_step()
         threading.Thread(target=self.work, daemon=True, name='playground model').start()
+
+    def make_decode_step(self):
+        """Make the compiled decode step now, with a first token, so that no request waits for it."""
+        if self.cfg.decode == 'eager' or self.model.args.model_type != 'gpt':
+            return
+        print(f"making the GPT's decode step ({self.cfg.decode})...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # any token: one sample, as a request has
+        for _ in sample.generate_as(self.model, ids, sample.SampleConfig(max_new_tokens=2, decode=self.cfg.decode)):
+            pass
+        print(f"made in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
     def work(self):
         while True:
@@ -127,7 +143,7 @@ class Playground:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise RequestError(422, f"{key} must be a number, got {value!r}")
                 values[key] = configurator.parse_value(sample.SampleConfig, key, repr(value))
-        cfg = sample.SampleConfig(**values)
+        cfg = sample.SampleConfig(**values, decode=self.cfg.decode)
         try:
             configurator.check(cfg)
         except UserError as error:

@@ -98,6 +98,7 @@ CASES = [
     ('sample', ['--out_dir={root}/out', '--top_p=1.5'], r'--top_p=1.5 must be'),
     ('sample', ['--out_dir={root}/out', '--out=sample.mp3'], r'--out=sample\.mp3'),
     ('sample', ['--out_dir={root}/out', '--num_samples=0'], r'--num_samples'),
+    ('sample', ['--out_dir={root}/out', '--decode=fast'], r'--decode=fast must be eager, compile or aot'),
     ('sample', ['--out_dir={root}/out', '--device=tpu'], r'--device=tpu'),
     ('sample', ['--out_dir={root}/nothing_here'], r'nothing_here'),
     ('sample', ['--checkpoint={root}/garbage.pt'], r'garbage\.pt'),
@@ -114,6 +115,7 @@ CASES = [
     # bench.py and ablate.py
     ('bench', ['--sections=train,speed'], r'unknown speed'),
     ('bench', ['--repeats=0'], r'--repeats=0 must be'),
+    ('bench', ['--generate_decodes=jit'], r'--generate_decodes=jit: unknown jit'),
     ('bench', ['--out={root}/no_dir/bench.json'], r'no_dir'),
     ('bench', ['--model=rnn'], r'--model=rnn'),
     ('bench', ['--memory_models=gpt:1:2'], r'memory_models'),
@@ -128,6 +130,7 @@ CASES = [
     ('ablate', ['--data_dir={root}/data', '--jobs=64'], r'--jobs=64'),
     # serve.py
     ('serve', ['--out_dir={root}/out', '--port=70000'], r'--port=70000'),
+    ('serve', ['--out_dir={root}/out', '--decode=jit'], r'--decode=jit must be eager, compile or aot'),
     ('serve', ['--out_dir={root}/no_out'], r'no_out'),
     ('serve', ['--out_dir={root}/out', '--queue=0'], r'--queue=0 must be positive'),
 ]
