@@ -12,15 +12,18 @@ does about 1.6 MFLOP per token) but the work around it: eager PyTorch dispatches
 each a few microseconds of Python and bookkeeping. Compiled, the step is a few fused C++ loops per layer around
 its matrix products. docs/generation.md has the measurements (bench.py --sections=generate).
 """
+import contextlib
 import dataclasses
 import functools
 import os
 import tempfile
+import warnings
 import weakref
 
 import torch
 
-from model import rms_norm_in_dtype, rotate
+from configurator import UserError
+from model import KVCache, rms_norm_in_dtype, rotate
 
 
 def decode_step(model, token, position, keys, values):
@@ -74,7 +77,16 @@ class CompiledStep:
         if model.args != self.recipe:
             torch._dynamo.reset_code(decode_step.__code__)
             self.recipe = dataclasses.replace(model.args)  # a copy: the model's own could change
-        return append(model, token, cache, step=self.compiled)
+        with cannot_compile('compile'):
+            return append(model, token, cache, step=self.compiled)
+
+    @staticmethod
+    def read(model, ids, cache):
+        """GPT.forward reading ids (B, T) into cache from position 0, eager: the logits (B, V) after them."""
+        return model(ids, cache)[:, -1]
+
+    def prepare(self, model, token, keep, cache):
+        """Nothing made ahead: torch.compile makes its graph at the first step, in seconds."""
 
 
 class StepModule(torch.nn.Module):
@@ -88,31 +100,89 @@ class StepModule(torch.nn.Module):
         return decode_step(self.model, token, position, keys, values)
 
 
+class ReadModule(StepModule):
+    """GPT.forward reading ids (B, T) from position 0 into the given cache buffers, for torch.export: the logits
+    (B, V) after the last of them."""
+
+    def forward(self, ids, keys, values):
+        cache = KVCache(self.model.args)
+        cache.keys, cache.values = list(keys), list(values)
+        return self.model(ids, cache)[:, -1]
+
+
 class AotStep:
     """decode_step compiled ahead of time by AOTInductor: torch.export traces it once, inductor compiles it and its
     calls into one shared library, and each step is one call into it, with none of torch.compile's per-call checks
-    in Python. The library holds a copy of the weights: it is made per model (per batch size, dtype and device as
-    well) at the first step, in tens of seconds, and serves that model as it was then."""
+    in Python. The same for GPT.forward re-reading a full window (always the same number of tokens: sample.py's
+    GPTContext), which costs a few steps' time every few dozen tokens.
+
+    A library holds a copy of the weights: each is made per model (and batch size, dtype, device, and for a
+    read the number of tokens) at its first use, in seconds to tens of seconds, and serves that model as it was."""
 
     def __init__(self):
-        self.runners = weakref.WeakKeyDictionary()  # model -> {(batch size, dtype, device): the loaded library}
+        self.libraries = weakref.WeakKeyDictionary()  # model -> {(what, shape, dtype, device): the loaded library}
+
+    def library(self, model, module, inputs):
+        """The library of module(model) (StepModule or ReadModule) for inputs like these, made if need be."""
+        libraries = self.libraries.setdefault(model, {})
+        key = (module, inputs[0].shape, inputs[-1][0].dtype, inputs[0].device)
+        if key not in libraries:
+            with cannot_compile('aot'):
+                libraries[key] = self.build(module(model), inputs)
+        return libraries[key]
 
     def __call__(self, model, token, cache):
         """The logits (B, V) after token (B, 1), as append computes them."""
-        runners = self.runners.setdefault(model, {})
-        key = (token.size(0), cache.keys[0].dtype, str(token.device))
-        if key not in runners:
-            runners[key] = self.build(model, token, cache)
-        return append(model, token, cache, step=lambda _, *inputs: runners[key](*inputs))
+        position = torch.tensor([cache.length], device=token.device)
+        step = self.library(model, StepModule, (token, position, cache.keys, cache.values))
+        return append(model, token, cache, step=lambda _, *inputs: run_flat(step, inputs))
+
+    def prepare(self, model, token, keep, cache):
+        """Make the libraries that steps of token's shape (B, 1) and re-reads of keep tokens into cache (allocated
+        already) will call, if they are not made yet."""
+        position = torch.tensor([0], device=token.device)
+        self.library(model, StepModule, (token, position, cache.keys, cache.values))
+        self.library(model, ReadModule, (token.repeat(1, keep), cache.keys, cache.values))
+
+    def read(self, model, ids, cache):
+        """The logits (B, V) after ids (B, T), read from position 0 into cache (allocated already), as
+        GPT.forward computes them; cache.length is T after."""
+        inputs = (ids, cache.keys, cache.values)
+        logits = run_flat(self.library(model, ReadModule, inputs), inputs)
+        cache.length = ids.size(1)
+        return logits
 
     @staticmethod
-    def build(model, token, cache):
-        position = torch.tensor([cache.length], device=token.device)
-        keys, values = [k.clone() for k in cache.keys], [v.clone() for v in cache.values]  # tracing writes to them
-        program = torch.export.export(StepModule(model), (token, position, keys, values))
-        with tempfile.TemporaryDirectory() as folder:  # the loaded library no longer needs its file
+    def build(module, inputs):
+        # contiguous, as run_flat passes them (the library reads the strides it was made for); the buffers copied, as
+        # tracing writes to them
+        inputs = tuple([t.clone() for t in x] if isinstance(x, list) else x.contiguous() for x in inputs)
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:  # the loaded library no longer
+            # needs its file; and torch's own use of a name it deprecated is not the user's concern
+            warnings.filterwarnings('ignore', message='.*LeafSpec', category=FutureWarning)
+            program = torch.export.export(module, inputs)
             return torch._inductor.aoti_load_package(torch._inductor.aoti_compile_and_package(
-                program, package_path=os.path.join(folder, 'decode_step.pt2')))
+                program, package_path=os.path.join(folder, 'decode.pt2')))
+
+
+def run_flat(library, inputs):
+    """library(*inputs) for inputs of tensors and lists of tensors, whose one output is a tensor. Calling the loaded
+    package itself parses its input and output layouts anew every time, which costs a tenth of a step; its loader
+    takes the tensors as one flat list."""
+    flat = [t for x in inputs for t in (x if isinstance(x, list) else [x.contiguous()])]  # the strides it was made for
+    return library.loader.boxed_run(flat)[0]
+
+
+@contextlib.contextmanager
+def cannot_compile(how):
+    """Turn torch's failure to compile (most often: no C++ compiler) into sample.py's one-line error."""
+    import torch._inductor.exc  # loaded by compiling anyway; here so that the except clause can name it
+    try:
+        yield
+    except (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"--decode={how}: torch could not compile the decode step ({reason[:200]}); install a C++"
+                        f" compiler (g++), or use --decode=eager")
 
 
 STEPS = {'compile': CompiledStep, 'aot': AotStep}  # sample.py --decode: the ways to step beside eager GPT.forward

@@ -186,11 +186,16 @@ class GPTContext:
         self.cache = KVCache(model.args) if use_cache else None
         self.window = ids[:, -self.block_size:]  # (B, W)
         self.logits = self._read()
+        if self.step is not None:  # make what it compiles now, before the first token, not in the middle
+            self.step.prepare(model, self.window[:, :1], self.keep, self.cache)
 
     def _read(self):
         """Logits after the whole window, read from position 0."""
         if self.cache is not None:
             self.cache.reset()
+        if self.step is not None and self.window.size(1) == self.keep and self.cache.keys[0] is not None:
+            # a re-read of a full window: the same shape every time
+            return self.step.read(self.model, self.window, self.cache)
         return self.model(self.window, self.cache)[:, -1]
 
     def append(self, token):

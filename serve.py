@@ -97,7 +97,7 @@ class Playground:
         print(f"making the GPT's decode step ({self.cfg.decode})...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # any token: one sample, as a request has
-        for _ in sample.generate_as(self.model, ids, sample.SampleConfig(max_new_tokens=2, decode=self.cfg.decode)):
+        for _ in sample.generate_as(self.model, ids, sample.SampleConfig(max_new_tokens=1, decode=self.cfg.decode)):
             pass
         print(f"made in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 

@@ -1,13 +1,16 @@
 """decode.py's one-token step against GPT.forward with its KV cache: the same logits for every recipe, and the same
 tokens from sample.generate eager, under torch.compile and compiled ahead of time (AOTInductor), past block_size."""
 import dataclasses
+import os
 import subprocess
+import sys
 
 import pytest
 import torch
 
 import decode
 import sample
+from conftest import ROOT
 from model import GPT, KVCache, ModelArgs
 
 BASE = ModelArgs(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -97,3 +100,15 @@ def test_the_compiled_step_reads_each_models_own_weights():
     assert tokens(first, 'eager') != tokens(second, 'eager')
     assert tokens(first, 'compile') == tokens(first, 'eager')
     assert tokens(second, 'compile') == tokens(second, 'eager')
+
+
+@pytest.mark.parametrize('how', ['compile', 'aot'])
+def test_no_compiler_is_one_line_that_names_the_way_out(how, tiny_checkpoint, tmp_path):
+    env = dict(os.environ, CXX=str(tmp_path / 'no-such-g++'), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / 'cache'))
+    result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={tiny_checkpoint}', f'--decode={how}',
+                             '--max_new_tokens=5'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --decode={how}: torch could not compile the decode step (InvalidCxxCompiler: No working C++"
+        f" compiler found in torch._inductor.config.cpp.cxx: (None, '{tmp_path / 'no-such-g++'}')); install a C++"
+        f" compiler (g++), or use --decode=eager"]
