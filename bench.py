@@ -89,6 +89,8 @@ class BenchConfig:
     #                               is reported
     stream_tokens: tuple[int, ...] = option((500, 20000), low=2)  # streaming: new tokens per sample, a short
     #                               and a long one (sample.py's loop; the cost per token should not grow)
+    stream_decode: str = option('aot', choices=('eager', *decode.STEPS))  # streaming: how the GPT steps
+    #                               (sample.py --decode)
     # models whatever the shape above
     defaults_models: tuple[str, ...] = ('gpt:6:6:384:256:8', 'gpt:4:4:128:128:32', 'lstm:2:1:512:128:32')
     #                               the defaults section's models, as
@@ -113,6 +115,7 @@ class BenchConfig:
 QUICK = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64, batch_size=4, batch_sizes=(2, 20),
              warmup=1, repeats=2, sample_tokens=8, compile='False', generate_shape=(1, 2, 32, 16),
              generate_tokens=(8, 40), generate_repeats=1, generate_decodes='none', stream_tokens=(8, 80),
+             stream_decode='eager',
              defaults_models=('gpt:1:2:32:16:4', 'lstm:1:1:32:16:4'), profile_models=('gpt:1:2:32:16:4',),
              memory_models=('gpt:1:2:32:16:4:500', 'gpt:1:2:32:16:32:500'), max_memory='1MB',
              busy_model='gpt:1:2:32:16:4', recipe_model='gpt:1:2:32:16:4')
@@ -178,7 +181,8 @@ def open_documents(cfg, directory):
 
 
 def format_table(title, columns, rows):
-    cells = [['-' if row[key] is None else fmt.format(row[key]) for key, _, fmt in columns] for row in rows]  # None: not measured
+    cells = [['-' if row[key] is None else fmt.format(row[key]) for key, _, fmt in columns]  # None: not measured
+             for row in rows]
     widths = [max([len(header), *(len(c[i]) for c in cells)]) for i, (_, header, _) in enumerate(columns)]
     lines = [[header for _, header, _ in columns], *cells]
     return '\n'.join([title, *('  '.join(v.rjust(w) for v, w in zip(line, widths)) for line in lines)])

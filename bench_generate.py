@@ -87,8 +87,8 @@ def conclude_generate(rows, ctx):
 
 
 DECODE_COLUMNS = [(f'{how}_{key}', f'{how} {header}', fmt) for how in decode.STEPS
-                  for key, header, fmt in (('tokens_per_s', 'tokens/s', '{:,.1f}'), ('ms_per_token', 'ms/token', '{:.3f}'),
-                                           ('first_s', 'first s', '{:.1f}'))]
+                  for key, header, fmt in (('tokens_per_s', 'tokens/s', '{:,.1f}'),
+                                           ('ms_per_token', 'ms/token', '{:.3f}'), ('first_s', 'first s', '{:.1f}'))]
 
 
 @section('generate', f'generation: sample.generate with the KV cache (eager GPT.forward, then decode.py\'s step'
@@ -177,17 +177,17 @@ def conclude_stream(rows, ctx):
         runs = sorted((r for r in rows if r['device'] == device), key=lambda r: r['new_tokens'])
         if len(runs) > 1:
             first, last = runs[0], runs[-1]
-            lines.append(f"{device} gpt {first['shape']}: sample.py streams {first['new_tokens']:,} new tokens at"
-                         f" {first['tokens_per_s']:,.0f} tokens/s and {last['new_tokens']:,} at"
-                         f" {last['tokens_per_s']:,.0f} ({last['tokens_per_s'] / first['tokens_per_s']:.2f}x): its"
-                         f" cost per token {'stays flat' if last['tokens_per_s'] > 0.7 * first['tokens_per_s'] else 'grows'}"
-                         f" with the length")
+            ratio = last['tokens_per_s'] / first['tokens_per_s']
+            lines.append(f"{device} gpt {first['shape']}: sample.py --decode={first['decode']} streams"
+                         f" {first['new_tokens']:,} new tokens at {first['tokens_per_s']:,.0f} tokens/s and"
+                         f" {last['new_tokens']:,} at {last['tokens_per_s']:,.0f} ({ratio:.2f}x): its cost per token"
+                         f" {'stays flat' if ratio > 0.7 else 'grows'} with the length")
     return [], lines
 
 
 @section('stream', "streaming: sample.py's own loop (sample.draw: generation, decoding each token, writing the"
-         " text) for one sample, KV cache, temperature 1, median of --generate_repeats",
-         [('model', 'model', '{}'), ('device', 'device', '{}'), ('shape', 'shape', '{}'),
+         " text) for one sample, KV cache stepped as --stream_decode, temperature 1, median of --generate_repeats",
+         [('model', 'model', '{}'), ('device', 'device', '{}'), ('shape', 'shape', '{}'), ('decode', 'decode', '{}'),
           ('new_tokens', 'new tokens', '{:,}'), ('tokens_per_s', 'tokens/s', '{:,.1f}'),
           ('ms_per_token', 'ms/token', '{:.3f}'), ('peak_memory_mb', 'peak MB', '{:,.0f}')],
          conclude=conclude_stream)
@@ -203,13 +203,14 @@ def plan_stream(ctx):
         torch.manual_seed(cfg.seed)
         model = build_model(args).to(device).eval()
         prompt = torch.tensor([[tok.BOS_ID]], device=device)
-        settings = sample.SampleConfig(max_new_tokens=new_tokens, temperature=1.0, seed=cfg.seed)
+        settings = sample.SampleConfig(max_new_tokens=new_tokens, temperature=1.0, seed=cfg.seed,
+                                       decode=cfg.stream_decode)
         sample.draw(model, tokenizer, '', prompt, dataclasses.replace(settings, max_new_tokens=cfg.warmup),
                     io.StringIO())
         seconds = perf.median_seconds(lambda: sample.draw(model, tokenizer, '', prompt, settings, io.StringIO()),
                                       device, cfg.generate_repeats)
-        return {'model': 'gpt', 'device': device, 'shape': f'{n_layer}x{n_embd}', 'block_size': block_size,
-                'new_tokens': new_tokens, 'tokens_per_s': new_tokens / seconds,
+        return {'model': 'gpt', 'device': device, 'shape': f'{n_layer}x{n_embd}', 'decode': cfg.stream_decode,
+                'block_size': block_size, 'new_tokens': new_tokens, 'tokens_per_s': new_tokens / seconds,
                 'ms_per_token': seconds / new_tokens * 1e3}
 
     return [Job(f"stream {device} {n} tokens", device, None, functools.partial(job, device, n))
