@@ -50,6 +50,9 @@ PAGE_FILES = {'/': ('index.html', 'text/html'), '/playground.js': ('playground.j
 SETTINGS = ('temperature', 'top_k', 'top_p', 'max_new_tokens', 'seed')  # of a SampleConfig, set per request
 
 
+FLUSH_SECONDS = 1 / 60  # a stream sends what is ready at most this often: a screen's frame
+
+
 @dataclasses.dataclass
 class ServeConfig:
     out_dir: str = 'out'          # where train.py wrote its checkpoints
@@ -61,9 +64,9 @@ class ServeConfig:
     queue: int = option(8, low=1)  # requests that may wait for the model; one more gets 429 (busy)
     device: str = option('auto', choices=runtime.DEVICES)  # auto: cuda if present, else mps, else cpu
     threads: int = option(0, low=0)  # CPU threads torch uses (0 = one per physical core)
-    decode: str = option('aot', choices=('eager', *decode.STEPS))  # how a GPT steps one token (sample.py
-    #                               --decode), made before the server starts: aot takes tens of seconds, then
-    #                               about a third of eager's time per token
+    decode: str = option('auto', choices=('auto', 'eager', *decode.STEPS))  # how a GPT steps one token (sample.py
+    #                               --decode), made before the server starts. auto: aot on the CPU (tens of
+    #                               seconds to make, then about a third of eager's time per token), else eager
 
 
 class RequestError(Exception):
@@ -75,10 +78,11 @@ class RequestError(Exception):
 
 
 class Playground:
-    """The checkpoint's model and tokenizer, and the one worker thread that runs them: every use of the model
-    is a job on its queue, so that requests take turns instead of sharing the CPU's threads."""
+    """The checkpoint's model and tokenizer, and the one thread that runs them: every use of the model is a job on
+    its queue, so that requests take turns instead of sharing the CPU's threads."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, worker=True):
+        """worker: start the thread that runs the model's jobs (False: the caller runs self.work())."""
         self.cfg = cfg
         self.device = runtime.resolve_device(cfg.device)
         self.path = sample.checkpoint_path(sample.SampleConfig(out_dir=cfg.out_dir, checkpoint=cfg.checkpoint))
@@ -87,23 +91,26 @@ class Playground:
         self.tokenizer = tok.from_meta(ckpt['tokenizer'])
         self.iter_num = ckpt.get('iter_num')
         self.jobs = queue.Queue(maxsize=cfg.queue)
+        # the compiled steps are measured on the CPU only (docs/generation.md)
+        self.decode = ('aot' if self.device == 'cpu' else 'eager') if cfg.decode == 'auto' else cfg.decode
         self.make_decode_step()
-        threading.Thread(target=self.work, daemon=True, name='playground model').start()
+        if worker:
+            threading.Thread(target=self.work, daemon=True, name='playground model').start()
 
     def make_decode_step(self):
         """Make the compiled decode step now, with a first token, so that no request waits for it."""
-        if self.cfg.decode == 'eager' or self.model.args.model_type != 'gpt':
+        if self.decode == 'eager' or self.model.args.model_type != 'gpt':
             return
-        print(f"making the GPT's decode step ({self.cfg.decode})...", file=sys.stderr, flush=True)
+        print(f"making the GPT's decode step ({self.decode})...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # any token: one sample, as a request has
-        for _ in sample.generate_as(self.model, ids, sample.SampleConfig(max_new_tokens=1, decode=self.cfg.decode)):
+        for _ in sample.generate_as(self.model, ids, sample.SampleConfig(max_new_tokens=1, decode=self.decode)):
             pass
         print(f"made in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
     def work(self):
-        while True:
-            job = self.jobs.get()
+        """Run the queued jobs in turn, until a None in the queue."""
+        while (job := self.jobs.get()) is not None:
             job()
 
     def submit(self, job):
@@ -143,7 +150,7 @@ class Playground:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise RequestError(422, f"{key} must be a number, got {value!r}")
                 values[key] = configurator.parse_value(sample.SampleConfig, key, repr(value))
-        cfg = sample.SampleConfig(**values, decode=self.cfg.decode)
+        cfg = sample.SampleConfig(**values, decode=self.decode)
         try:
             configurator.check(cfg)
         except UserError as error:
@@ -199,7 +206,7 @@ class Playground:
                 'limits': {'max_new_tokens': self.cfg.max_new_tokens, 'max_prompt_chars': self.cfg.max_prompt_chars}}
 
     def generate(self, body):
-        """The events of one sample, as (event, data) pairs; checked before anything is queued."""
+        """The events of one sample, as lists of (event, data) pairs; checked before anything is queued."""
         cfg = self.settings(body)
         text, ids = self.prompt(body)
         events, stop = queue.Queue(), threading.Event()
@@ -226,9 +233,19 @@ class Playground:
         self.submit(job)
 
         def stream():
+            """Lists of events, one per FLUSH_SECONDS at most: waking for every token took the model's thread
+            more time than the token (the two threads handed the interpreter to each other at every one)."""
             try:
-                while (event := events.get()) is not None:
-                    yield event
+                while True:
+                    ready = [events.get()]
+                    time.sleep(FLUSH_SECONDS)
+                    while ready[-1] is not None and not events.empty():
+                        ready.append(events.get_nowait())
+                    if ready[-1] is None:
+                        if ready[:-1]:
+                            yield ready[:-1]
+                        return
+                    yield ready
             finally:  # the page went away (or the stream ended): the job stops at its next token
                 stop.set()
 
@@ -297,7 +314,7 @@ def make_app(playground):
     @app.post('/api/generate')
     async def generate(request: Request):
         events = playground.generate(await body_of(request))
-        lines = (f"event: {event}\ndata: {json.dumps(data)}\n\n" for event, data in events)
+        lines = (''.join(f"event: {event}\ndata: {json.dumps(data)}\n\n" for event, data in ready) for ready in events)
         return StreamingResponse(lines, media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
 
     @app.post('/api/next')
@@ -316,6 +333,26 @@ def make_app(playground):
     return app
 
 
+class Background:
+    """playground's app served from a thread of this process, for tests and tools: .url, and .close()."""
+
+    def __init__(self, playground, port, host='127.0.0.1'):
+        import uvicorn
+        self.url = f'http://{host}:{port}'
+        self.server = uvicorn.Server(uvicorn.Config(make_app(playground), host=host, port=port, log_level='warning'))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the playground did not start on {self.url}")
+            time.sleep(0.05)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
 def check_port(host, port):
     """A one-line error now if host:port cannot be listened on, rather than a server that fails to start."""
     try:
@@ -327,15 +364,21 @@ def check_port(host, port):
 
 
 def serve(cfg):
-    import uvicorn
+    """Serve until Ctrl-C. The model's jobs run on this, the main thread, and the server in a thread beside it:
+    torch's threads for a thread other than the main one ran generation 4-8x slower (docs/playground.md)."""
     configurator.check(cfg)
     torch.set_num_threads(runtime.resolve_threads(cfg.threads))
     check_port(cfg.host, cfg.port)
-    playground = Playground(cfg)
-    url = f"http://{cfg.host}:{cfg.port}"
+    playground = Playground(cfg, worker=False)
+    server = Background(playground, cfg.port, cfg.host)
     print(f"serving {playground.path} ({playground.describe()['parameters']:,} parameters, {playground.device})"
-          f" at {url} ; Ctrl-C stops it", file=sys.stderr)
-    uvicorn.run(make_app(playground), host=cfg.host, port=cfg.port, log_level='warning')
+          f" at {server.url} ; Ctrl-C stops it", file=sys.stderr)
+    try:
+        playground.work()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        server.close()
 
 
 def main(argv=None):

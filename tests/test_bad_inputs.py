@@ -130,7 +130,7 @@ CASES = [
     ('ablate', ['--data_dir={root}/data', '--jobs=64'], r'--jobs=64'),
     # serve.py
     ('serve', ['--out_dir={root}/out', '--port=70000'], r'--port=70000'),
-    ('serve', ['--out_dir={root}/out', '--decode=jit'], r'--decode=jit must be eager, compile or aot'),
+    ('serve', ['--out_dir={root}/out', '--decode=jit'], r'--decode=jit must be auto, eager, compile or aot'),
     ('serve', ['--out_dir={root}/no_out'], r'no_out'),
     ('serve', ['--out_dir={root}/out', '--queue=0'], r'--queue=0 must be positive'),
 ]

@@ -4,7 +4,10 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -15,6 +18,7 @@ import pytest
 import sample
 import serve
 from configurator import UserError
+from conftest import ROOT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
@@ -26,24 +30,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Server:
+class Server(serve.Background):
     """serve.py's application on a free local port, in a thread of this process."""
 
     def __init__(self, out_dir, **options):
-        import uvicorn
         options.setdefault('decode', 'eager')  # seconds faster to start; the module's server steps as serve.py does
         self.playground = serve.Playground(serve.ServeConfig(out_dir=out_dir, device='cpu', **options))
-        self.port = free_port()
-        self.url = f'http://127.0.0.1:{self.port}'
-        config = uvicorn.Config(serve.make_app(self.playground), host='127.0.0.1', port=self.port,
-                                log_level='warning')
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, 'the server did not start'
-            time.sleep(0.05)
+        super().__init__(self.playground, free_port())
 
     def post(self, route, body):
         """(status, the response body: JSON, or the server-sent events as (event, data) pairs)."""
@@ -62,14 +55,12 @@ class Server:
             return status, events
         return status, (json.loads(text) if kind.startswith('application/json') else text)
 
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope='module')
 def server(tiny_checkpoint):
-    s = Server(tiny_checkpoint, decode=serve.ServeConfig.decode)  # compiled ahead of time, as by default
+    s = Server(tiny_checkpoint, decode='auto')  # compiled ahead of time, as serve.py does on the CPU
+    assert s.playground.decode == 'aot'
     yield s
     s.close()
 
@@ -192,6 +183,25 @@ def test_a_port_in_use_is_a_one_line_error():
         port = taken.getsockname()[1]
         with pytest.raises(UserError, match=rf'cannot listen on 127.0.0.1:{port} .*: give another --port'):
             serve.check_port('127.0.0.1', port)
+
+
+def test_serve_py_runs_the_model_on_its_main_thread_and_stops_at_ctrl_c(tiny_checkpoint):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, 'serve.py', f'--out_dir={tiny_checkpoint}', f'--port={port}',
+                                '--decode=eager'], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert 'Ctrl-C stops it' in process.stderr.readline()
+        request = urllib.request.Request(f'http://127.0.0.1:{port}/api/generate', method='POST',
+                                         data=json.dumps({'max_new_tokens': 7, 'seed': 3}).encode())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = response.read().decode()
+        assert body.count('event: token') == 7 and body.endswith('\n\n') and '"tokens": 7' in body
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert process.stderr.read().strip() == 'stopped'
+    finally:
+        process.kill()
 
 
 # ---------------------------------------------------------------------------------------------------------

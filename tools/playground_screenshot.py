@@ -9,7 +9,6 @@ import dataclasses
 import os
 import shutil
 import sys
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,17 +33,12 @@ def screenshot(cfg):
     chromium, chromedriver = shutil.which('chromium'), shutil.which('chromedriver')
     if not (chromium and chromedriver):
         raise UserError("no chromium and chromedriver here: install Debian's chromium and chromium-driver")
-    import uvicorn
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
     serve.check_port('127.0.0.1', cfg.port)
     playground = serve.Playground(serve.ServeConfig(out_dir=cfg.out_dir, port=cfg.port))
-    server = uvicorn.Server(uvicorn.Config(serve.make_app(playground), host='127.0.0.1', port=cfg.port,
-                                           log_level='warning'))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    server = serve.Background(playground, cfg.port)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for argument in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--window-size=1400,1000'):
@@ -52,7 +46,7 @@ def screenshot(cfg):
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     try:
         wait = WebDriverWait(driver, 60)
-        driver.get(f'http://127.0.0.1:{cfg.port}')
+        driver.get(server.url)
         wait.until(lambda d: 'parameters' in d.find_element('id', 'model').text)
         prompt = driver.find_element('id', 'prompt')
         prompt.clear()
@@ -68,7 +62,7 @@ def screenshot(cfg):
         print(f"wrote {cfg.out}")
     finally:
         driver.quit()
-        server.should_exit = True
+        server.close()
 
 
 def main(argv=None):
