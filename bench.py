@@ -1,6 +1,6 @@
 """How fast this machine trains and samples the GPT and the LSTM, and where the time goes.
 
-    python bench.py                              # CPU, and CUDA when present: many minutes on 2 cores (docs/benchmarking.md)
+    python bench.py                              # CPU, and CUDA when present: many minutes on 2 cores
     python bench.py --quick=True                 # tiny sizes: every section in seconds
     python bench.py --device=cuda --n_layer=6 --n_embd=384 --block_size=256 --out=bench.json
     python bench.py --data_dir=data/akjv --sections=train,study   # batches from a prepared dataset

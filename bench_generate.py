@@ -135,9 +135,9 @@ def plan_generate(ctx):
             return end - start, end - halfway, torch.stack(tokens).tolist()
 
         first = {}
-        for mode in modes:  # the first runs, untimed but for the compiled steps' first seconds (made then)
-            start = time.perf_counter()
-            for _ in generate(model, prompt, cfg.warmup, temperature=0, **modes[mode]):
+        for mode in modes:  # the first runs, untimed but for the compiled steps' first seconds (made then: a
+            start = time.perf_counter()  # second token, so that compile has stepped one)
+            for _ in generate(model, prompt, max(cfg.warmup, 2), temperature=0, **modes[mode]):
                 pass
             first[mode] = time.perf_counter() - start
         # alternating, so that other work on the machine slows every mode alike

@@ -7,10 +7,10 @@ once). decode_step attends over the cache's whole block_size buffer instead, mas
 token's own: the buffers start at zero, so the masked ones weigh exactly 0. A position is a (1,) tensor, not a
 Python int, so one compiled graph serves every position.
 
-At the sizes this project trains on the CPU, the cost of a token is not arithmetic (the 4 x 128 character GPT
-does about 1.6 MFLOP per token) but the work around it: eager PyTorch dispatches some 200 operations per token,
-each a few microseconds of Python and bookkeeping. Compiled, the step is a few fused C++ loops per layer around
-its matrix products. docs/generation.md has the measurements (bench.py --sections=generate).
+At the sizes this project trains on the CPU, the cost of a token is not its arithmetic but the work around it:
+eager PyTorch dispatches hundreds of small operations per token, each with its Python and bookkeeping.
+Compiled, the step is a few fused C++ loops per layer around its matrix products. docs/generation.md has the
+measurements (bench.py --sections=generate) and what each choice below saved.
 """
 import contextlib
 import dataclasses
@@ -63,7 +63,7 @@ class CompiledStep:
 
     Two choices keep the cost per call low. cpp_wrapper: the graph's calls run from C++, not from Python. And
     torch.compile's checks before every call (guards) skip the model's modules: dozens of them, each with its
-    tensors, took a tenth of a step. The graph is then only valid for one recipe (model.args), so when the
+    tensors, a large share of a step. The graph is then only valid for one recipe (model.args), so when the
     recipe changes the compiled code is thrown away and made again. Tensor inputs stay checked: a new batch
     size or dtype compiles a graph of its own."""
 
@@ -86,7 +86,7 @@ class CompiledStep:
         return model(ids, cache)[:, -1]
 
     def prepare(self, model, token, keep, cache):
-        """Nothing made ahead: torch.compile makes its graph at the first step, in seconds."""
+        """Nothing made ahead: torch.compile makes its graph at the first step."""
 
 
 class StepModule(torch.nn.Module):
@@ -123,7 +123,8 @@ class AotStep:
         self.libraries = weakref.WeakKeyDictionary()  # model -> {(what, shape, dtype, device): the loaded library}
 
     def library(self, model, module, inputs):
-        """The library of module(model) (StepModule or ReadModule) for inputs like these, made if need be."""
+        """The library of module(model) (StepModule or ReadModule) for inputs like these, made if need be. It
+        keeps the weights the model had then: one trained further (or loaded anew) needs a new AotStep."""
         libraries = self.libraries.setdefault(model, {})
         key = (module, inputs[0].shape, inputs[-1][0].dtype, inputs[0].device)
         if key not in libraries:
@@ -133,16 +134,19 @@ class AotStep:
 
     def __call__(self, model, token, cache):
         """The logits (B, V) after token (B, 1), as append computes them."""
-        position = torch.tensor([cache.length], device=token.device)
-        step = self.library(model, StepModule, (token, position, cache.keys, cache.values))
+        libraries = self.libraries.get(model, {})
+        step = libraries.get((StepModule, token.shape, cache.values[0].dtype, token.device))
+        if step is None:
+            step = self.library(model, StepModule, (token, torch.tensor([cache.length], device=token.device),
+                                                    cache.keys, cache.values))
         return append(model, token, cache, step=lambda _, *inputs: run_flat(step, inputs))
 
     def prepare(self, model, token, keep, cache):
-        """Make the libraries that steps of token's shape (B, 1) and re-reads of keep tokens into cache (allocated
-        already) will call, if they are not made yet."""
-        position = torch.tensor([0], device=token.device)
-        self.library(model, StepModule, (token, position, cache.keys, cache.values))
-        self.library(model, ReadModule, (token.repeat(1, keep), cache.keys, cache.values))
+        """Make the libraries that steps of token's shape (B, 1) and re-reads of keep tokens (None: none) into
+        cache (allocated already) will call, if they are not made yet."""
+        self.library(model, StepModule, (token, torch.tensor([0], device=token.device), cache.keys, cache.values))
+        if keep is not None:
+            self.library(model, ReadModule, (token.repeat(1, keep), cache.keys, cache.values))
 
     def read(self, model, ids, cache):
         """The logits (B, V) after ids (B, T), read from position 0 into cache (allocated already), as
@@ -167,8 +171,8 @@ class AotStep:
 
 def run_flat(library, inputs):
     """library(*inputs) for inputs of tensors and lists of tensors, whose one output is a tensor. Calling the loaded
-    package itself parses its input and output layouts anew every time, which costs a tenth of a step; its loader
-    takes the tensors as one flat list."""
+    package itself parses its input and output layouts anew every time, a large share of a step; its loader takes
+    the tensors as one flat list."""
     flat = [t for x in inputs for t in (x if isinstance(x, list) else [x.contiguous()])]  # the strides it was made for
     return library.loader.boxed_run(flat)[0]
 

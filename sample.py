@@ -76,8 +76,8 @@ class SampleConfig:
     kv_cache: bool = True         # GPT: keep earlier keys and values (False: recompute them; same output, slower)
     decode: str = option('eager', choices=('eager', *decode.STEPS))  # GPT with kv_cache: how a token steps.
     #                               eager: GPT.forward. compile: decode.py's step under torch.compile (seconds
-    #                               before the first token, then about half the time per token). aot: compiled
-    #                               ahead of time by AOTInductor (tens of seconds first, then about a third)
+    #                               before the first token, then faster). aot: compiled ahead of time by
+    #                               AOTInductor (longer to make, fastest; docs/generation.md)
     context_shift: float = option(0.25, low=0, high=1, high_open=True)  # GPT past block_size: share of the full
     #                               window dropped before it is re-read
     seed: int = option(1337, low=0, high=2**32 - 1)  # same seed and num_samples, same samples
@@ -163,7 +163,7 @@ def next_token(logits, temperature, top_k=0, top_p=1.0, generator=None):
         return logits.argmax(dim=-1, keepdim=True)
     probs = sampling_probs(logits, temperature, top_k, top_p)
     # Token i wins the race probs_i / E_i, E_i ~ Exponential(1), with probability probs_i: torch.multinomial's own
-    # way of drawing one sample on the CPU (the same draws from the same generator), without its checks of the
+    # way of drawing one sample (the same draws from the same generator), without its checks of the
     # probabilities, which cost more than the draw at one token per step
     return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1, keepdim=True)
 
@@ -177,9 +177,13 @@ class GPTContext:
     With use_cache the window's keys and values are kept in a KVCache, so a new token costs one position;
     without, the model reads the whole window again for every token. Both see the same windows (see W(n) in
     the module docstring): when the window is full, the oldest int(context_shift * block_size) tokens go.
+
+    how (sample.py --decode) picks what steps a token and re-reads a full window: GPT.forward, or a decode.py
+    step, which makes what it compiles before the first token (length, of the prompt and the new tokens
+    together, says whether the window will ever be re-read).
     """
 
-    def __init__(self, model, ids, use_cache=True, context_shift=0.25, how='eager'):
+    def __init__(self, model, ids, use_cache=True, context_shift=0.25, how='eager', length=None):
         self.model, self.block_size = model, model.args.block_size
         self.step = decode.step_for(how) if how != 'eager' and use_cache else None  # else GPT.forward
         self.keep = self.block_size - int(context_shift * self.block_size)  # tokens re-read when it is full
@@ -187,7 +191,8 @@ class GPTContext:
         self.window = ids[:, -self.block_size:]  # (B, W)
         self.logits = self._read()
         if self.step is not None:  # make what it compiles now, before the first token, not in the middle
-            self.step.prepare(model, self.window[:, :1], self.keep, self.cache)
+            will_reread = length is None or length > self.block_size
+            self.step.prepare(model, self.window[:, :1], self.keep if will_reread else None, self.cache)
 
     def _read(self):
         """Logits after the whole window, read from position 0."""
@@ -224,11 +229,11 @@ class LSTMContext:
         self.logits = logits[:, -1]
 
 
-def read_context(model, ids, use_cache=True, context_shift=0.25, how='eager'):
+def read_context(model, ids, use_cache=True, context_shift=0.25, how='eager', length=None):
     """The model's context after reading ids (B, T): .logits (B, V) of the next token, .append(token (B, 1))."""
     if model.args.model_type == 'lstm':
         return LSTMContext(model, ids)
-    return GPTContext(model, ids, use_cache, context_shift, how)
+    return GPTContext(model, ids, use_cache, context_shift, how, length)
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: tensors made here never need gradients
@@ -240,7 +245,7 @@ def generate(model, ids, max_new_tokens, *, temperature=1.0, top_k=0, top_p=1.0,
     steps one token by GPT.forward ('eager') or by decode.py's step compiled ('compile', 'aot'): the same tokens,
     less overhead per token.
     """
-    context = read_context(model, ids, use_cache, context_shift, how)
+    context = read_context(model, ids, use_cache, context_shift, how, length=ids.size(1) + max_new_tokens)
     for step in range(max_new_tokens):
         if step:
             context.append(token)

@@ -19,7 +19,7 @@ Generation is sample.py's (sample.generate_as, with a SampleConfig checked as sa
 gives the page exactly the text `python sample.py --start=PROMPT --seed=SEED ...` prints. A bad setting is a
 422 with the one-line message sample.py would print, shown on the page.
 
-One model serves one request at a time, in one worker thread: the others wait in a queue of at most --queue
+One model serves one request at a time, on the main thread: the others wait in a queue of at most --queue
 requests, and one beyond that gets a 429 (busy; try again). A stream whose page goes away stops at its next token.
 """
 import dataclasses
@@ -65,8 +65,8 @@ class ServeConfig:
     device: str = option('auto', choices=runtime.DEVICES)  # auto: cuda if present, else mps, else cpu
     threads: int = option(0, low=0)  # CPU threads torch uses (0 = one per physical core)
     decode: str = option('auto', choices=('auto', 'eager', *decode.STEPS))  # how a GPT steps one token (sample.py
-    #                               --decode), made before the server starts. auto: aot on the CPU (tens of
-    #                               seconds to make, then about a third of eager's time per token), else eager
+    #                               --decode), made before the server starts. auto: aot on the CPU (eager if it
+    #                               cannot be compiled), else eager
 
 
 class RequestError(Exception):
@@ -98,14 +98,24 @@ class Playground:
             threading.Thread(target=self.work, daemon=True, name='playground model').start()
 
     def make_decode_step(self):
-        """Make the compiled decode step now, with a first token, so that no request waits for it."""
+        """Make the compiled decode step now, so that no request waits for it: a sample past block_size (one
+        row, as a request has), so that the step and the re-read of a full window are both made. With
+        --decode=auto, a step that cannot be compiled (no C++ compiler) is a warning, and the model steps eagerly."""
         if self.decode == 'eager' or self.model.args.model_type != 'gpt':
             return
         print(f"making the GPT's decode step ({self.decode})...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # any token: one sample, as a request has
-        for _ in sample.generate_as(self.model, ids, sample.SampleConfig(max_new_tokens=1, decode=self.decode)):
-            pass
+        ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)  # any token
+        warm_up = sample.SampleConfig(max_new_tokens=self.model.args.block_size + 1, decode=self.decode)
+        try:
+            for _ in sample.generate_as(self.model, ids, warm_up):
+                pass
+        except UserError as error:
+            if self.cfg.decode != 'auto':
+                raise
+            print(f"warning: {error}; stepping eagerly", file=sys.stderr, flush=True)
+            self.decode = 'eager'
+            return
         print(f"made in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
     def work(self):
@@ -114,7 +124,7 @@ class Playground:
             job()
 
     def submit(self, job):
-        """Queue job (a callable run on the worker thread), or refuse it with a 429 when the queue is full."""
+        """Queue job (a callable run on the model's thread), or refuse it with a 429 when the queue is full."""
         try:
             self.jobs.put_nowait(job)
         except queue.Full:
@@ -122,7 +132,7 @@ class Playground:
                                     f" moment")
 
     def call(self, fn):
-        """fn() on the worker thread, in turn; its result, or the exception it raised."""
+        """fn() on the model's thread, in turn; its result, or the exception it raised."""
         done, box = threading.Event(), {}
 
         def job():
@@ -130,7 +140,10 @@ class Playground:
                 box['result'] = fn()
             except Exception as error:  # handed to the request's thread, which answers with it
                 box['error'] = error
-            done.set()
+            finally:  # Ctrl-C included: the request's thread must not wait for ever
+                if 'result' not in box:
+                    box.setdefault('error', RequestError(503, "the playground is stopping"))
+                done.set()
 
         self.submit(job)
         done.wait()
@@ -228,7 +241,8 @@ class Playground:
                 events.put(('done', {'tokens': n, 'seconds': seconds, 'tokens_per_s': n / seconds if seconds else 0}))
             except Exception as error:  # the page shows it; the server goes on
                 events.put(('error', {'error': f"generation failed: {error}"}))
-            events.put(None)
+            finally:  # Ctrl-C included: the stream ends
+                events.put(None)
 
         self.submit(job)
 
@@ -339,7 +353,8 @@ class Background:
     def __init__(self, playground, port, host='127.0.0.1'):
         import uvicorn
         self.url = f'http://{host}:{port}'
-        self.server = uvicorn.Server(uvicorn.Config(make_app(playground), host=host, port=port, log_level='warning'))
+        self.server = uvicorn.Server(uvicorn.Config(make_app(playground), host=host, port=port, log_level='warning',
+                                                    lifespan='off'))  # the app has no start-up or shut-down work
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
@@ -348,8 +363,10 @@ class Background:
                 raise RuntimeError(f"the playground did not start on {self.url}")
             time.sleep(0.05)
 
-    def close(self):
+    def close(self, force=False):
+        """Stop serving; force: without waiting for open streams to finish."""
         self.server.should_exit = True
+        self.server.force_exit = force
         self.thread.join(timeout=10)
 
 
@@ -365,7 +382,7 @@ def check_port(host, port):
 
 def serve(cfg):
     """Serve until Ctrl-C. The model's jobs run on this, the main thread, and the server in a thread beside it:
-    torch's threads for a thread other than the main one ran generation 4-8x slower (docs/playground.md)."""
+    torch's threads, driven from another thread, generated several times slower (docs/playground.md)."""
     configurator.check(cfg)
     torch.set_num_threads(runtime.resolve_threads(cfg.threads))
     check_port(cfg.host, cfg.port)
@@ -376,8 +393,9 @@ def serve(cfg):
     try:
         playground.work()
     except KeyboardInterrupt:
+        server.close(force=True)
         print("stopped", file=sys.stderr)
-    finally:
+    else:
         server.close()
 
 

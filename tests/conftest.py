@@ -27,6 +27,14 @@ atexit.register(shutil.rmtree, os.environ['HF_DATASETS_CACHE'], ignore_errors=Tr
 os.environ['TIKTOKEN_CACHE_DIR'] = fetch_gpt2_vocab.DEFAULT_DIR
 
 
+def has_compiler():
+    """Whether torch.compile and AOTInductor can build here: a C++ compiler on the PATH."""
+    try:
+        return subprocess.run(['c++', '--version'], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
 def run_script(script, *args, cwd=ROOT, timeout=300):
     """Run one of the project's scripts in a fresh Python process; return the CompletedProcess."""
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, capture_output=True,

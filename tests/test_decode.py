@@ -10,7 +10,7 @@ import torch
 
 import decode
 import sample
-from conftest import ROOT
+from conftest import ROOT, has_compiler
 from model import GPT, KVCache, ModelArgs
 
 BASE = ModelArgs(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -32,13 +32,6 @@ def confident(args, seed=0):
         for p in model.parameters():
             p.mul_(5.0)
     return model
-
-
-def has_compiler():
-    try:
-        return subprocess.run(['c++', '--version'], capture_output=True).returncode == 0
-    except OSError:
-        return False
 
 
 needs_compiler = pytest.mark.skipif(not has_compiler(), reason="torch.compile on the CPU needs a C++ compiler (c++)")
@@ -69,7 +62,8 @@ def test_the_race_draws_what_torch_multinomial_draws():
     ours, theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     logits = probs.log()
     for _ in range(100):
-        assert torch.equal(sample.next_token(logits, 1.0, generator=ours), torch.multinomial(probs, 1, generator=theirs))
+        drawn = torch.multinomial(probs, 1, generator=theirs)
+        assert torch.equal(sample.next_token(logits, 1.0, generator=ours), drawn)
 
 
 def tokens(model, how, n=40, temperature=0.0, seed=3):

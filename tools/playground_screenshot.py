@@ -37,7 +37,7 @@ def screenshot(cfg):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
     serve.check_port('127.0.0.1', cfg.port)
-    playground = serve.Playground(serve.ServeConfig(out_dir=cfg.out_dir, port=cfg.port))
+    playground = serve.Playground(serve.ServeConfig(out_dir=cfg.out_dir, port=cfg.port, decode='eager'))
     server = serve.Background(playground, cfg.port)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium

@@ -4,7 +4,7 @@ thread, the server beside it) under each --decode and --threads, post one reques
 (docs/playground.md).
 
     python tools/serve_speed.py --out_dir=out-akjv-char                       # aot and eager, 1 and 2 threads
-    python tools/serve_speed.py --out_dir=out-akjv-char --decodes=aot --threads=1
+    python tools/serve_speed.py --out_dir=out-akjv-char --decodes=aot --threads=2 --model_threads=main,worker
 
 The server's own refusals are off the clock: each request is valid and the queue has room for two.
 """
@@ -23,7 +23,7 @@ import torch  # noqa: E402  (after the project root is on the path)
 
 import decode  # noqa: E402
 import serve  # noqa: E402
-from configurator import option, parse, run  # noqa: E402
+from configurator import UserError, option, parse, run  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -31,6 +31,8 @@ class SpeedConfig:
     out_dir: str = 'out-akjv-char'  # the checkpoint's out_dir
     decodes: str = option('aot,eager', some_of=('eager', *decode.STEPS))  # serve.py --decode values, in turn
     threads: str = '1,2'          # serve.py --threads values, in turn (comma-separated)
+    model_threads: str = option('main', some_of=('main', 'worker'))  # where the model's jobs run: main (as
+    #                               serve.py runs them), worker (a thread of their own, as in the tests)
     prompt: str = 'And God said'
     max_new_tokens: int = option(500, low=1)
     temperature: float = option(0.8, low=0)
@@ -51,14 +53,14 @@ def post(url, body):
     return seconds, done['tokens_per_s']
 
 
-def measure(cfg, how, threads):
+def measure(cfg, how, threads, model_thread):
     """(seconds to be ready, seconds and tokens/s of each request alone, the same of two sent at once) under how
-    and threads, the model's jobs on this thread as serve.py runs them."""
+    and threads, the model's jobs on this thread as serve.py runs them, or on a worker thread."""
     torch.set_num_threads(threads)
     serve.check_port('127.0.0.1', cfg.port)
     start = time.perf_counter()
     playground = serve.Playground(serve.ServeConfig(out_dir=cfg.out_dir, decode=how, threads=threads,
-                                                    port=cfg.port), worker=False)
+                                                    port=cfg.port), worker=model_thread == 'worker')
     made = time.perf_counter() - start
     server = serve.Background(playground, cfg.port)
     body = {'prompt': cfg.prompt, 'max_new_tokens': cfg.max_new_tokens, 'temperature': cfg.temperature,
@@ -74,26 +76,37 @@ def measure(cfg, how, threads):
             for sender in senders:
                 sender.join()
         finally:
-            playground.jobs.put(None)  # the model's loop below ends
+            playground.jobs.put(None)  # the model's loop ends
 
-    threading.Thread(target=client).start()
     try:
-        playground.work()
+        if model_thread == 'worker':
+            client()
+        else:
+            threading.Thread(target=client).start()
+            playground.work()
     finally:
         server.close()
     return made, alone, sorted(together)
 
 
+def listed(text):
+    return [item.strip() for item in text.split(',') if item.strip()]
+
+
 def main(argv=None):
     cfg = parse(SpeedConfig, argv)
+    if not all(t.isdigit() and int(t) > 0 for t in listed(cfg.threads)) or not listed(cfg.threads):
+        raise UserError(f"--threads={cfg.threads} must be positive whole numbers, comma-separated (e.g. 1,2)")
     print(f"{cfg.max_new_tokens} new tokens a request, temperature {cfg.temperature:g}; {cfg.out_dir}")
-    print("decode  threads  made in  one request: finished in  tokens/s     two at once: finished at")
-    for how in (s.strip() for s in cfg.decodes.split(',') if s.strip()):
-        for threads in (int(t) for t in cfg.threads.split(',') if t.strip()):
-            made, alone, together = measure(cfg, how, threads)
-            seconds, rates = [s for s, _ in alone], [r for _, r in alone]
-            print(f"{how:>6}  {threads:>7}  {made:>5.1f} s  {min(seconds):>12.3f}-{max(seconds):.3f} s"
-                  f"  {min(rates):>6,.0f}-{max(rates):,.0f}  {together[0][0]:>10.2f} s and {together[1][0]:.2f} s")
+    print("model on  decode  threads  made in  one request: finished in  tokens/s     two at once: finished at")
+    for model_thread in listed(cfg.model_threads):
+        for how in listed(cfg.decodes):
+            for threads in map(int, listed(cfg.threads)):
+                made, alone, together = measure(cfg, how, threads, model_thread)
+                seconds, rates = [s for s, _ in alone], [r for _, r in alone]
+                print(f"{model_thread:>8}  {how:>6}  {threads:>7}  {made:>5.1f} s  {min(seconds):>12.3f}-"
+                      f"{max(seconds):.3f} s  {min(rates):>6,.0f}-{max(rates):,.0f}  {together[0][0]:>10.2f} s and"
+                      f" {together[1][0]:.2f} s")
 
 
 if __name__ == '__main__':
