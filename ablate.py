@@ -54,7 +54,7 @@ import storage
 import tokenizer as tok
 import train
 import trainlog
-from configurator import UserError, option, parse, run
+from configurator import UserError, listed, option, parse, run
 from loss import mean_loss
 
 DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'
@@ -107,10 +107,6 @@ class Variant:
     directory: str = ''  # the run's directory in the ablation's ('' = its name)
 
 
-def listed(text):
-    return [name.strip() for name in text.split(',') if name.strip()]
-
-
 def variants(cfg):
     """The runs of the ablation, checked: each variant, once per seed with --seeds above 1."""
     variant_list = what_varies(cfg)
@@ -127,22 +123,22 @@ def what_varies(cfg):
     if cfg.what == 'windowing':
         # streams is the LSTM's TBPTT layout: for a GPT, strided windows in a fixed order, so left out by default
         everything = [w for w in batching.WINDOWINGS if cfg.model_type == 'lstm' or w != 'streams']
-        names = [w.strip() for w in cfg.windowings.split(',') if w.strip()] or everything
+        names = listed(cfg.windowings) or everything
         return [Variant(w, {'windowing': w}) for w in names]
     if cfg.what == 'data_size':
-        dirs = [d.strip() for d in cfg.data_dirs.split(',') if d.strip()]
+        dirs = listed(cfg.data_dirs)
         for d in dirs:
             if not os.path.exists(os.path.join(d, storage.META)):
                 raise UserError(f"{d} is not prepared: the data-size ablation needs {', '.join(dirs)}; run"
                                 f" `python prepare.py {d}{DATA_SIZE_PREPARE.get(os.path.normpath(d), '')}` first")
         return [Variant(os.path.basename(os.path.normpath(d)), {'data_dir': d}) for d in dirs]
     if cfg.what == 'dtype':
-        names = [d.strip() for d in cfg.dtypes.split(',') if d.strip()]
+        names = listed(cfg.dtypes)
         for name in names:
             runtime.resolve_dtype(name, 'cpu')  # raises for an unknown one
         return [Variant(name, {'dtype': name}) for name in names]
     if cfg.what == 'tokenizer':
-        names = [t.strip() for t in cfg.tokenizers.split(',') if t.strip()]
+        names = listed(cfg.tokenizers)
         bad = [t for t in names if not TOKENIZER_PART.fullmatch(t) or t == 'midi']
         if bad or not names:
             raise UserError(f"--tokenizers: {', '.join(bad) or 'none given'}: give char, word, bpe (GPT-2's) or"

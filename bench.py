@@ -156,7 +156,7 @@ def check(cfg):
 
 
 def selected_sections(cfg):
-    return list(SECTIONS) if cfg.sections == 'all' else [s.strip() for s in cfg.sections.split(',') if s.strip()]
+    return list(SECTIONS) if cfg.sections == 'all' else configurator.listed(cfg.sections)
 
 
 def open_documents(cfg, directory):

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+import configurator
 import decode
 import perf
 import sample
@@ -57,7 +58,7 @@ def generate_args(ctx):
 
 def decodes(cfg):
     """The compiled steps --generate_decodes asks for, in order."""
-    return [] if cfg.generate_decodes == 'none' else [s.strip() for s in cfg.generate_decodes.split(',') if s.strip()]
+    return [] if cfg.generate_decodes == 'none' else configurator.listed(cfg.generate_decodes)
 
 
 def conclude_generate(rows, ctx):

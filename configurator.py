@@ -120,7 +120,7 @@ class Valid:
             return None
         if self.some_of is not None:
             members = _flat(_resolve(self.some_of))
-            items = [s.strip() for s in str(value).split(',') if s.strip()]
+            items = listed(value)
             unknown = [s for s in items if not any(_matches(s, c) for c in members)]
             if unknown:
                 return ', '.join(unknown), '{arg}: unknown {bad}; choose {valid}'
@@ -142,6 +142,11 @@ class Valid:
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+def listed(text):
+    """The items of a comma-separated option (some_of's), stripped, empty ones dropped."""
+    return [item.strip() for item in str(text).split(',') if item.strip()]
 
 
 def option(default, *, low=None, high=None, low_open=False, high_open=False, choices=None, some_of=None,
@@ -416,6 +421,12 @@ def _literal(text, hint):
         return text  # let the type check below name the problem
 
 
+def _any_length(hint):
+    """Whether hint is a sequence of any length: list[X], or tuple[X, ...] (not a tuple of fixed arity)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    return origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis)
+
+
 def _convert(key, value, hint):
     """Return value as the field's type, or raise a UserError naming the key and the type it wants."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
@@ -430,6 +441,8 @@ def _convert(key, value, hint):
             item = (typing.get_args(option_type) or (object,))[0]
             return typing.get_origin(option_type)(value if item is object else
                                                   (_convert(key, v, item) for v in value))
+        if _any_length(option_type) and value is not None:  # --counts=500: a list of one
+            return _convert(key, (value,), option_type)
     raise UserError(f"--{key} wants {_type_name(hint)}, got {value!r}")
 
 

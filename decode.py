@@ -134,12 +134,8 @@ class AotStep:
 
     def __call__(self, model, token, cache):
         """The logits (B, V) after token (B, 1), as append computes them."""
-        libraries = self.libraries.get(model, {})
-        step = libraries.get((StepModule, token.shape, cache.values[0].dtype, token.device))
-        if step is None:
-            step = self.library(model, StepModule, (token, torch.tensor([cache.length], device=token.device),
-                                                    cache.keys, cache.values))
-        return append(model, token, cache, step=lambda _, *inputs: run_flat(step, inputs))
+        return append(model, token, cache, step=lambda _, *inputs: run_flat(self.library(model, StepModule, inputs),
+                                                                             inputs))
 
     def prepare(self, model, token, keep, cache):
         """Make the libraries that steps of token's shape (B, 1) and re-reads of keep tokens (None: none) into

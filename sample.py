@@ -194,12 +194,12 @@ class GPTContext:
             will_reread = length is None or length > self.block_size
             self.step.prepare(model, self.window[:, :1], self.keep if will_reread else None, self.cache)
 
-    def _read(self):
-        """Logits after the whole window, read from position 0."""
+    def _read(self, is_reread=False):
+        """Logits after the whole window, read from position 0. is_reread: the window of keep tokens that a full
+        one leaves, the same shape every time, which a decode.py step may read its own way."""
         if self.cache is not None:
             self.cache.reset()
-        if self.step is not None and self.window.size(1) == self.keep and self.cache.keys[0] is not None:
-            # a re-read of a full window: the same shape every time
+        if is_reread and self.step is not None:
             return self.step.read(self.model, self.window, self.cache)
         return self.model(self.window, self.cache)[:, -1]
 
@@ -207,7 +207,7 @@ class GPTContext:
         """Add token (B, 1) to the window and compute the logits of the token after it."""
         if self.window.size(1) == self.block_size:  # full: keep the last `keep` tokens, the new one included
             self.window = torch.cat([self.window[:, self.block_size - self.keep + 1:], token], dim=1)
-            self.logits = self._read()
+            self.logits = self._read(is_reread=True)
         else:
             self.window = torch.cat([self.window, token], dim=1)
             if self.step is not None:

@@ -140,9 +140,10 @@ class Playground:
                 box['result'] = fn()
             except Exception as error:  # handed to the request's thread, which answers with it
                 box['error'] = error
-            finally:  # Ctrl-C included: the request's thread must not wait for ever
-                if 'result' not in box:
-                    box.setdefault('error', RequestError(503, "the playground is stopping"))
+            except BaseException:  # Ctrl-C: the request's thread must not wait for ever
+                box['error'] = RequestError(503, "the playground is stopping")
+                raise
+            finally:
                 done.set()
 
         self.submit(job)
@@ -250,16 +251,15 @@ class Playground:
             """Lists of events, one per FLUSH_SECONDS at most: waking for every token took the model's thread
             more time than the token (the two threads handed the interpreter to each other at every one)."""
             try:
-                while True:
+                is_done = False
+                while not is_done:
                     ready = [events.get()]
                     time.sleep(FLUSH_SECONDS)
-                    while ready[-1] is not None and not events.empty():
+                    while not events.empty():
                         ready.append(events.get_nowait())
-                    if ready[-1] is None:
-                        if ready[:-1]:
-                            yield ready[:-1]
-                        return
-                    yield ready
+                    is_done = ready[-1] is None  # the job's last put
+                    if ready != [None]:
+                        yield [event for event in ready if event is not None]
             finally:  # the page went away (or the stream ended): the job stops at its next token
                 stop.set()
 

@@ -47,6 +47,16 @@ def test_string_fields_take_the_text_as_written():
     assert parse(Demo, ["--names=('x,y',)"]).names == ('x,y',) and parse(Demo, ['--sizes=5,6']).sizes == (5, 6)
     with pytest.raises(UserError, match="--sizes wants int, got 'x'"):
         parse(Demo, ['--sizes=5,x'])
+    assert parse(Demo, ['--sizes=5']).sizes == (5,) and parse(Demo, ['--names=gpt']).names == ('gpt',)  # one item
+
+
+def test_a_tuple_of_fixed_length_takes_no_single_value():
+    @dataclasses.dataclass
+    class Shape:
+        shape: tuple[int, int] = (1, 2)
+
+    with pytest.raises(UserError, match=r'--shape wants tuple\[int, int\], got 4'):
+        parse(Shape, ['--shape=4'])
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -23,14 +23,14 @@ import torch  # noqa: E402  (after the project root is on the path)
 
 import decode  # noqa: E402
 import serve  # noqa: E402
-from configurator import UserError, option, parse, run  # noqa: E402
+from configurator import listed, option, parse, run  # noqa: E402
 
 
 @dataclasses.dataclass
 class SpeedConfig:
     out_dir: str = 'out-akjv-char'  # the checkpoint's out_dir
     decodes: str = option('aot,eager', some_of=('eager', *decode.STEPS))  # serve.py --decode values, in turn
-    threads: str = '1,2'          # serve.py --threads values, in turn (comma-separated)
+    threads: tuple[int, ...] = option((1, 2), low=1)  # serve.py --threads values, in turn
     model_threads: str = option('main', some_of=('main', 'worker'))  # where the model's jobs run: main (as
     #                               serve.py runs them), worker (a thread of their own, as in the tests)
     prompt: str = 'And God said'
@@ -89,19 +89,13 @@ def measure(cfg, how, threads, model_thread):
     return made, alone, sorted(together)
 
 
-def listed(text):
-    return [item.strip() for item in text.split(',') if item.strip()]
-
-
 def main(argv=None):
     cfg = parse(SpeedConfig, argv)
-    if not all(t.isdigit() and int(t) > 0 for t in listed(cfg.threads)) or not listed(cfg.threads):
-        raise UserError(f"--threads={cfg.threads} must be positive whole numbers, comma-separated (e.g. 1,2)")
     print(f"{cfg.max_new_tokens} new tokens a request, temperature {cfg.temperature:g}; {cfg.out_dir}")
     print("model on  decode  threads  made in  one request: finished in  tokens/s     two at once: finished at")
     for model_thread in listed(cfg.model_threads):
         for how in listed(cfg.decodes):
-            for threads in map(int, listed(cfg.threads)):
+            for threads in cfg.threads:
                 made, alone, together = measure(cfg, how, threads, model_thread)
                 seconds, rates = [s for s, _ in alone], [r for _, r in alone]
                 print(f"{model_thread:>8}  {how:>6}  {threads:>7}  {made:>5.1f} s  {min(seconds):>12.3f}-"
