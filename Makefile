@@ -9,10 +9,11 @@ PY := $(VENV)/bin/python
 .PHONY: demo test setup gpt2-vocab chromium
 setup: $(VENV)/installed
 
-$(VENV)/installed: requirements.txt
+$(VENV)/installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 demo: setup
@@ -35,6 +36,7 @@ chromium:
 	   chromium-driver >/dev/null 2>&1) || echo "could not install chromium: the browser test will be skipped"; \
 	else echo "no chromium here and no apt-get as root: the browser test will be skipped"; fi
 
-# One torch thread: the tiny test models run faster so, and many times faster on a CPU shared with other work.
+# One torch thread per test process, one process per core (pytest-xdist): the tiny test models run faster so,
+# and many times faster on a CPU shared with other work.
 test: setup gpt2-vocab chromium
-	HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto

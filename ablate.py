@@ -18,7 +18,7 @@ of the variant's own steps times a step and the fixed cost of a training run (st
 max_iters is fitted so that the run's training calls take the budget, then the run trains to exactly that many
 iterations (deterministic, whatever the machine does meanwhile) and records the wall clock it really took.
 
-Every run is train.py's own loop (train.train) from the same seed, so from the same initial weights, and learns
+Every run is train.py's own loop (training.train) from the same seed, so from the same initial weights, and learns
 the same number of real target tokens: padding and pairs across a document boundary do not count, so a
 windowing that pads runs more iterations, with the config's learning-rate schedule stretched to fit them
 (warmup the same share of every run, the cosine ending at its last iteration). One metric scores every run:
@@ -45,17 +45,13 @@ import time
 
 import torch
 
-import batching
-import checkpoint
 import configurator
-import prepare
-import runtime
-import storage
-import tokenizer as tok
-import train
-import trainlog
 from configurator import UserError, listed, option, parse, run
-from loss import mean_loss
+from slm import batching, checkpoint, corpus, runtime, storage
+from slm import tokenizer as tok
+from slm import training, trainlog
+from slm.loss import mean_loss
+
 
 DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'
 UNKNOWN_WINDOWINGS = '--windowings: unknown {bad}; choose from {choices}'
@@ -71,7 +67,7 @@ RECIPE_CHANGES = {'rope': ('rope', True), 'rmsnorm': ('norm', 'rmsnorm'), 'qk_no
 
 
 @dataclasses.dataclass
-class AblateConfig(train.TrainConfig):
+class AblateConfig(training.TrainConfig):
     what: str = option('windowing', choices=WHATS)  # what differs between the runs: a run per --windowings,
     #                               --data_dirs, --dtypes, --tokenizers, recipe change (--recipe_changes) or --sweep
     windowings: str = option('', choices=('',), some_of=batching.WINDOWINGS, error=UNKNOWN_WINDOWINGS)
@@ -152,7 +148,7 @@ def what_varies(cfg):
         if not is_set or not listed(values):
             raise UserError(f"--sweep={cfg.sweep!r} must be KEY=V1,V2,...: a train.py option and its values,"
                             f" e.g. --sweep=learning_rate=1e-3,3e-3")
-        return [Variant(f'{key}={text}', {key: configurator.parse_value(train.TrainConfig, key, text)})
+        return [Variant(f'{key}={text}', {key: configurator.parse_value(training.TrainConfig, key, text)})
                 for text in listed(values)]
     raise UserError(f"--what={cfg.what} must be one of {', '.join(WHATS)}")
 
@@ -169,7 +165,7 @@ def recipe_variants(cfg):
         rivals = [c for c in base if RECIPE_CHANGES[c][0] == RECIPE_CHANGES[change][0]]
         if len(rivals) > 1:
             raise UserError(f"--recipe_base: {' and '.join(rivals)} both set {RECIPE_CHANGES[change][0]}: keep one")
-    gpt2 = train.recipe(train.GPT2_RECIPE)
+    gpt2 = training.recipe(training.GPT2_RECIPE)
 
     def variant(name, directory, changes):
         return Variant(name, {**gpt2, **dict(RECIPE_CHANGES[c] for c in changes)}, directory=directory)
@@ -203,7 +199,7 @@ def prepared(cfg, data_dir):
     if not os.path.exists(os.path.join(data_dir, storage.META)):
         argv = [data_dir, *cfg.prepare_args.split()]
         print(f"preparing: python prepare.py {' '.join(argv)}")
-        prepare.main(argv)
+        corpus.prepare_dir(corpus.resolve(parse(corpus.PrepareConfig, argv)))
     return data_dir
 
 
@@ -281,7 +277,7 @@ def fit_iters(cfg, run_cfg, run_dir):
     for _ in range(2):
         shutil.rmtree(calibration_dir, ignore_errors=True)
         started = time.perf_counter()
-        train.train(calibration)
+        training.train(calibration)
         wall_s = time.perf_counter() - started
     with open(os.path.join(calibration_dir, 'metrics.jsonl')) as f:
         logged = [r for r in map(trainlog.read_record, f) if r and 'tokens_per_sec' in r]
@@ -298,14 +294,14 @@ def fit_iters(cfg, run_cfg, run_dir):
 
 def run_config(cfg, variant):
     """The checked train.py config of one variant's run."""
-    train_fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
-    run_cfg = train.TrainConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in train_fields})
+    train_fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    run_cfg = training.TrainConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in train_fields})
     run_cfg = dataclasses.replace(run_cfg, **variant.overrides, init_from='scratch',
                                   out_dir=os.path.join(cfg.ablation_dir, variant.directory or variant.name))
     if variant.context_chars:
         meta = storage.load_meta(run_cfg.data_dir)
         run_cfg = dataclasses.replace(run_cfg, block_size=max(1, round(variant.context_chars / chars_per_token(meta))))
-    train.check_config(run_cfg)
+    training.check_config(run_cfg)
     return run_cfg
 
 
@@ -315,7 +311,7 @@ def run_variant(cfg, variant, budget):
     run_dir = run_cfg.out_dir
     meta = storage.load_meta(run_cfg.data_dir)
     documents, chars = held_out(cfg, run_cfg.data_dir)
-    share = train.make_batches(run_cfg, train.open_documents(run_cfg.data_dir, 'train', meta), 'train',
+    share = training.make_batches(run_cfg, training.open_documents(run_cfg.data_dir, 'train', meta), 'train',
                                run_cfg.seed).target_fraction
     tokens_per_iter = run_cfg.batch_size * run_cfg.block_size * run_cfg.gradient_accumulation_steps
     settings = {'variant': variant.name, 'config': dataclasses.asdict(run_cfg), 'budget': budget,
@@ -343,7 +339,7 @@ def run_variant(cfg, variant, budget):
     for k in range(1, cfg.points + 1):
         stop = round(iters * k / cfg.points)
         started = time.perf_counter()
-        train.train(dataclasses.replace(run_cfg, max_iters=stop, init_from='resume' if k > 1 else 'scratch',
+        training.train(dataclasses.replace(run_cfg, max_iters=stop, init_from='resume' if k > 1 else 'scratch',
                                         overwrite=True))  # a run of other settings, or cut short
         train_s += time.perf_counter() - started
         loss, bits_per_char, parameters = score(run_dir, documents, chars, cfg)

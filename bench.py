@@ -6,8 +6,8 @@
     python bench.py --data_dir=data/akjv --sections=train,study   # batches from a prepared dataset
 
 Every measurement runs the project's own code: batches from batching.py, the model from model.py, one
-optimizer step from train.train_step (autocast, loss, backward, clipping, AdamW), generation from
-sample.generate. Each is warmed up, then timed with the device synchronized at the ends of the timed region.
+optimizer step from optim.train_step (autocast, loss, backward, clipping, AdamW), generation from
+generation.generate. Each is warmed up, then timed with the device synchronized at the ends of the timed region.
 
 A section is a function registered with @section (bench_harness.py): it plans jobs (one measurement each, one
 row of its table and of the JSON's results[section]) and may draw conclusions from its rows. The sections live in
@@ -26,21 +26,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-# importing a module of sections registers them, in this order: the order of the tables
-import bench_train  # peak, train, defaults, profile, windowing, study
-import bench_generate  # noqa: F401 (sample, generate, stream)
-import bench_memory  # memory, busy
-import bench_recipe  # noqa: F401 (recipe)
-import batching
 import configurator
-import decode
-import perf
-import runtime
-import storage
-import train
-from bench_harness import SECTIONS, Context, Unsupported
 from configurator import UNKNOWN, UserError, option, parse, run
 from model import MODELS, build_model
+from slm import batching, decode, perf, runtime, storage, training
+# importing a module of sections registers them, in this order: the order of the tables
+from slm.bench import train as bench_train  # peak, train, defaults, profile, windowing, study
+from slm.bench import generate as bench_generate  # noqa: F401 (sample, generate, stream)
+from slm.bench import memory as bench_memory  # memory, busy
+from slm.bench import recipe as bench_recipe  # noqa: F401 (recipe)
+from slm.bench.harness import SECTIONS, Context, Unsupported
+
 
 SCHEMA_VERSION = 1
 # the word-level AKJV GPT at three batch sizes, and the TinyStories CPU GPT with GPT-2's vocabulary at two
@@ -77,7 +73,7 @@ class BenchConfig:
     warmup: int = option(2, low=1)  # untimed steps before every measurement
     repeats: int = option(5, low=1)  # timed repeats; the median is reported
     sample_tokens: int = option(64, low=1)  # sampling: tokens generated after the prompt
-    # generation: sample.generate with its KV cache against recomputing the window at every token, on a GPT of
+    # generation: generation.generate with its KV cache against recomputing the window at every token, on a GPT of
     # this shape (the character-level config's 4 x 128, at a 256-token context) whatever the shape above
     generate_shape: tuple[int, int, int, int] = (4, 4, 128, 256)  # n_layer, n_head, n_embd, block_size
     generate_tokens: tuple[int, ...] = (500, 20000)  # new tokens per run: the cost per token as the output grows
@@ -166,7 +162,7 @@ def open_documents(cfg, directory):
     the windowings that keep to documents pad and mask as they would on text."""
     if cfg.data_dir:
         meta = storage.load_meta(cfg.data_dir)
-        return train.open_documents(cfg.data_dir, 'train', meta), meta['vocab_size'], \
+        return training.open_documents(cfg.data_dir, 'train', meta), meta['vocab_size'], \
             meta['tokenizer']['special_ids'].get('pad')
     n = max(1 << 20, 4 * max(cfg.batch_sizes) * cfg.block_size + 1)
     dtype = np.uint16 if cfg.vocab_size <= 1 << 16 else np.uint32

@@ -13,10 +13,9 @@ import os
 
 import transformers
 
-import checkpoint
-import hf
 from configurator import UserError, parse, run
-from sample import checkpoint_path
+from slm import checkpoint, hf
+from slm.generation import checkpoint_path
 
 
 @dataclasses.dataclass

@@ -11,11 +11,12 @@ import tempfile
 import pytest
 
 import prepare
-import storage
-import tokenizer as tok
-import train
-import trainlog
+from slm import corpus, storage
+from slm import tokenizer as tok
+from slm import trainlog
 from tools import fetch_gpt2_vocab
+import train
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORIES = os.path.join(ROOT, 'tests', 'data', 'tinystories_sample.jsonl')
@@ -76,7 +77,7 @@ def documents_of(data_dir, split):
 @pytest.fixture(scope='session')
 def verses():
     """The first 400 verses of Genesis: real text, small enough for seconds-long training."""
-    return prepare.akjv_documents(booked=False)[:400]
+    return corpus.akjv_documents(booked=False)[:400]
 
 
 @pytest.fixture(scope='session')

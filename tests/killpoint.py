@@ -14,14 +14,14 @@ With :SIGNAL (rename:SIGTERM, say) the process sends itself that signal there in
 The patch lives in this process only; the project's code has no test hooks. A kill from outside at a random
 moment needs no help: the tests send those themselves.
 """
-import importlib
 import io
 import os
+import runpy
 import signal
 import sys
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def plant(point, n, signum=signal.SIGKILL):
@@ -46,7 +46,7 @@ def plant(point, n, signum=signal.SIGKILL):
             die()
         torch.save = save  # checkpoint.save is the only caller in a training process
     elif point == 'checkpoint-start':
-        import checkpoint
+        from slm import checkpoint
         real_checkpoint_save = checkpoint.save
         checkpoint.save = lambda *args, **kwargs: die() if is_nth() else real_checkpoint_save(*args, **kwargs)
     elif point == 'rename':
@@ -70,5 +70,5 @@ if __name__ == '__main__':
     point, _, signal_name = point.partition(':')
     plant(point, int(n), getattr(signal, signal_name or 'SIGKILL'))
     from configurator import run
-    module = importlib.import_module(script)
-    run(lambda: module.main(argv))
+    main = runpy.run_path(os.path.join(ROOT, f'{script}.py'))['main']  # the script, not run as __main__
+    run(lambda: main(argv))

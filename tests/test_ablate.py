@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import ablate
-import storage
 from configurator import UserError
 from conftest import TINY_GPT
+from slm import storage
+
 
 BUDGET = 3000  # real target tokens per run: 12 iterations of 8 x 32 positions at 100% targets
 

@@ -1,20 +1,21 @@
 """A sweep of bad inputs across the scripts: each gets exactly one line on stderr that names the problem (and
 the way on), exit code 2, no traceback, and every good file that was there before is byte-identical after."""
 import hashlib
-import re
 import json
 import os
+import re
 import shutil
 
 import pytest
 
 import ablate
 import bench
+from configurator import run
 import prepare
 import sample
 import serve
 import train
-from configurator import run
+
 
 SCRIPTS = {'prepare': prepare, 'train': train, 'sample': sample, 'bench': bench, 'ablate': ablate,
            'serve': serve}

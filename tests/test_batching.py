@@ -1,10 +1,12 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
 
-import batching
-from batching import IGNORE_INDEX as I
+from slm import batching
+from slm.batching import IGNORE_INDEX as I
+
 
 PAD = 3
 SPECIAL_IDS = {'unk': 0, 'bos': 1, 'eos': 2, 'pad': PAD}  # the char and word tokenizers' ids

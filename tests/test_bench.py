@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import bench
-import bench_generate
-import bench_train
-import storage
 from configurator import UserError
+from slm import storage
+from slm.bench import generate as bench_generate
+from slm.bench import train as bench_train
 
 
 def numbers(row):

@@ -5,18 +5,15 @@ import os
 import pytest
 
 import ablate
-import batching
 import bench
-import bench_prepare
-import model
-import prepare
-import runtime
-import sample
-import train
 from configurator import UserError, check, field_comments, option, parse, positional, usage
 from conftest import ROOT, run_script
+import model
+from slm import batching, corpus, generation, runtime, training
+from tools import bench_prepare
 
-SCRIPT_CONFIGS = (train.TrainConfig, sample.SampleConfig, prepare.PrepareConfig, bench.BenchConfig,
+
+SCRIPT_CONFIGS = (training.TrainConfig, generation.SampleConfig, corpus.PrepareConfig, bench.BenchConfig,
                   ablate.AblateConfig, bench_prepare.BenchConfig)
 
 
@@ -180,11 +177,11 @@ def test_help_shows_type_valid_values_and_the_comment_lines_under_a_field():
 def test_every_scripts_defaults_are_valid_and_every_choice_is_in_its_help():
     for cls in SCRIPT_CONFIGS:
         check(cls())
-    train_help, bench_help = usage(train.TrainConfig), usage(bench.BenchConfig)
+    train_help, bench_help = usage(training.TrainConfig), usage(bench.BenchConfig)
     for name in (*batching.WINDOWINGS, *model.MODELS, *runtime.DTYPES, *runtime.ADAMW_KERNELS, 'cuda:N', 'mps'):
         assert name in train_help, name
     assert f"all or some of {','.join(bench.SECTIONS)}" in bench_help and 'profile' in bench.SECTIONS
-    for cls in (train.TrainConfig, bench.BenchConfig, sample.SampleConfig, prepare.PrepareConfig):
+    for cls in (training.TrainConfig, bench.BenchConfig, generation.SampleConfig, corpus.PrepareConfig):
         for f in dataclasses.fields(cls):
             assert f'--{f.name}' in usage(cls), (cls, f.name)
 
@@ -193,7 +190,7 @@ def test_every_script_field_has_a_comment():
     for cls in SCRIPT_CONFIGS:
         comments = field_comments(cls)
         assert [f.name for f in dataclasses.fields(cls) if not comments.get(f.name)] == [], cls
-    assert field_comments(train.TrainConfig)['windowing'].endswith('auto: random (GPT), streams (LSTM)')
+    assert field_comments(training.TrainConfig)['windowing'].endswith('auto: random (GPT), streams (LSTM)')
 
 
 @pytest.mark.parametrize('script, argv, message', [
@@ -278,8 +275,8 @@ def test_every_config_file_in_the_repository_parses_with_its_script():
     paths = sorted(glob.glob(os.path.join(ROOT, 'config', '*.py')))
     assert paths
     for path in paths:
-        cfg = parse(train.TrainConfig, [path])
-        assert cfg.out_dir != train.TrainConfig().out_dir, path  # it was applied
+        cfg = parse(training.TrainConfig, [path])
+        assert cfg.out_dir != training.TrainConfig().out_dir, path  # it was applied
 
 
 def test_a_device_name_that_fits_but_is_not_here_is_a_one_line_error(monkeypatch):

@@ -1,5 +1,5 @@
 """decode.py's one-token step against GPT.forward with its KV cache: the same logits for every recipe, and the same
-tokens from sample.generate eager, under torch.compile and compiled ahead of time (AOTInductor), past block_size."""
+tokens from generation.generate eager, under torch.compile and compiled ahead of time (AOTInductor), past block_size."""
 import dataclasses
 import os
 import subprocess
@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-import decode
-import sample
 from conftest import ROOT, has_compiler
 from model import GPT, KVCache, ModelArgs
+from slm import decode, generation
+
 
 BASE = ModelArgs(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 RECIPES = {
@@ -63,13 +63,13 @@ def test_the_race_draws_what_torch_multinomial_draws():
     logits = probs.log()
     for _ in range(100):
         drawn = torch.multinomial(probs, 1, generator=theirs)
-        assert torch.equal(sample.next_token(logits, 1.0, generator=ours), drawn)
+        assert torch.equal(generation.next_token(logits, 1.0, generator=ours), drawn)
 
 
 def tokens(model, how, n=40, temperature=0.0, seed=3):
     generator = torch.Generator().manual_seed(seed)
     ids = torch.tensor([[1, 17, 33, 42, 8]] * 2)
-    return torch.stack(list(sample.generate(model, ids, n, temperature=temperature, generator=generator, how=how)),
+    return torch.stack(list(generation.generate(model, ids, n, temperature=temperature, generator=generator, how=how)),
                        dim=1).tolist()
 
 

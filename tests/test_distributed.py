@@ -12,20 +12,21 @@ import pytest
 import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-import batching
-import checkpoint
-import distributed
-import sample
-import train
 from configurator import UserError
 from conftest import ROOT, TINY_GPT, TINY_LSTM, metrics, without_timing
+import sample
+from slm import batching, checkpoint, distributed, generation, optim, reliability, training
+import train
+
 
 # AdamW where a run of 2 processes must be the single process's run to float32 rounding: Muon orthogonalizes in
 # bfloat16, which agrees across process counts to about 1e-4 only (its own test below)
 EXACT_GPT = [*TINY_GPT, '--optimizer=adamw']
-from loss import BatchLoss
-from model import ModelArgs, build_model
 from test_reliability import ONE_THREAD, temporaries, wait_until
+
+from model import ModelArgs, build_model
+from slm.loss import BatchLoss
+
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
             os.path.join(ROOT, 'train.py')]
@@ -68,7 +69,7 @@ def test_two_processes_take_the_single_process_step_and_checkpoints_move_between
     [step] = [r for r in metrics(shared) if 'train_loss' in r]
     [single_step] = [r for r in metrics(single) if 'train_loss' in r]
     first, single_first = checkpoint.load(shared / 'ckpt.pt'), checkpoint.load(single / 'ckpt.pt')
-    train.seed_everything(1337)
+    checkpoint.seed_everything(1337)
     initial = build_model(ModelArgs(**first['model_args'])).state_dict()
     print(f"first step: loss {step['train_loss']!r} in 2 processes, {single_step['train_loss']!r} in one;"
           f" weights differ by at most {largest_difference(first['model'], single_first['model']):.3g},"
@@ -90,7 +91,7 @@ def test_two_processes_take_the_single_process_step_and_checkpoints_move_between
     assert temporaries(shared) == []
 
     # sample.py generates from the 2 processes' checkpoint
-    [text] = sample.sample(sample.SampleConfig(checkpoint=str(shared / 'ckpt.pt'), start='And God',
+    [text] = sample.sample(generation.SampleConfig(checkpoint=str(shared / 'ckpt.pt'), start='And God',
                                                max_new_tokens=20, device='cpu'), io.StringIO())
     assert text.startswith('And God') and len(text) > len('And God') + 10  # (<s> reads as nothing)
 
@@ -112,7 +113,7 @@ def test_two_processes_train_the_modern_recipe_with_muon_as_one_does(char_data, 
     # Muon orthogonalizes each update in bfloat16 (torch's Newton-Schulz): the float32 rounding by which two
     # processes' averaged gradient differs from one's can flip a bfloat16 digit, so the runs agree to about 1e-4,
     # not to float32 rounding as with AdamW (above)
-    common = [f'--data_dir={char_data}', *TINY_GPT, train.MODERN_RECIPE, '--gradient_accumulation_steps=2',
+    common = [f'--data_dir={char_data}', *TINY_GPT, training.MODERN_RECIPE, '--gradient_accumulation_steps=2',
               '--log_interval=1', '--eval_interval=2', '--eval_tokens=768', '--max_iters=4']
     shared, single = tmp_path / 'shared', tmp_path / 'single'
     assert 'Muon + ' in torchrun(*common, f'--out_dir={shared}').stdout
@@ -159,21 +160,21 @@ def test_sigterm_to_torchrun_saves_one_checkpoint_from_which_the_lstm_continues(
 
 
 def test_each_model_shares_its_step_out_in_its_own_way():
-    gpt = train.TrainConfig(model_type='gpt', gradient_accumulation_steps=8, batch_size=6)
-    assert [train.micro_steps_per_process(gpt, n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    gpt = training.TrainConfig(model_type='gpt', gradient_accumulation_steps=8, batch_size=6)
+    assert [distributed.micro_steps_per_process(gpt, n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
     with pytest.raises(UserError, match=r'--gradient_accumulation_steps=8 cannot be shared evenly by 3 processes:'
                                         r' make it a multiple of 3'):
-        train.micro_steps_per_process(gpt, 3)
-    lstm = train.TrainConfig(model_type='lstm', gradient_accumulation_steps=3, batch_size=8)
-    assert [train.micro_steps_per_process(lstm, n) for n in (1, 2, 4, 8)] == [3, 3, 3, 3]  # rows are shared
+        distributed.micro_steps_per_process(gpt, 3)
+    lstm = training.TrainConfig(model_type='lstm', gradient_accumulation_steps=3, batch_size=8)
+    assert [distributed.micro_steps_per_process(lstm, n) for n in (1, 2, 4, 8)] == [3, 3, 3, 3]  # rows are shared
     with pytest.raises(UserError, match=r'--batch_size=8 rows of streams batches cannot be shared evenly by 3'
                                         r' processes'):
-        train.micro_steps_per_process(lstm, 3)
+        distributed.micro_steps_per_process(lstm, 3)
     # it is the windowing that decides: rows whose batches continue each other (streams, packed) are shared out
     packed_gpt = dataclasses.replace(gpt, windowing='packed', batch_size=8)
-    assert [train.micro_steps_per_process(packed_gpt, n) for n in (1, 2, 4, 8)] == [8, 8, 8, 8]
+    assert [distributed.micro_steps_per_process(packed_gpt, n) for n in (1, 2, 4, 8)] == [8, 8, 8, 8]
     lines_lstm = dataclasses.replace(lstm, windowing='lines_left', gradient_accumulation_steps=4)
-    assert [train.micro_steps_per_process(lines_lstm, n) for n in (1, 2, 4)] == [4, 2, 1]
+    assert [distributed.micro_steps_per_process(lines_lstm, n) for n in (1, 2, 4)] == [4, 2, 1]
 
 
 def test_world_from_torchrun_environment(monkeypatch):
@@ -188,7 +189,7 @@ def test_world_from_torchrun_environment(monkeypatch):
     with pytest.raises(UserError, match=r'--device=cuda:1 cannot be shared by torchrun\'s processes'):
         world.device_for('cuda:1')
     single_node = distributed.World(rank=1, local_rank=1, size=2, local_size=2, is_distributed=True)
-    assert train.resume_command(train.TrainConfig(), ['--max_iters=5'], single_node.launcher()) == \
+    assert reliability.resume_command(training.TrainConfig(), ['--max_iters=5'], single_node.launcher()) == \
         'torchrun --standalone --nproc_per_node=2 train.py --max_iters=5 --init_from=resume'
 
 
@@ -212,10 +213,10 @@ def test_gradients_are_averaged_once_per_step_in_the_last_micro_step(monkeypatch
         ddp.register_comm_hook(None, count_and_average)
         tokens = torch.randint(0, 50, (1000,)).numpy()
         batch_loss = BatchLoss(ddp, batching.RandomWindows(tokens, 2, 8, seed=0), 'cpu', torch.float32, -100)
-        cfg = train.TrainConfig(gradient_accumulation_steps=3, optimizer='adamw')
-        optimizer, scaler = train.make_optimizer(model, cfg, 'cpu'), torch.amp.GradScaler(enabled=False)
+        cfg = training.TrainConfig(gradient_accumulation_steps=3, optimizer='adamw')
+        optimizer, scaler = optim.make_optimizer(model, cfg, 'cpu'), torch.amp.GradScaler(enabled=False)
         for _ in range(2):
-            train.train_step(batch_loss, optimizer, scaler, cfg, 3)
+            optim.train_step(batch_loss, optimizer, scaler, cfg, 3)
         assert synced_backwards == [0, 0]  # one bucket, once per step of 3 micro-steps
         assert distributed.unwrap(ddp) is model
     assert not torch.distributed.is_initialized()  # left on the way out

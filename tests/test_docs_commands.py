@@ -15,12 +15,13 @@ import sys
 import pytest
 
 import configurator
-import prepare
 from conftest import ROOT, run_script
+from slm import corpus
+
 
 DOC_FILES = ['README.md', *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'docs', '*.md'))),
              *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'data', '*', 'README.md')))]
-SCRIPTS = ('prepare.py', 'train.py', 'sample.py', 'bench.py', 'ablate.py', 'bench_prepare.py', 'export.py',
+SCRIPTS = ('prepare.py', 'train.py', 'sample.py', 'bench.py', 'ablate.py', 'tools/bench_prepare.py', 'export.py',
            'serve.py')
 PYTHONS = ('python', 'python3', '.venv/bin/python')
 SHELL_OPERATORS = ('|', '||', '&&', ';', '>', '>>', '<', '&')
@@ -133,7 +134,7 @@ def test_documented_command_parses_with_its_scripts_config(doc, number, line, sc
     try:
         cfg = configurator.parse(cls, argv)
         if script == 'prepare.py':
-            prepare.resolve(cfg)  # the directory name's implied source and tokenizer, and the value checks
+            corpus.resolve(cfg)  # the directory name's implied source and tokenizer, and the value checks
     except configurator.UserError as error:
         pytest.fail(f"{doc}:{number}: `{line}` fails: {error}")
 

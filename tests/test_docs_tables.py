@@ -7,10 +7,11 @@ import re
 import pytest
 
 import configurator
-import train
 from configurator import option
 from conftest import ROOT, run_script
+from slm import generation, training
 from tools import docs_tables
+import train
 
 
 def all_blocks():
@@ -32,19 +33,19 @@ def test_every_docs_table_is_what_the_generator_prints_now():
 
 def test_every_scripts_config_class_has_a_table():
     expected = set()  # every class a script hands to configurator.parse
-    for path in glob.glob(os.path.join(ROOT, '*.py')):
-        module = os.path.splitext(os.path.basename(path))[0]
+    for path in [*glob.glob(os.path.join(ROOT, '*.py')), os.path.join(ROOT, 'tools', 'bench_prepare.py')]:  # the scripts with option tables
+        module = os.path.splitext(os.path.relpath(path, ROOT))[0].replace(os.sep, '.')
         with open(path, encoding='utf-8') as f:
             expected |= {f'{module}.{name}' for name in re.findall(r'\bparse\(([A-Z]\w*)', f.read())}
     assert {'train.TrainConfig', 'prepare.PrepareConfig', 'sample.SampleConfig', 'bench.BenchConfig',
-            'ablate.AblateConfig', 'bench_prepare.BenchConfig'} <= expected
+            'ablate.AblateConfig', 'tools.bench_prepare.BenchConfig'} <= expected
     assert sorted(expected - set(all_blocks())) == []
 
 
 def test_a_table_has_every_key_with_its_default_valid_values_and_comment():
-    table = configurator.markdown_table(train.TrainConfig).splitlines()
+    table = configurator.markdown_table(training.TrainConfig).splitlines()
     assert table[:2] == ['| key | default | valid values | what it does |', '|---|---|---|---|']
-    assert len(table) == 2 + len(dataclasses.fields(train.TrainConfig))
+    assert len(table) == 2 + len(dataclasses.fields(training.TrainConfig))
     assert '| `--grad_clip` | `1.0` | float, 0 or more | clip the gradient norm to this (0 = off) |' in table
     assert any(row.startswith('| `--windowing` | `\'auto\'` | str, auto or one of random, sliding,') and
                row.endswith('how batches are cut (batching.py); auto: random (GPT), streams (LSTM) |')
@@ -53,7 +54,7 @@ def test_a_table_has_every_key_with_its_default_valid_values_and_comment():
 
 def test_a_changed_default_makes_the_check_fail(monkeypatch, capsys):
     @dataclasses.dataclass
-    class Changed(train.TrainConfig):
+    class Changed(training.TrainConfig):
         learning_rate: float = option(5e-3, low=0, low_open=True)  # peak learning rate, reached after warmup
     monkeypatch.setattr(train, 'TrainConfig', Changed)
     assert docs_tables.main(['--check']) == 1
@@ -81,7 +82,7 @@ def test_regenerating_rewrites_a_stale_block_and_nothing_else(tmp_path, monkeypa
     assert docs_tables.main([]) == 0 and docs_tables.main(['--check']) == 0
     import sample
     assert page.read_text(encoding='utf-8') == ('# Title\n\ntext\n\n<!-- options: sample.SampleConfig -->\n'
-                                                 + configurator.markdown_table(sample.SampleConfig)
+                                                 + configurator.markdown_table(generation.SampleConfig)
                                                  + '\n<!-- /options -->\n\nend\n')
 
 

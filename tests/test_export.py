@@ -10,17 +10,15 @@ import pytest
 import torch
 import transformers
 
-import batching
-import checkpoint
-import export
-import hf
-import model as model_module
-import sample
-import storage
-import tokenizer as tok
-import train
+import configurator
 from configurator import UserError
 from conftest import ROOT, metrics, run_script
+import export
+import model as model_module
+from slm import batching, checkpoint, generation, hf, storage
+from slm import tokenizer as tok
+from slm import training
+import train
 
 
 CHAR_META = tok.CharTokenizer.build(["In the beginning God created the heaven and the earth.\nÆon ☃ é"]).to_meta()
@@ -80,7 +78,7 @@ def test_greedy_generation_agrees_for_50_tokens(exported):
     _, ours, theirs, _ = exported
     prompt = torch.tensor([[1, 10, 11, 12, 13]])
     with torch.no_grad():
-        mine = torch.stack(list(sample.generate(ours, prompt, 50, temperature=0)), dim=1)
+        mine = torch.stack(list(generation.generate(ours, prompt, 50, temperature=0)), dim=1)
         theirs.generation_config.eos_token_id = None  # ours does not stop at </s> either (no --stop_at_eos)
         hers = theirs.generate(prompt, do_sample=False, max_new_tokens=50, attention_mask=torch.ones_like(prompt))
     assert hers.shape[1] == prompt.shape[1] + 50
@@ -241,10 +239,10 @@ def test_init_from_a_gpt2_directory_starts_at_transformers_loss(tmp_path, gpt2_d
     train.main(args)
     first = metrics(str(tmp_path / 'out'))[0]
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(gpt2_directory).eval()
-    cfg = train.parse(train.TrainConfig, args)
+    cfg = configurator.parse(training.TrainConfig, args)
     meta = storage.load_meta(bpe_data)
     with torch.no_grad():
-        expected = train.evaluate(HFAsOurs(hf_model), train.open_documents(bpe_data, 'val', meta), cfg, 'cpu',
+        expected = training.evaluate(HFAsOurs(hf_model), training.open_documents(bpe_data, 'val', meta), cfg, 'cpu',
                                   torch.float32, batching.IGNORE_INDEX)
     assert first['iter'] == 0 and first['val_loss'] == pytest.approx(expected, abs=1e-5)
     assert abs(expected - 10.825) > 0.1  # not the uniform loss ln(50257) a model that predicts nothing has

@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 
-import checkpoint
-import sample
-import tokenizer as tok
 from configurator import UserError
 from model import GPT, LSTM, ModelArgs
+import sample
+from slm import checkpoint, generation
+from slm import tokenizer as tok
 
 
 def confident_gpt(block_size=16, vocab_size=64):
@@ -31,7 +31,7 @@ def tiny_model(tiny_checkpoint):
 
 
 def greedy(model, ids, n, **kw):
-    return torch.stack(list(sample.generate(model, ids, n, temperature=0, **kw)), dim=1)  # (B, n)
+    return torch.stack(list(generation.generate(model, ids, n, temperature=0, **kw)), dim=1)  # (B, n)
 
 
 def window_length(n, block_size, shift):
@@ -66,8 +66,8 @@ def test_greedy_with_the_cache_equals_recomputation_below_and_beyond_block_size(
 
 def test_sampling_with_the_cache_equals_recomputation_on_a_trained_checkpoint(tiny_checkpoint):
     model, tokenizer = tiny_model(tiny_checkpoint)
-    ids = torch.tensor([sample.prompt_ids(tokenizer, 'And God said')])
-    draws = [list(sample.generate(model, ids, 90, temperature=1.0, use_cache=use_cache,
+    ids = torch.tensor([generation.prompt_ids(tokenizer, 'And God said')])
+    draws = [list(generation.generate(model, ids, 90, temperature=1.0, use_cache=use_cache,
                                   generator=torch.Generator().manual_seed(7))) for use_cache in (True, False)]
     assert torch.equal(torch.stack(draws[0]), torch.stack(draws[1]))  # 13 + 90 tokens: past block_size 32
 
@@ -118,14 +118,14 @@ def test_a_batch_equals_its_rows_generated_one_by_one(tiny_checkpoint):
 def test_nucleus_keeps_exactly_the_tokens_that_reach_top_p(temperature, top_k, top_p, kept):
     first = torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15])
     probs = torch.stack([first, first.flip(0)])  # each row is cut by its own order
-    result = sample.sampling_probs(probs.log(), temperature, top_k, top_p)
+    result = generation.sampling_probs(probs.log(), temperature, top_k, top_p)
     assert set(result[0].nonzero()[:, 0].tolist()) == kept
     assert set(result[1].nonzero()[:, 0].tolist()) == {4 - i for i in kept}
     assert torch.allclose(result.sum(-1), torch.ones(2))
     if temperature == 1.0 and not top_k:  # the kept tokens keep their ratios
         expected = probs[0] * torch.tensor([i in kept for i in range(5)])
         assert torch.allclose(result[0], expected / expected.sum())
-    draws = sample.next_token(probs[:1].log().expand(400, 5), temperature, top_k, top_p,
+    draws = generation.next_token(probs[:1].log().expand(400, 5), temperature, top_k, top_p,
                               torch.Generator().manual_seed(0))
     assert set(draws[:, 0].tolist()) == kept  # every kept token is drawn, no other
 
@@ -133,11 +133,11 @@ def test_nucleus_keeps_exactly_the_tokens_that_reach_top_p(temperature, top_k, t
 def test_probability_table(tiny_checkpoint):
     model, tokenizer = tiny_model(tiny_checkpoint)
     out = io.StringIO()
-    cfg = sample.SampleConfig(out_dir=tiny_checkpoint, start='And God', show_probs=5, max_new_tokens=0,
+    cfg = generation.SampleConfig(out_dir=tiny_checkpoint, start='And God', show_probs=5, max_new_tokens=0,
                               device='cpu', top_k=3)
     assert sample.sample(cfg, out) == []
     with torch.no_grad():
-        logits = model(torch.tensor([sample.prompt_ids(tokenizer, 'And God')]))[0, -1]
+        logits = model(torch.tensor([generation.prompt_ids(tokenizer, 'And God')]))[0, -1]
     log_probs = torch.log_softmax(logits, -1)
     top3 = torch.topk(logits, 3).indices
     drawn = torch.zeros_like(logits).index_put_((top3,), torch.softmax(logits[top3] / 0.8, -1))
@@ -157,38 +157,38 @@ def test_probability_table(tiny_checkpoint):
 
 def test_stop_at_eos_and_batched_printing_in_order_of_completion(tiny_checkpoint):
     model, tokenizer = tiny_model(tiny_checkpoint)
-    cfg = sample.SampleConfig(out_dir=tiny_checkpoint, start='And', num_samples=5, max_new_tokens=60,
+    cfg = generation.SampleConfig(out_dir=tiny_checkpoint, start='And', num_samples=5, max_new_tokens=60,
                               temperature=1.0, stop_at_eos=True, seed=3, device='cpu')
     out = io.StringIO()
     samples = sample.sample(cfg, out)
-    ids = torch.tensor([sample.prompt_ids(tokenizer, 'And')] * 5)
-    drawn = torch.stack(list(sample.generate(model, ids, 60, temperature=1.0,
+    ids = torch.tensor([generation.prompt_ids(tokenizer, 'And')] * 5)
+    drawn = torch.stack(list(generation.generate(model, ids, 60, temperature=1.0,
                                              generator=torch.Generator().manual_seed(3))), dim=1).tolist()
     ends = [row.index(tok.EOS_ID) if tok.EOS_ID in row else 60 for row in drawn]
     assert samples == ['And' + tokenizer.decode(row[:end]) for row, end in zip(drawn, ends)]
     assert len(set(ends)) >= 3 and min(ends) < 60  # some stopped early, at different tokens
     finished = sorted(range(5), key=lambda row: (ends[row], row))  # a row ends at its </s>, or at step 60
-    assert out.getvalue() == ''.join(samples[row] + sample.SEPARATOR for row in finished)
+    assert out.getvalue() == ''.join(samples[row] + generation.SEPARATOR for row in finished)
 
 
 def test_a_single_sample_streams_token_by_token_and_out_writes_the_samples(tiny_checkpoint, tmp_path):
     writes = []
     stream = type('Stream', (), {'write': lambda self, s: writes.append(s), 'flush': lambda self: None})()
     path = tmp_path / 'samples.txt'
-    cfg = sample.SampleConfig(out_dir=tiny_checkpoint, start='And God', max_new_tokens=20, device='cpu',
+    cfg = generation.SampleConfig(out_dir=tiny_checkpoint, start='And God', max_new_tokens=20, device='cpu',
                               out=str(path))
     [text] = sample.sample(cfg, stream)
     assert len(writes) == 1 + 20 and writes[0] == 'And God'  # the prompt, then one write per token
-    assert ''.join(writes) == text + sample.SEPARATOR
-    assert path.read_text(encoding='utf-8') == text + sample.SEPARATOR
+    assert ''.join(writes) == text + generation.SEPARATOR
+    assert path.read_text(encoding='utf-8') == text + generation.SEPARATOR
     cfg.num_samples, cfg.out = 3, str(tmp_path / 'three.txt')
     texts = sample.sample(cfg, io.StringIO())
-    assert (tmp_path / 'three.txt').read_text(encoding='utf-8') == ''.join(t + sample.SEPARATOR for t in texts)
+    assert (tmp_path / 'three.txt').read_text(encoding='utf-8') == ''.join(t + generation.SEPARATOR for t in texts)
     assert sorted(os.listdir(tmp_path)) == ['samples.txt', 'three.txt']  # no temporary file left behind
 
 
 def test_the_cli_output_is_the_same_without_the_cache(tiny_checkpoint):
-    cfg = sample.SampleConfig(out_dir=tiny_checkpoint, start='In the beginning', num_samples=2,
+    cfg = generation.SampleConfig(out_dir=tiny_checkpoint, start='In the beginning', num_samples=2,
                               max_new_tokens=50, device='cpu')
     with_cache = sample.sample(cfg, io.StringIO())
     cfg.kv_cache = False
@@ -196,7 +196,7 @@ def test_the_cli_output_is_the_same_without_the_cache(tiny_checkpoint):
 
 
 def test_a_prompt_longer_than_block_size_is_cropped_with_a_warning(tiny_checkpoint, capsys):
-    cfg = sample.SampleConfig(out_dir=tiny_checkpoint, start='And God said ' * 10, max_new_tokens=10,
+    cfg = generation.SampleConfig(out_dir=tiny_checkpoint, start='And God said ' * 10, max_new_tokens=10,
                               device='cpu')
     [text] = sample.sample(cfg, io.StringIO())
     assert text.startswith(cfg.start) and len(text) == len(cfg.start) + 10
@@ -209,9 +209,9 @@ def test_an_empty_prompt_needs_a_start_token():
         bos_id = None
     tokenizer = NoStartToken.build(['ab'])
     with pytest.raises(UserError, match='the prompt is empty and this tokenizer has no start-of-document'):
-        sample.prompt_ids(tokenizer, '')
-    assert sample.prompt_ids(tokenizer, 'ba') == tokenizer.encode('ba')
-    assert sample.prompt_ids(tok.CharTokenizer.build(['ab']), '') == [tok.BOS_ID]
+        generation.prompt_ids(tokenizer, '')
+    assert generation.prompt_ids(tokenizer, 'ba') == tokenizer.encode('ba')
+    assert generation.prompt_ids(tok.CharTokenizer.build(['ab']), '') == [tok.BOS_ID]
 
 
 @pytest.mark.parametrize('options, message', [
@@ -227,4 +227,4 @@ def test_an_empty_prompt_needs_a_start_token():
 ])
 def test_bad_options_are_one_line_errors(options, message):
     with pytest.raises(UserError, match=message):
-        sample.sample(sample.SampleConfig(checkpoint='/nonexistent.pt', **options))  # before any loading
+        sample.sample(generation.SampleConfig(checkpoint='/nonexistent.pt', **options))  # before any loading

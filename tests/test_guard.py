@@ -8,14 +8,13 @@ import shutil
 import signal
 
 import pytest
+from test_reliability import launch, output, wait_until
 
-import checkpoint
-import reliability
-import train
-import trainlog
 from configurator import UserError
 from conftest import ROOT, TINY_GPT, metrics, run_script
-from test_reliability import launch, output, wait_until
+from slm import checkpoint, reliability, training, trainlog
+import train
+
 
 RUN_FILES = ('ckpt.pt', 'best.pt', 'metrics.jsonl', 'loss.png')
 
@@ -58,7 +57,7 @@ def test_scratch_run_into_a_trained_out_dir_is_refused_and_touches_nothing(train
     # and are replaced when the new run saves its first checkpoint. Here that is not a best one (a signal before
     # the first evaluation, which is skipped), so the old best.pt, log and plot must not stay beside it either.
     with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
-        patch.setattr(train.Run, 'is_evaluation_due', lambda run: os.kill(os.getpid(), signal.SIGTERM))
+        patch.setattr(training.Run, 'is_evaluation_due', lambda run: os.kill(os.getpid(), signal.SIGTERM))
         train.main([*args, '--overwrite=True'])
     assert stopped.value.code == 128 + signal.SIGTERM
     assert sorted(os.listdir(trained)) == ['.lock', 'ckpt.pt', 'metrics.jsonl'] and metrics(trained) == []
@@ -131,6 +130,7 @@ def test_a_damaged_ckpt_pt_beside_best_pt_says_how_to_resume_best_pt(trained, ch
 
 def test_a_full_disk_says_what_to_do_about_the_disk(char_data, tmp_path, monkeypatch):
     """A full disk (or quota) while plotting after the checkpoints: one line on the disk, the checkpoints kept."""
+
     def full(self):
         raise OSError(errno.EDQUOT, 'Disk quota exceeded')
     monkeypatch.setattr(trainlog.MetricsLog, 'plot', full)
@@ -228,10 +228,10 @@ def test_a_second_ctrl_c_while_saving_stops_at_once_in_one_line(char_data, tmp_p
 # train.py with a checkpoint write on a signal that says when it begins and takes a second, so that a second
 # signal lands inside it
 SLOW_SAVE = f"""
-import sys, time
-sys.path.insert(0, {ROOT!r})
-import checkpoint, train
+import runpy, sys, time
+from slm import checkpoint
 from configurator import run
+train_main = runpy.run_path({os.path.join(ROOT, 'train.py')!r})['main']
 real_save = checkpoint.save
 def save(path, contents):
     if contents['val_loss'] is None:
@@ -239,7 +239,7 @@ def save(path, contents):
         time.sleep(1)
     return real_save(path, contents)
 checkpoint.save = save
-run(lambda: train.main(sys.argv[1:]))
+run(lambda: train_main(sys.argv[1:]))
 """
 
 

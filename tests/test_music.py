@@ -2,19 +2,20 @@
 the Bach chorales and sampling to a .mid file."""
 import os
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import mido
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
 
-import music
-import prepare
-import sample
-import storage
-import tokenizer as tok
-import train
 from configurator import UserError
 from conftest import TINY_LSTM, run_script
+import prepare
+import sample
+from slm import music, storage
+from slm import tokenizer as tok
+import train
+
 
 N = music.Note
 MIDI = tok.MidiTokenizer()  # a grid of 4 steps per quarter note, shifts of up to 32 steps

@@ -1,7 +1,7 @@
 import torch
 
-import perf
 from model import ModelArgs, build_model
+from slm import perf
 
 
 def test_flops_per_token_from_the_shapes():

@@ -8,11 +8,11 @@ import datasets
 import numpy as np
 import pytest
 
-import prepare
-import storage
-import tokenizer as tok
 from configurator import UserError
 from conftest import documents_of, run_script
+import prepare
+from slm import corpus, storage
+from slm import tokenizer as tok
 
 
 @pytest.mark.parametrize('data', ['char_data', 'word_data', 'learned_data'])
@@ -128,9 +128,9 @@ def test_learned_vocabulary_never_sees_the_validation_split(verses):
     # 'Zyzzogeton' is in every validation document and nowhere in training
     splits = {'train': datasets.Dataset.from_dict({'text': verses[:200]}),
               'val': datasets.Dataset.from_dict({'text': ['The Zyzzogeton Zyzzogeton came.'] * 100})}
-    cfg = prepare.PrepareConfig(tokenizer='learned_bpe', vocab_size=600)
-    from_train = prepare.build_tokenizer(cfg, splits)
-    from_all = prepare.build_tokenizer(dataclasses.replace(cfg, bpe_learn_from='all'), splits)
+    cfg = corpus.PrepareConfig(tokenizer='learned_bpe', vocab_size=600)
+    from_train = corpus.build_tokenizer(cfg, splits)
+    from_all = corpus.build_tokenizer(dataclasses.replace(cfg, bpe_learn_from='all'), splits)
     assert len(from_train.encode(' Zyzzogeton')) > 2
     assert len(from_all.encode(' Zyzzogeton')) == 1  # the control: learned from val too, it is one token
     assert 'yzzog' not in ''.join(from_train.decode([i]) for i in range(260, 600))

@@ -6,11 +6,12 @@ import os
 import numpy as np
 import pytest
 
-import prepare
-import storage
-import tokenizer as tok
 from configurator import UserError
 from conftest import STORIES, documents_of, run_script
+import prepare
+from slm import corpus, storage
+from slm import tokenizer as tok
+
 
 EOT = 50256
 
@@ -103,9 +104,9 @@ def test_parquet_and_text_files_and_other_tokenizers(tmp_path, stories, gpt2_voc
 
 
 def test_tinystories_name_means_the_hub_dataset_with_bpe(tmp_path):
-    cfg = prepare.resolve(prepare.PrepareConfig(data_dir=str(tmp_path / 'tinystories')))
+    cfg = corpus.resolve(corpus.PrepareConfig(data_dir=str(tmp_path / 'tinystories')))
     assert (cfg.source, cfg.tokenizer) == ('tinystories', 'bpe')
-    cfg = prepare.resolve(prepare.PrepareConfig(data_dir=str(tmp_path / 'tinystories_char')))
+    cfg = corpus.resolve(corpus.PrepareConfig(data_dir=str(tmp_path / 'tinystories_char')))
     assert (cfg.source, cfg.tokenizer) == ('tinystories', 'char')
     # offline in tests, so the real hub loading code runs and fails with one line naming the dataset
     with pytest.raises(UserError, match="cannot load dataset 'roneneldan/TinyStories'"):

@@ -9,18 +9,17 @@ import subprocess
 import sys
 
 import pytest
+from test_generate import greedy, reference
 import torch
 import torch.nn as nn
 
-import checkpoint
-import optim
-import perf
-import sample
-import train
 from configurator import UserError, parse
 from conftest import ROOT, TINY_GPT, metrics, without_timing
 from model import GPT, KVCache, ModelArgs
-from test_generate import greedy, reference
+import sample
+from slm import checkpoint, generation, optim, perf, training
+import train
+
 
 SMALL = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, pad_id=3)
 MODERN = dict(rope=True, norm='rmsnorm', qk_norm=True, mlp='swiglu', zero_init_proj=True, tie_head=False)
@@ -227,7 +226,7 @@ def test_unknown_norm_or_mlp_is_refused():
     with pytest.raises(ValueError, match='unknown norm'):
         gpt(norm='batchnorm')
     with pytest.raises(UserError, match=r"--mlp=geglu must be gelu, gelu_tanh, relu2 or swiglu"):
-        parse(train.TrainConfig, ['--mlp=geglu'])
+        parse(training.TrainConfig, ['--mlp=geglu'])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -242,7 +241,7 @@ def test_muon_is_in_this_torch():
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     model = gpt(**MODERN)
-    cfg = train.TrainConfig(optimizer='muon', learning_rate=1e-3, muon_lr=0.02)
+    cfg = training.TrainConfig(optimizer='muon', learning_rate=1e-3, muon_lr=0.02)
     optimizer = optim.make_optimizer(model, cfg, 'cpu')
     muon, adamw = optimizer.optimizers['muon'], optimizer.optimizers['adamw']
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
@@ -256,7 +255,7 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     optim.set_learning_rate(optimizer, 5e-4)  # the schedule at half its peak: each optimizer at half its own
     assert [g['lr'] for g in optimizer.param_groups] == pytest.approx([0.01, 5e-4, 5e-4])
     with pytest.raises(UserError, match='--optimizer=muon is for the GPT'):
-        train.check_config(train.TrainConfig(model_type='lstm', optimizer='muon'))
+        training.check_config(training.TrainConfig(model_type='lstm', optimizer='muon'))
 
 
 def test_the_modern_recipe_trains(char_data, tmp_path):
@@ -269,20 +268,20 @@ def test_the_modern_recipe_trains(char_data, tmp_path):
     assert {k: ckpt['model_args'][k] for k in MODERN} == MODERN and ckpt['config']['optimizer'] == 'muon'
     assert set(ckpt['optimizer']) == {'muon', 'adamw'}
     # sample.py needs nothing but the checkpoint; past block_size (32), with and without the cache alike
-    drawn = [sample.sample(parse(sample.SampleConfig, [f'--out_dir={out_dir}', '--start=And God', '--seed=3',
+    drawn = [sample.sample(parse(generation.SampleConfig, [f'--out_dir={out_dir}', '--start=And God', '--seed=3',
                                                        '--max_new_tokens=80', f'--kv_cache={kv}']), io.StringIO())
              for kv in (True, False)]
     assert drawn[0] == drawn[1] and len(drawn[0][0]) == len('And God') + 80
 
 
 def test_the_recipe_file_sets_every_option():
-    cfg = parse(train.TrainConfig, [os.path.join(ROOT, 'config', 'recipe_modern.py')])
+    cfg = parse(training.TrainConfig, [os.path.join(ROOT, 'config', 'recipe_modern.py')])
     assert {k: getattr(cfg, k) for k in MODERN} == MODERN and cfg.optimizer == 'muon'
-    gpt2 = parse(train.TrainConfig, [os.path.join(ROOT, 'config', 'recipe_gpt2.py')])
+    gpt2 = parse(training.TrainConfig, [os.path.join(ROOT, 'config', 'recipe_gpt2.py')])
     assert all(getattr(gpt2, k) == getattr(ModelArgs(), k) for k in MODERN) and gpt2.optimizer == 'adamw'
     # train.py's default: GPT-2's recipe with rotary positions and Muon (ablate.py's evidence, docs/models.md)
-    default = train.TrainConfig()
-    assert {k: getattr(default, k) for k in train.RECIPE} == {**{k: getattr(ModelArgs(), k) for k in MODERN},
+    default = training.TrainConfig()
+    assert {k: getattr(default, k) for k in training.RECIPE} == {**{k: getattr(ModelArgs(), k) for k in MODERN},
                                                               'rope': True, 'optimizer': 'auto'}
 
 
@@ -306,8 +305,8 @@ def test_muon_resume_continues_exactly(char_data, tmp_path):
 
 def test_rope_needs_an_even_head_size():
     with pytest.raises(UserError, match='n_embd / n_head = 5 must be even'):
-        train.check_config(train.TrainConfig(n_embd=20, n_head=4, rope=True))
-    train.check_config(train.TrainConfig(model_type='lstm', n_embd=20, n_head=4, rope=True))  # GPT only
+        training.check_config(training.TrainConfig(n_embd=20, n_head=4, rope=True))
+    training.check_config(training.TrainConfig(model_type='lstm', n_embd=20, n_head=4, rope=True))  # GPT only
 
 
 def test_a_loss_scaler_steps_muon_and_adamw_together():
@@ -316,7 +315,7 @@ def test_a_loss_scaler_steps_muon_and_adamw_together():
     updated, options = [], dict(MODERN, zero_init_proj=False)  # zero projections: the first step moves the head only
     for scaler in (torch.amp.GradScaler('cpu', init_scale=1024.0), None):
         model = gpt(**options)
-        optimizer = optim.make_optimizer(model, train.TrainConfig(optimizer='muon', adamw='for_loop'), 'cpu')
+        optimizer = optim.make_optimizer(model, training.TrainConfig(optimizer='muon', adamw='for_loop'), 'cpu')
         torch.manual_seed(1)
         loss = model(torch.randint(0, 50, (2, 8))).logsumexp(-1).mean()
         if scaler:
@@ -342,7 +341,7 @@ def test_resuming_with_the_default_optimizer_takes_the_checkpoints(char_data, tm
     args = [f'--data_dir={char_data}', f'--out_dir={out_dir}', *TINY_GPT, '--eval_interval=4']
     train.main([*args, '--max_iters=4'])
     auto = [a for a in args if a != '--optimizer=adamw']
-    assert train.TrainConfig().optimizer == 'auto' and auto != args
+    assert training.TrainConfig().optimizer == 'auto' and auto != args
     train.main([*auto, '--max_iters=8', '--init_from=resume'])
     ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))
     assert ckpt['iter_num'] == 8 and ckpt['config']['optimizer'] == 'adamw' and 'state' in ckpt['optimizer']

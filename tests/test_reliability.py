@@ -19,14 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import loss
-import prepare
-import sample
-import storage
-import train
 from configurator import UserError
 from conftest import ROOT, TINY_GPT, metrics, without_timing
+import prepare
+import sample
+from slm import checkpoint, loss, storage, training
+import train
 
 
 # A tiny model gains nothing from a second intra-op thread, and on a busy machine the two threads' spin-waits
@@ -219,14 +217,14 @@ def test_diverging_run_stops_in_either_mode(char_data, tmp_path):
 
 def test_nonfinite_weights_are_never_evaluated_or_saved(char_data, tmp_path, monkeypatch):
     # the weights can overflow in the optimizer step after a finite loss and gradient: the last line of defence
-    real_step, steps = train.train_step, itertools.count()
+    real_step, steps = training.train_step, itertools.count()
 
     def step(batch_loss, *args):
         result = real_step(batch_loss, *args)
         if next(steps) == 7:
             next(batch_loss.model.parameters()).data[0, 0] = torch.inf
         return result
-    monkeypatch.setattr(train, 'train_step', step)
+    monkeypatch.setattr(training, 'train_step', step)
     with pytest.raises(UserError, match=r'non-finite weights at iteration 8: training stopped, nothing saved;'
                                         r' .*ckpt.pt \(iteration 4\) is the last good checkpoint'):
         train.main(nonfinite_args(char_data, tmp_path, '--on_nonfinite=skip'))
@@ -269,12 +267,12 @@ def test_checkpoint_with_changed_bytes_is_an_error_not_wrong_weights(tiny_checkp
 def test_global_rng_states_survive_a_weights_only_round_trip(tmp_path):
     def draws():
         return torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.randn(), random.random()
-    train.seed_everything(5)
+    checkpoint.seed_everything(5)
     np.random.randn()  # leaves a cached Gaussian in numpy's state
     state = checkpoint.global_rng_state('cpu')
     expected = draws()
     torch.save({'rng': state}, tmp_path / 'rng.pt')
-    train.seed_everything(6)
+    checkpoint.seed_everything(6)
     checkpoint.restore_global_rng_state(torch.load(tmp_path / 'rng.pt', weights_only=True)['rng'], 'cpu')
     assert draws() == expected
 

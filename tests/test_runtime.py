@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import ablate
-import runtime
-import train
 from configurator import UserError
 from conftest import TINY_GPT, metrics
+from slm import optim, runtime, training
+import train
 
 
 @pytest.mark.parametrize('avx512_bf16, amx, expected', [
@@ -88,7 +88,7 @@ def test_physical_cores_counts_no_more_than_the_usable_cpus():
     ('auto', True, False), ('fused', True, False), ('foreach', False, True), ('for_loop', False, False)])
 def test_adamw_kernels(choice, fused, foreach):
     model = torch.nn.Linear(4, 3)
-    optimizer = train.make_optimizer(model, train.TrainConfig(adamw=choice, optimizer='adamw'), 'cpu')
+    optimizer = optim.make_optimizer(model, training.TrainConfig(adamw=choice, optimizer='adamw'), 'cpu')
     assert (optimizer.defaults['fused'], optimizer.defaults['foreach']) == (fused, foreach)
 
 
@@ -98,7 +98,7 @@ def test_fused_adamw_takes_the_same_steps_as_the_loop():
               for kernel in ('for_loop', 'fused')}
     models['fused'].load_state_dict(models['for_loop'].state_dict())
     initial = {k: v.clone() for k, v in models['fused'].state_dict().items()}
-    optimizers = {k: train.make_optimizer(m, train.TrainConfig(adamw=k, learning_rate=1e-2, optimizer='adamw'), 'cpu')
+    optimizers = {k: optim.make_optimizer(m, training.TrainConfig(adamw=k, learning_rate=1e-2, optimizer='adamw'), 'cpu')
                   for k, m in models.items()}
     x, y = torch.randn(64, 16), torch.randint(0, 5, (64,))
     for _ in range(5):

@@ -6,13 +6,12 @@ import shutil
 import pytest
 import torch
 
-import checkpoint
-import sample
-import storage
-import tokenizer as tok
-import train
 from configurator import UserError
 from conftest import TINY_GPT, run_script
+import sample
+from slm import checkpoint, generation, storage
+from slm import tokenizer as tok
+import train
 
 
 def test_sample_in_a_fresh_process_needs_only_the_checkpoint(tiny_checkpoint, tmp_path):
@@ -30,12 +29,12 @@ def test_sample_in_a_fresh_process_needs_only_the_checkpoint(tiny_checkpoint, tm
 
 
 def test_lstm_samples_carry_hidden_state(char_data, tmp_path):
-    import train
     from conftest import TINY_LSTM
+    import train
     out_dir = str(tmp_path / 'lstm')
     train.main([f'--data_dir={char_data}', f'--out_dir={out_dir}', '--max_iters=10', '--eval_interval=10',
                 *TINY_LSTM])
-    texts = sample.sample(sample.SampleConfig(out_dir=out_dir, start='In', max_new_tokens=25, device='cpu'),
+    texts = sample.sample(generation.SampleConfig(out_dir=out_dir, start='In', max_new_tokens=25, device='cpu'),
                           io.StringIO())
     assert texts[0].startswith('In') and len(texts[0]) >= 2 + 25 - 25 // 2  # </s> reads as one character
 
@@ -43,7 +42,7 @@ def test_lstm_samples_carry_hidden_state(char_data, tmp_path):
 def test_generate_is_reproducible_and_respects_top_k(tiny_checkpoint):
     model = checkpoint.restore_model(checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))).eval()
     ids = torch.tensor([[tok.BOS_ID]])
-    run = lambda seed, **kw: [t.item() for t in sample.generate(model, ids, 20, top_k=kw.get('top_k', 0),
+    run = lambda seed, **kw: [t.item() for t in generation.generate(model, ids, 20, top_k=kw.get('top_k', 0),
                                                                 generator=torch.Generator().manual_seed(seed))]
     assert run(1) == run(1) and run(1) != run(2)
     logits = model(ids)[0, -1]
@@ -52,7 +51,7 @@ def test_generate_is_reproducible_and_respects_top_k(tiny_checkpoint):
 
 
 def test_unknown_prompt_characters_warn_once(tiny_checkpoint, capsys):
-    cfg = sample.SampleConfig(out_dir=tiny_checkpoint, start='Zebra€€', max_new_tokens=5, device='cpu')
+    cfg = generation.SampleConfig(out_dir=tiny_checkpoint, start='Zebra€€', max_new_tokens=5, device='cpu')
     sample.sample(cfg, io.StringIO())
     err = capsys.readouterr().err
     assert err.count('warning') == 1 and "'€'" in err
@@ -61,7 +60,7 @@ def test_unknown_prompt_characters_warn_once(tiny_checkpoint, capsys):
 def test_prompt_from_file(tiny_checkpoint, tmp_path):
     prompt = tmp_path / 'prompt.txt'
     prompt.write_text('And the earth', encoding='utf-8')
-    cfg = sample.SampleConfig(out_dir=tiny_checkpoint, start=f'FILE:{prompt}', max_new_tokens=5, device='cpu')
+    cfg = generation.SampleConfig(out_dir=tiny_checkpoint, start=f'FILE:{prompt}', max_new_tokens=5, device='cpu')
     assert sample.sample(cfg, io.StringIO())[0].startswith('And the earth')
 
 
@@ -75,7 +74,7 @@ def test_bad_checkpoint_is_a_user_error(tmp_path, content, message):
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(UserError, match=message):
-        sample.sample(sample.SampleConfig(checkpoint=str(path)), io.StringIO())
+        sample.sample(generation.SampleConfig(checkpoint=str(path)), io.StringIO())
 
 
 def test_truncated_and_foreign_checkpoints(tiny_checkpoint, tmp_path):
@@ -87,12 +86,12 @@ def test_truncated_and_foreign_checkpoints(tiny_checkpoint, tmp_path):
     for name, message in [('cut.pt', 'not a readable checkpoint'), ('foreign.pt', 'not a checkpoint of this'),
                           ('mamba.pt', "unknown model type 'mamba'")]:
         with pytest.raises(UserError, match=message):
-            sample.sample(sample.SampleConfig(checkpoint=str(tmp_path / name)), io.StringIO())
+            sample.sample(generation.SampleConfig(checkpoint=str(tmp_path / name)), io.StringIO())
 
 
 def test_bad_sampling_options(tiny_checkpoint):
     with pytest.raises(UserError, match='temperature'):
-        sample.sample(sample.SampleConfig(out_dir=tiny_checkpoint, temperature=-1), io.StringIO())
+        sample.sample(generation.SampleConfig(out_dir=tiny_checkpoint, temperature=-1), io.StringIO())
 
 
 class Writes(io.StringIO):
@@ -108,7 +107,7 @@ class Writes(io.StringIO):
 
 
 def scripted(ids):
-    """A stand-in for sample.generate that yields fixed ids, whatever the model would have drawn."""
+    """A stand-in for generation.generate that yields fixed ids, whatever the model would have drawn."""
     return lambda model, prompt, *args, **kwargs: (torch.full((len(prompt),), i) for i in ids)
 
 
@@ -117,9 +116,9 @@ def test_bpe_samples_stream_only_whole_characters(bpe_checkpoint, monkeypatch):
     text = ' a dragon 🐉 said “héllo” to Zoë'
     ids = bpe.encode(text)
     assert any(bpe.decode(ids[:i]).endswith('\ufffd') for i in range(len(ids)))  # some tokens cut a character
-    monkeypatch.setattr(sample, 'generate', scripted(ids))
+    monkeypatch.setattr(generation, 'generate', scripted(ids))
     out = Writes()
-    cfg = sample.SampleConfig(out_dir=bpe_checkpoint, start='Once', max_new_tokens=len(ids), device='cpu')
+    cfg = generation.SampleConfig(out_dir=bpe_checkpoint, start='Once', max_new_tokens=len(ids), device='cpu')
     assert sample.sample(cfg, out) == ['Once' + text]
     assert out.getvalue() == 'Once' + text + '\n' + '-' * 40 + '\n'
     assert not any('\ufffd' in piece for piece in out.pieces) and len(out.pieces) > 5  # streamed, never cut
@@ -127,8 +126,8 @@ def test_bpe_samples_stream_only_whole_characters(bpe_checkpoint, monkeypatch):
 
 def test_bpe_stop_at_eos_ends_the_story(bpe_checkpoint, monkeypatch):
     bpe = tok.BPETokenizer()
-    monkeypatch.setattr(sample, 'generate', scripted(bpe.encode(' The end.') + [50256] + bpe.encode('Once')))
-    cfg = sample.SampleConfig(out_dir=bpe_checkpoint, start='Hi!', max_new_tokens=5, device='cpu')
+    monkeypatch.setattr(generation, 'generate', scripted(bpe.encode(' The end.') + [50256] + bpe.encode('Once')))
+    cfg = generation.SampleConfig(out_dir=bpe_checkpoint, start='Hi!', max_new_tokens=5, device='cpu')
     assert sample.sample(cfg, io.StringIO()) == ['Hi! The end.<|endoftext|>Once']
     cfg = dataclasses.replace(cfg, stop_at_eos=True)
     assert sample.sample(cfg, io.StringIO()) == ['Hi! The end.']
@@ -136,7 +135,7 @@ def test_bpe_stop_at_eos_ends_the_story(bpe_checkpoint, monkeypatch):
 
 def test_bpe_prompt_starts_after_end_of_text_and_never_warns(bpe_checkpoint, capsys):
     bpe = tok.BPETokenizer()
-    assert sample.prompt_ids(bpe, 'Hi!') == [50256, 17250, 0]  # id 0 is '!', not an unknown token
+    assert generation.prompt_ids(bpe, 'Hi!') == [50256, 17250, 0]  # id 0 is '!', not an unknown token
     assert capsys.readouterr().err == ''
 
 
@@ -159,11 +158,11 @@ def test_streaming_decodes_each_token_once(model, request, monkeypatch):
     decoded, real_decode = [], type(tokenizer).decode
     monkeypatch.setattr(type(tokenizer), 'decode', lambda self, ids: decoded.append(len(ids)) or real_decode(
         self, ids))
-    monkeypatch.setattr(sample, 'generate', scripted(ids))
+    monkeypatch.setattr(generation, 'generate', scripted(ids))
     out = Writes()
-    cfg = sample.SampleConfig(out_dir=out_dir, start='And', max_new_tokens=len(ids), device='cpu')
+    cfg = generation.SampleConfig(out_dir=out_dir, start='And', max_new_tokens=len(ids), device='cpu')
     [text] = sample.sample(cfg, out)
-    assert out.getvalue() == text + sample.SEPARATOR and text == 'And' + real_decode(tokenizer, ids)
+    assert out.getvalue() == text + generation.SEPARATOR and text == 'And' + real_decode(tokenizer, ids)
     assert len(out.pieces) == 1 + len(ids)  # the prompt, then one write per token
     assert sum(decoded) <= 2 * len(ids)  # the whole sample once at its end (and the prompt); not at every token
 
@@ -181,6 +180,6 @@ def test_learned_bpe_checkpoint_samples_with_its_data_directory_deleted(learned_
                         '--device=cpu', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith('And God') and len(result.stdout) > len('And God') + 10
-    table = sample.probability_table(checkpoint.restore_model(raw).eval(), tok.from_meta(raw['tokenizer']),
-                                     torch.tensor([[1]]), 400, sample.SampleConfig())
+    table = generation.probability_table(checkpoint.restore_model(raw).eval(), tok.from_meta(raw['tokenizer']),
+                                     torch.tensor([[1]]), 400, generation.SampleConfig())
     assert any(' </s> ' in line for line in table)  # a special is labelled by its name

@@ -15,10 +15,11 @@ import urllib.request
 
 import pytest
 
-import sample
-import serve
 from configurator import UserError
 from conftest import has_compiler
+import sample
+from slm import generation, playground
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
@@ -30,12 +31,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Server(serve.Background):
+class Server(playground.Background):
     """serve.py's application on a free local port, in a thread of this process."""
 
     def __init__(self, out_dir, **options):
         options.setdefault('decode', 'eager')  # seconds faster to start; the module's server steps as serve.py does
-        self.playground = serve.Playground(serve.ServeConfig(out_dir=out_dir, device='cpu', **options))
+        self.playground = playground.Playground(playground.ServeConfig(out_dir=out_dir, device='cpu', **options))
         super().__init__(self.playground, free_port())
 
     def post(self, route, body):
@@ -66,7 +67,7 @@ def server(tiny_checkpoint):
 
 def sample_py(out_dir, **settings):
     """What `python sample.py --start=... ` prints for one sample, less its separator."""
-    cfg = sample.SampleConfig(out_dir=out_dir, device='cpu', **settings)
+    cfg = generation.SampleConfig(out_dir=out_dir, device='cpu', **settings)
     return sample.sample(cfg, io.StringIO())[0]
 
 
@@ -93,10 +94,10 @@ def test_a_stream_is_what_sample_py_prints_with_the_same_settings(server, tiny_c
 
 
 def test_next_tokens_are_sample_py_s_probability_table(server, tiny_checkpoint):
-    ids = sample.prompt_ids(server.playground.tokenizer, 'And the earth')
+    ids = generation.prompt_ids(server.playground.tokenizer, 'And the earth')
     status, body = server.post('/api/next', {'ids': ids, 'n': 5, 'temperature': 0.5, 'top_k': 3})
     assert status == 200 and len(body['rows']) == 5
-    cfg = sample.SampleConfig(start='And the earth', temperature=0.5, top_k=3, show_probs=5, max_new_tokens=0,
+    cfg = generation.SampleConfig(start='And the earth', temperature=0.5, top_k=3, show_probs=5, max_new_tokens=0,
                               out_dir=tiny_checkpoint, device='cpu')
     out = io.StringIO()
     sample.sample(cfg, out)
@@ -181,7 +182,7 @@ def test_a_port_in_use_is_a_one_line_error():
     with socket.create_server(('127.0.0.1', 0)) as taken:
         port = taken.getsockname()[1]
         with pytest.raises(UserError, match=rf'cannot listen on 127.0.0.1:{port} .*: give another --port'):
-            serve.check_port('127.0.0.1', port)
+            playground.check_port('127.0.0.1', port)
 
 
 def test_serve_py_without_a_compiler_steps_eagerly_and_stops_at_ctrl_c_mid_stream(tiny_checkpoint, tmp_path):

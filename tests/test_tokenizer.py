@@ -4,13 +4,15 @@ import os
 import subprocess
 import sys
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
-from hypothesis import given, settings, strategies as st
 
-import tokenizer as tok
 from configurator import UserError
 from conftest import ROOT
+from slm import tokenizer as tok
 from tools import fetch_gpt2_vocab
+
 
 CORPUS = ["Hello? You're here.", "In the beginning God created  the heaven\tand the earth!"]
 VOCAB_KINDS = {kind: cls for kind, cls in tok.TOKENIZERS.items() if issubclass(cls, tok.VocabTokenizer)}
@@ -155,10 +157,10 @@ def encode_elsewhere(tmp_path, **env):
     that refuses every connection), with no tiktoken cache variable but those in env; its output lines."""
     env = {**{k: v for k, v in os.environ.items() if k not in ('TIKTOKEN_CACHE_DIR', 'DATA_GYM_CACHE_DIR')},
            'TMPDIR': str(tmp_path), 'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9', **env}
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import tokenizer, configurator\n"
+    code = ("from slm import tokenizer; import configurator\n"
             "try: print(tokenizer.BPETokenizer().encode('hello world'))\n"
             "except configurator.UserError as error: print(error)")
-    result = subprocess.run([sys.executable, '-c', code, ROOT], cwd=tmp_path, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import train
 from configurator import UserError
 from conftest import TINY_GPT, TINY_LSTM, metrics, without_timing
+from slm import checkpoint, optim, training
+import train
 
 
 @pytest.mark.parametrize('model_args', [TINY_GPT, TINY_LSTM, [*TINY_GPT, '--windowing=packed']],
@@ -49,8 +49,8 @@ def test_checkpoint_is_self_contained_and_loads_weights_only(tiny_checkpoint):
 def test_resume_continues_exactly(char_data, tmp_path, model_args, monkeypatch):
     # Code that draws from the global python and numpy RNGs (here a jittered learning rate; dropout draws
     # from torch's) resumes exactly only if the checkpoint carries their states.
-    schedule = train.learning_rate
-    monkeypatch.setattr(train, 'learning_rate', lambda it, cfg: schedule(it, cfg) * (0.5 + random.random()) *
+    schedule = optim.learning_rate
+    monkeypatch.setattr(training, 'learning_rate', lambda it, cfg: schedule(it, cfg) * (0.5 + random.random()) *
                         (0.5 + np.random.rand()))
     # the same schedule in both: the first run of the split pair stops at 10 of its 20 planned steps
     common = [f'--data_dir={char_data}', '--eval_interval=10', '--dropout=0.1', '--lr_decay_iters=20',
@@ -108,17 +108,17 @@ def test_unwritable_out_dir_fails_before_training(char_data, tmp_path):
 
 
 def test_learning_rate_schedule():
-    cfg = train.TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
-    assert train.learning_rate(0, cfg) == pytest.approx(0.1)
-    assert train.learning_rate(9, cfg) == pytest.approx(1.0)
-    assert train.learning_rate(60, cfg) == pytest.approx(0.55)
-    assert train.learning_rate(110, cfg) == pytest.approx(0.1)
+    cfg = training.TrainConfig(learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
+    assert optim.learning_rate(0, cfg) == pytest.approx(0.1)
+    assert optim.learning_rate(9, cfg) == pytest.approx(1.0)
+    assert optim.learning_rate(60, cfg) == pytest.approx(0.55)
+    assert optim.learning_rate(110, cfg) == pytest.approx(0.1)
 
 
 def test_weight_decay_only_on_matrices(char_data):
     from model import ModelArgs, build_model
     model = build_model(ModelArgs(vocab_size=20, n_layer=1, n_head=2, n_embd=8, bias=True))
-    decay, no_decay = train.make_optimizer(model, train.TrainConfig(optimizer='adamw'), 'cpu').param_groups
+    decay, no_decay = optim.make_optimizer(model, training.TrainConfig(optimizer='adamw'), 'cpu').param_groups
     assert all(p.dim() == 2 for p in decay['params']) and decay['weight_decay'] == 0.1
     assert all(p.dim() == 1 for p in no_decay['params']) and no_decay['weight_decay'] == 0.0
 

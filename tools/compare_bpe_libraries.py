@@ -13,12 +13,14 @@ import os
 import statistics
 import time
 
+from slm import corpus
+
+
 os.environ.setdefault('RAYON_NUM_THREADS', '1')  # before the Rust libraries start their thread pools
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
-import prepare  # noqa: E402
-import tokenizer as tok  # noqa: E402
-from configurator import parse, run  # noqa: E402
+from configurator import parse, run
+from slm import tokenizer as tok
 
 
 @dataclasses.dataclass
@@ -57,7 +59,7 @@ def timed(fn, *args):
 
 
 def compare(cfg):
-    texts = prepare.akjv_documents(booked=False)
+    texts = corpus.akjv_documents(booked=False)
     mb = sum(len(t.encode()) for t in texts) / 1e6
     print(f"{mb:.1f} MB of AKJV verses, vocab {cfg.vocab_size}, {cfg.rounds} interleaved rounds,"
           f" one thread each; load average {os.getloadavg()[0]:.1f} (a shared CPU: compare the ratios)")

@@ -8,15 +8,15 @@ A table is the block between `<!-- options: MODULE.CLASS -->` and `<!-- /options
 comments beside them, the same source as the script's -h.
 """
 import glob
-import importlib
+import importlib.util
 import os
 import re
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import configurator
 
-import configurator  # noqa: E402  (after the project root is on the path)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BLOCK = re.compile(r'(<!-- options: ([\w.]+)\.(\w+) -->\n)(.*?)(<!-- /options -->)', re.S)
 
@@ -26,7 +26,13 @@ def docs_pages():
 
 
 def table(module, name):
-    return configurator.markdown_table(getattr(importlib.import_module(module), name))
+    """The option table of the config class name in a script: module is its path from the root, in dots (train,
+    tools.bench_prepare); the script is read from its file, as `python SCRIPT -h` reads it."""
+    if module not in sys.modules:  # registered, so that inspect finds the class's source (its field comments)
+        spec = importlib.util.spec_from_file_location(module, os.path.join(ROOT, *module.split('.')) + '.py')
+        sys.modules[module] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[module])
+    return configurator.markdown_table(getattr(sys.modules[module], name))
 
 
 def regenerate(text):

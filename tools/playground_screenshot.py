@@ -8,14 +8,13 @@ Needs Debian's chromium and chromium-driver (make test installs them where it ca
 import dataclasses
 import os
 import shutil
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from configurator import UserError, parse, run
+from slm.playground import Background, Playground, ServeConfig, check_port
 
-import serve  # noqa: E402  (after the project root is on the path)
-from configurator import UserError, parse, run  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass
@@ -36,9 +35,9 @@ def screenshot(cfg):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
-    serve.check_port('127.0.0.1', cfg.port)
-    playground = serve.Playground(serve.ServeConfig(out_dir=cfg.out_dir, port=cfg.port, decode='eager'))
-    server = serve.Background(playground, cfg.port)
+    check_port('127.0.0.1', cfg.port)
+    playground = Playground(ServeConfig(out_dir=cfg.out_dir, port=cfg.port, decode='eager'))
+    server = Background(playground, cfg.port)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for argument in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--window-size=1400,1000'):

@@ -11,19 +11,18 @@ The server's own refusals are off the clock: each request is valid and the queue
 import dataclasses
 import json
 import os
-import sys
 import threading
 import time
 import urllib.request
 
+import torch
+
+from configurator import listed, option, parse, run
+from slm import decode
+from slm.playground import Background, Playground, ServeConfig, check_port
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402  (after the project root is on the path)
-
-import decode  # noqa: E402
-import serve  # noqa: E402
-from configurator import listed, option, parse, run  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -57,12 +56,12 @@ def measure(cfg, how, threads, model_thread):
     """(seconds to be ready, seconds and tokens/s of each request alone, the same of two sent at once) under how
     and threads, the model's jobs on this thread as serve.py runs them, or on a worker thread."""
     torch.set_num_threads(threads)
-    serve.check_port('127.0.0.1', cfg.port)
+    check_port('127.0.0.1', cfg.port)
     start = time.perf_counter()
-    playground = serve.Playground(serve.ServeConfig(out_dir=cfg.out_dir, decode=how, threads=threads,
+    playground = Playground(ServeConfig(out_dir=cfg.out_dir, decode=how, threads=threads,
                                                     port=cfg.port), worker=model_thread == 'worker')
     made = time.perf_counter() - start
-    server = serve.Background(playground, cfg.port)
+    server = Background(playground, cfg.port)
     body = {'prompt': cfg.prompt, 'max_new_tokens': cfg.max_new_tokens, 'temperature': cfg.temperature,
             'seed': cfg.seed}
     alone, together = [], []

@@ -1,4 +1,4 @@
-"""bench.py's sections on generation: sampling tokens/s, sample.generate's KV cache against recomputing, and
+"""bench.py's sections on generation: sampling tokens/s, generation.generate's KV cache against recomputing, and
 sample.py's streaming loop at a short and a long length."""
 import dataclasses
 import functools
@@ -10,18 +10,17 @@ import numpy as np
 import torch
 
 import configurator
-import decode
-import perf
-import sample
-import tokenizer as tok
-from bench_harness import Job, section
 from model import build_model
-from sample import generate
+from slm import decode, generation, perf
+from slm import tokenizer as tok
+from slm.bench.harness import Job, section
+from slm.generation import generate
+
 
 PROMPT_TOKENS = 16  # the first tokens of the data are the prompt
 
 
-@section('sample', f'sampling: sample.generate after a {PROMPT_TOKENS}-token prompt, float32, median of --repeats',
+@section('sample', f'sampling: generation.generate after a {PROMPT_TOKENS}-token prompt, float32, median of --repeats',
          [('model', 'model', '{}'), ('device', 'device', '{}'), ('new_tokens', 'new tokens', '{}'),
           ('tokens_per_s', 'tokens/s', '{:,.1f}'), ('ms_per_token', 'ms/token', '{:.2f}'),
           ('peak_memory_mb', 'peak MB', '{:,.0f}')])
@@ -92,7 +91,7 @@ DECODE_COLUMNS = [(f'{how}_{key}', f'{how} {header}', fmt) for how in decode.STE
                                            ('ms_per_token', 'ms/token', '{:.3f}'), ('first_s', 'first s', '{:.1f}'))]
 
 
-@section('generate', f'generation: sample.generate with the KV cache (eager GPT.forward, then decode.py\'s step'
+@section('generate', f'generation: generation.generate with the KV cache (eager GPT.forward, then decode.py\'s step'
          f' compiled as --generate_decodes) against recomputing the window at every token (the same windows and'
          f' tokens), greedy, after a {PROMPT_TOKENS}-token prompt, median of --generate_repeats alternating runs;'
          f' recomputing over at most --generate_recompute_tokens; first s: the first run, compilation included',
@@ -186,7 +185,7 @@ def conclude_stream(rows, ctx):
     return [], lines
 
 
-@section('stream', "streaming: sample.py's own loop (sample.draw: generation, decoding each token, writing the"
+@section('stream', "streaming: sample.py's own loop (generation.draw: generation, decoding each token, writing the"
          " text) for one sample, KV cache stepped as --stream_decode, temperature 1, median of --generate_repeats",
          [('model', 'model', '{}'), ('device', 'device', '{}'), ('shape', 'shape', '{}'), ('decode', 'decode', '{}'),
           ('new_tokens', 'new tokens', '{:,}'), ('tokens_per_s', 'tokens/s', '{:,.1f}'),
@@ -204,11 +203,11 @@ def plan_stream(ctx):
         torch.manual_seed(cfg.seed)
         model = build_model(args).to(device).eval()
         prompt = torch.tensor([[tok.BOS_ID]], device=device)
-        settings = sample.SampleConfig(max_new_tokens=new_tokens, temperature=1.0, seed=cfg.seed,
+        settings = generation.SampleConfig(max_new_tokens=new_tokens, temperature=1.0, seed=cfg.seed,
                                        decode=cfg.stream_decode)
-        sample.draw(model, tokenizer, '', prompt, dataclasses.replace(settings, max_new_tokens=cfg.warmup),
+        generation.draw(model, tokenizer, '', prompt, dataclasses.replace(settings, max_new_tokens=cfg.warmup),
                     io.StringIO())
-        seconds = perf.median_seconds(lambda: sample.draw(model, tokenizer, '', prompt, settings, io.StringIO()),
+        seconds = perf.median_seconds(lambda: generation.draw(model, tokenizer, '', prompt, settings, io.StringIO()),
                                       device, cfg.generate_repeats)
         return {'model': 'gpt', 'device': device, 'shape': f'{n_layer}x{n_embd}', 'decode': cfg.stream_decode,
                 'block_size': block_size, 'new_tokens': new_tokens, 'tokens_per_s': new_tokens / seconds,

@@ -29,6 +29,7 @@ import typing
 import numpy as np
 import torch
 
+
 IGNORE_INDEX = -100  # a target the loss skips: padding, and a pair whose input and target lie in two documents
 LINES = {'lines_left': 'left', 'lines_slide': 'slide', 'lines_full': 'full'}
 WINDOWINGS = ('random', 'sliding', 'strided', *LINES, 'packed', 'streams')

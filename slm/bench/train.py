@@ -7,12 +7,10 @@ import time
 
 import torch
 
-import batching
-import perf
-import runtime
-from bench_harness import Job, Trainer, dtype_name, section
 from configurator import UserError
 from model import MODELS
+from slm import batching, perf, runtime
+from slm.bench.harness import Job, Trainer, dtype_name, section
 
 
 @section('peak', 'peak FLOP/s: the fastest n x n product measured, and the peak MFU divides by',

@@ -11,7 +11,8 @@ import signal
 import sys
 import threading
 
-import storage
+from slm import storage
+
 
 PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

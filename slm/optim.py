@@ -7,8 +7,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-import runtime
-from distributed import unwrap
+from slm import runtime
+from slm.distributed import unwrap
 
 
 def learning_rate(it, cfg):

@@ -20,9 +20,10 @@ import os
 
 import torch
 
-import model as model_module
-import tokenizer as tok
 from configurator import UserError
+import model as model_module
+from slm import tokenizer as tok
+
 
 RMS_NORM_EPS = torch.finfo(torch.float32).eps  # nn.RMSNorm(eps=None) in float32, as the exported model runs
 LAYER_NORM_EPS = 1e-5                           # nn.LayerNorm's default, which ours use

@@ -20,8 +20,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import batching
 from configurator import UserError
+from slm import batching
 
 
 @dataclasses.dataclass

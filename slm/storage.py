@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from configurator import UserError
 
+
 META = 'meta.json'
 SPLITS = ('train', 'val')
 

@@ -8,12 +8,10 @@ optimizer's work is not model FLOPs, so Muon's orthogonalization shows as a lowe
 import functools
 import statistics
 
-import optim
-import perf
-import runtime
-import train
-from bench_harness import Job, Trainer, dtype_name, section
-from bench_train import defaults_model, model_label
+from slm import optim, perf, runtime, training
+from slm.bench.harness import Job, Trainer, dtype_name, section
+from slm.bench.train import defaults_model, model_label
+
 
 RECIPES = ('gpt2', 'default')
 
@@ -21,8 +19,8 @@ RECIPES = ('gpt2', 'default')
 def recipe(name):
     """The train.py options of a recipe: config/recipe_gpt2.py's, or train.py's defaults."""
     if name == 'gpt2':
-        return train.recipe(train.GPT2_RECIPE)
-    options = {key: getattr(train.TrainConfig, key) for key in train.RECIPE}
+        return training.recipe(training.GPT2_RECIPE)
+    options = {key: getattr(training.TrainConfig, key) for key in training.RECIPE}
     return {**options, 'optimizer': optim.resolve_optimizer(options['optimizer'], 'gpt')}
 
 

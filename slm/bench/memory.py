@@ -8,11 +8,11 @@ import time
 
 import torch
 
-import perf
-import runtime
-from bench_harness import Job, Trainer, section
-from bench_train import THROUGHPUT_COLUMNS, defaults_model, model_label
 from configurator import UserError
+from slm import perf, runtime
+from slm.bench.harness import Job, Trainer, section
+from slm.bench.train import THROUGHPUT_COLUMNS, defaults_model, model_label
+
 
 WHOLE = '1TB'  # a --max_memory no batch reaches: the batch runs whole, as train.py ran every batch before
 

@@ -3,7 +3,7 @@ evaluations, and loss.png, the loss plot drawn from it."""
 import json
 import os
 
-import storage
+from slm import storage
 
 
 class MetricsLog:

@@ -27,6 +27,7 @@ import torch
 
 from configurator import UserError
 
+
 DEVICES = ('auto', 'cpu', 'cuda', 'cuda:N', 'mps')  # N: a GPU's index
 DTYPES = ('float32', 'bfloat16', 'float16')
 COMPILE = ('auto', True, False)

@@ -7,13 +7,10 @@ import time
 
 import torch
 
-import batching
-import loss
-import perf
-import runtime
-import train
 from configurator import UserError
 from model import MODELS, ModelArgs, build_model
+from slm import batching, loss, optim, perf, runtime, training
+
 
 MODEL_OPTIONS = {f.name for f in dataclasses.fields(ModelArgs)}
 
@@ -60,17 +57,17 @@ class Context:
     def train_config(self, model_type, batch_size, windowing=None, shape=None, adamw='auto', max_memory='auto',
                      recipe=None):
         """The train.py config of a measurement: its optimizer settings and clipping are what is timed. recipe:
-        the RECIPE options of a recipe file (see train.recipe); None: train.py's defaults."""
-        cfg = train.TrainConfig(data_dir=self.cfg.data_dir or 'random tokens', model_type=model_type,
+        the RECIPE options of a recipe file (see training.recipe); None: train.py's defaults."""
+        cfg = training.TrainConfig(data_dir=self.cfg.data_dir or 'random tokens', model_type=model_type,
                                 **(shape or self.shape()), batch_size=batch_size, seed=self.cfg.seed,
                                 windowing=windowing or self.cfg.windowing, adamw=adamw, max_memory=max_memory,
                                 **(recipe or {}))
-        train.check_config(cfg)
+        training.check_config(cfg)
         return cfg
 
     def model_args(self, model_type, shape=None, vocab_size=None, recipe=None):
         # the recipe's model options, else train.py's defaults (which may not be ModelArgs' GPT-2 ones)
-        options = {k: (recipe or {}).get(k, getattr(train.TrainConfig, k)) for k in train.RECIPE if k in MODEL_OPTIONS}
+        options = {k: (recipe or {}).get(k, getattr(training.TrainConfig, k)) for k in training.RECIPE if k in MODEL_OPTIONS}
         return ModelArgs(model_type=model_type, vocab_size=vocab_size or self.vocab_size, pad_id=self.pad_id,
                          **(shape or self.shape()), **options)
 
@@ -101,16 +98,16 @@ def resolve_devices(name):
 
 class Trainer:
     """A fresh model, optimizer and batch source built as train.py builds them, micro-batches under --max_memory
-    included; step() is one train.train_step. vocab_size: another head than the data's (the tokens stay);
+    included; step() is one optim.train_step. vocab_size: another head than the data's (the tokens stay);
     recipe: the RECIPE options of a recipe file (None: train.py's defaults)."""
 
     def __init__(self, ctx, model_type, device, dtype, batch_size, compiled, windowing=None, shape=None,
                  adamw='auto', vocab_size=None, max_memory='auto', recipe=None):
         self.tcfg = ctx.train_config(model_type, batch_size, windowing, shape, adamw, max_memory, recipe)
-        self.batches = train.make_batches(self.tcfg, ctx.documents, 'train', self.tcfg.seed, device)
+        self.batches = training.make_batches(self.tcfg, ctx.documents, 'train', self.tcfg.seed, device)
         torch.manual_seed(ctx.cfg.seed)
         self.raw_model = build_model(ctx.model_args(model_type, shape, vocab_size, recipe)).to(device)
-        self.optimizer = train.make_optimizer(self.raw_model, self.tcfg, device)
+        self.optimizer = optim.make_optimizer(self.raw_model, self.tcfg, device)
         model = torch.compile(self.raw_model) if compiled else self.raw_model
         self.chunk_rows = loss.micro_batch_rows(self.raw_model.args, self.tcfg, device, dtype, batch_size)[0]
         self.batch_loss = loss.BatchLoss(model, self.batches, device, dtype, ctx.ignore_index,
@@ -121,7 +118,7 @@ class Trainer:
         self.peak = ctx.peak(device, dtype)
 
     def step(self):
-        train.train_step(self.batch_loss, self.optimizer, self.scaler, self.tcfg)
+        optim.train_step(self.batch_loss, self.optimizer, self.scaler, self.tcfg)
 
     def warm_up(self, steps):
         """Run the untimed steps; return the first one's seconds (compilation included when compiled)."""

@@ -1,8 +1,8 @@
 """Benchmark of prepare.py on a large generated corpus: throughput against raw tiktoken, and peak memory.
 
-    python bench_prepare.py                          # 200 MB and 400 MB corpora, every core
-    python bench_prepare.py --sizes_mb=[200] --num_proc=2
-    python bench_prepare.py --sizes_mb=[20] --corpus_only=True --work_dir=data   # only write data/stories_20mb.jsonl
+    python tools/bench_prepare.py                          # 200 MB and 400 MB corpora, every core
+    python tools/bench_prepare.py --sizes_mb=[200] --num_proc=2
+    python tools/bench_prepare.py --sizes_mb=[20] --corpus_only=True --work_dir=data   # only write data/stories_20mb.jsonl
 
 For each corpus size it writes a JSON-lines corpus of story-like text (generated here, no download), then in
 the same run measures, with the same number of workers:
@@ -32,11 +32,12 @@ import tempfile
 import threading
 import time
 
-import prepare
-import tokenizer as tok
 from configurator import UserError, option, parse, run
+from slm import corpus
+from slm import tokenizer as tok
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclasses.dataclass
@@ -219,7 +220,7 @@ def run_prepare(corpus, data_dir, num_proc, cache_dir, *options):
 
 
 def bench(cfg):
-    num_proc = cfg.num_proc or prepare.cpu_count()
+    num_proc = cfg.num_proc or corpus.cpu_count()
     work_dir = cfg.work_dir or os.path.join(tempfile.gettempdir(), 'bench_prepare')
     os.makedirs(work_dir, exist_ok=True)
     print(f"{num_proc} workers / threads; {os.cpu_count()} CPUs visible; load average"
@@ -227,21 +228,21 @@ def bench(cfg):
           f" two runs taken back to back)")
     results = []
     for size_mb in cfg.sizes_mb:
-        corpus = os.path.join(work_dir, f'stories_{size_mb}mb.jsonl')
-        if not os.path.exists(corpus):
-            write_corpus(corpus, size_mb, cfg.seed)
+        corpus_path = os.path.join(work_dir, f'stories_{size_mb}mb.jsonl')
+        if not os.path.exists(corpus_path):
+            write_corpus(corpus_path, size_mb, cfg.seed)
         if cfg.corpus_only:
-            print(f"wrote {corpus}")
+            print(f"wrote {corpus_path}")
             continue
-        mb = os.path.getsize(corpus) / 1e6
-        texts = read_texts(corpus)
+        mb = os.path.getsize(corpus_path) / 1e6
+        texts = read_texts(corpus_path)
         text_mb = sum(len(t.encode()) for t in texts) / 1e6
         raw_seconds, raw_tokens = raw_tiktoken(texts, num_proc)
         ideal_mb_s = text_mb / ideal_seconds(texts, num_proc)
         learn_s = timed_learning(texts, cfg.learned_vocab_size) if cfg.learned_vocab_size else None
         del texts
         data_dir, cache_dir = os.path.join(work_dir, f'data_{size_mb}'), os.path.join(work_dir, 'hf_cache')
-        seconds, meta, memory = run_prepare(corpus, data_dir, num_proc, cache_dir)
+        seconds, meta, memory = run_prepare(corpus_path, data_dir, num_proc, cache_dir)
         tokens = sum(s['tokens'] - s['documents'] for s in meta['splits'].values())  # less one eot per story
         assert tokens == raw_tokens, (tokens, raw_tokens)  # both sides did the same work
         result = {'corpus_mb': round(mb, 1), 'text_mb': round(text_mb, 1), 'tokens': tokens,
@@ -260,7 +261,7 @@ def bench(cfg):
               flush=True)
         shutil.rmtree(data_dir, ignore_errors=True)
         if cfg.learned_vocab_size:
-            seconds, meta, memory = run_prepare(corpus, data_dir, num_proc, cache_dir,
+            seconds, meta, memory = run_prepare(corpus_path, data_dir, num_proc, cache_dir,
                                                 f'--vocab_size={cfg.learned_vocab_size}')
             result.update(learned_s=seconds, learned_mb_s=text_mb / seconds, learned_ratio=raw_seconds / seconds,
                           learn_s=learn_s, learned_tokens=sum(s['tokens'] for s in meta['splits'].values()),
@@ -271,7 +272,7 @@ def bench(cfg):
                   f" peak memory {result['learned_peak_pss_mb']:.0f} MB PSS", flush=True)
             shutil.rmtree(data_dir, ignore_errors=True)
         if not cfg.keep:
-            os.remove(corpus)
+            os.remove(corpus_path)
     return results
 
 

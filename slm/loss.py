@@ -16,11 +16,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import batching
-import distributed
-import perf
-import runtime
-from distributed import unwrap
+from slm import batching, distributed, perf, runtime
+from slm.distributed import unwrap
 
 
 def lm_loss(logits, targets, ignore_index, reduction='mean'):

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets and whitepapers, which print twice these for
 # bfloat16 and float16 "with sparsity". float32 is the CUDA cores' rate, since train.py leaves TF32 off;
 # bfloat16 and float16 are tensor-core rates with float32 accumulation. The first entry whose name appears as

@@ -29,11 +29,12 @@ import re
 import tiktoken
 from tqdm import tqdm
 
-import music
 from configurator import UserError
+from slm import music
+
 
 # GPT-2's BPE files, put here by tools/fetch_gpt2_vocab.py: read by default, so the bpe tokenizer works offline
-PROJECT_TIKTOKEN_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), '.tiktoken_cache')
+PROJECT_TIKTOKEN_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.tiktoken_cache')
 SPECIALS = ('<?>', '<s>', '</s>', '<>')
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = range(len(SPECIALS))
 
@@ -260,6 +261,7 @@ class LearnedBPETokenizer:
         """
         import rustbpe
         cls.check_vocab_size(vocab_size)
+
         def counted():
             yield from tqdm(texts, total=total, desc='learn bpe: count', unit='doc', unit_scale=True, mininterval=1)
             tqdm.write(f"learn bpe: merging the most frequent pairs, up to {vocab_size:,} ids")

@@ -17,7 +17,8 @@ plays at one tempo (tempo_qpm). Velocities are not kept (the chorales have none)
 import collections
 import os
 
-import storage
+from slm import storage
+
 
 Note = collections.namedtuple('Note', 'pitch onset duration')
 PITCHES = 128          # MIDI note numbers 0-127

@@ -13,9 +13,9 @@ import threading
 
 import torch
 
-import checkpoint
-import storage
 from configurator import UserError
+from slm import checkpoint, storage
+
 
 CHECKPOINTS = ('ckpt.pt', 'best.pt')  # the latest, and the one of the lowest val loss
 

@@ -28,10 +28,11 @@ import random
 import numpy as np
 import torch
 
-import model as model_module
-import storage
-import tokenizer as tok
 from configurator import UserError
+import model as model_module
+from slm import storage
+from slm import tokenizer as tok
+
 
 FORMAT_VERSION = 2  # 2: digest, numpy/python/accelerator RNG states, scaler, step_losses
 REQUIRED = ('format_version', 'model_args', 'model', 'tokenizer', 'digest')
