@@ -47,10 +47,8 @@ import torch
 
 import configurator
 from configurator import UserError, listed, option, parse, run
-from slm import batching, checkpoint, corpus, runtime, storage
-from slm import tokenizer as tok
+from slm import batching, checkpoint, corpus, evaluation, runtime, storage
 from slm import training, trainlog
-from slm.loss import mean_loss
 
 
 DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'
@@ -236,32 +234,14 @@ def check_held_out(cfg, variant_list):
     return data_dirs[0]
 
 
-def held_out(cfg, data_dir):
-    """(documents scored, characters in them): data_dir's val split, or its first cfg.eval_documents."""
-    meta = storage.load_meta(data_dir)
-    tokens, offsets = storage.open_split(data_dir, 'val', meta)
-    n = len(offsets) - 1 if cfg.eval_documents <= 0 else min(cfg.eval_documents, len(offsets) - 1)
-    if n == len(offsets) - 1:
-        chars = meta['splits']['val']['chars']
-    else:  # as prepare.py counts them: each document's text, and one for the boundary its end token stands for
-        t = tok.from_meta(meta['tokenizer'])
-        body = slice(1, -1) if t.bos_id != t.eos_id else slice(None, -1)
-        chars = sum(len(t.decode(tokens[offsets[i]:offsets[i + 1]][body].tolist())) + 1 for i in range(n))
-    documents = batching.Documents.from_split(tokens, offsets[:n + 1], meta['tokenizer']['special_ids'])
-    return documents, chars
-
-
 def score(out_dir, documents, chars, cfg):
-    """Nats per real target and bits per character of out_dir/ckpt.pt on the held-out documents, and the
-    model's parameters."""
-    ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))
+    """Nats per real target and bits per character of out_dir's latest checkpoint on the held-out documents
+    (evaluation.held_out_loss), and the model's parameters."""
     device = runtime.resolve_device(cfg.device)
-    model = checkpoint.restore_model(ckpt).to(device)
-    windows = batching.evaluation_windows(documents, cfg.batch_size, ckpt['model_args']['block_size'])
-    # in float32 whatever a run trained in: the dtype ablation compares what training learned, scored alike
-    loss = mean_loss(model, windows, windows.batches_per_epoch, device, torch.float32, batching.IGNORE_INDEX)
+    model = checkpoint.restore_model(checkpoint.load(os.path.join(out_dir, checkpoint.LATEST))).to(device)
+    loss = evaluation.held_out_loss(model, documents, cfg.batch_size, device)
     parameters = sum(p.numel() for p in model.parameters())
-    return loss, loss * float(documents.pairs.sum()) / math.log(2) / chars, parameters
+    return loss, evaluation.bits_per_unit(loss, float(documents.pairs.sum()), chars), parameters
 
 
 def fit_iters(cfg, run_cfg, run_dir):
@@ -310,7 +290,7 @@ def run_variant(cfg, variant, budget):
     run_cfg = run_config(cfg, variant)
     run_dir = run_cfg.out_dir
     meta = storage.load_meta(run_cfg.data_dir)
-    documents, chars = held_out(cfg, run_cfg.data_dir)
+    documents, chars = evaluation.held_out(run_cfg.data_dir, cfg.eval_documents)
     share = training.make_batches(run_cfg, training.open_documents(run_cfg.data_dir, 'train', meta), 'train',
                                run_cfg.seed).target_fraction
     tokens_per_iter = run_cfg.batch_size * run_cfg.block_size * run_cfg.gradient_accumulation_steps
@@ -515,7 +495,7 @@ def ablate(cfg):
     variant_list = variants(cfg)
     cfg = dataclasses.replace(cfg, ablation_dir=cfg.ablation_dir or f"{cfg.out_dir}-ablate-{cfg.what}")
     scored_on = check_held_out(cfg, variant_list)
-    documents, chars = held_out(cfg, scored_on)
+    documents, chars = evaluation.held_out(scored_on, cfg.eval_documents)
     budget = cfg.target_tokens or cfg.max_iters * cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     each = f"{cfg.time_budget:g} s of training" if cfg.time_budget else f"{budget:,} target tokens"
     os.makedirs(cfg.ablation_dir, exist_ok=True)

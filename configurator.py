@@ -42,9 +42,7 @@ import inspect
 import io
 import math
 import operator
-import os
 import re
-import signal
 import sys
 import tokenize
 import types
@@ -220,23 +218,19 @@ def check(cfg, where=None):
 
 def run(main):
     """Call main(); a UserError becomes one line on stderr and exit code 2, Ctrl-C the line "interrupted" and 130."""
+    from slm import reliability  # here, not at the top: it imports UserError from this module
     try:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, _exit_at_once)
+        reliability.exit_at_once_on_ctrl_c()
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
     finally:
-        # from here Python shuts down (joins worker processes, runs atexit): a Ctrl-C there ends it at once, rather
-        # than as a traceback from the middle of that
-        signal.signal(signal.SIGINT, _exit_at_once)
+        reliability.exit_at_once_on_ctrl_c()  # from here Python shuts down: a second Ctrl-C is no traceback
 
-
-def _exit_at_once(signum, frame):
-    os._exit(128 + signum)
 
 
 def usage(config_class):

@@ -15,7 +15,6 @@ import transformers
 
 from configurator import UserError, parse, run
 from slm import checkpoint, hf
-from slm.generation import checkpoint_path
 
 
 @dataclasses.dataclass
@@ -38,7 +37,7 @@ def export(cfg):
     """Write the checkpoint's model (and tokenizer, where expressible) into cfg.to; return the lines said."""
     check_destination(cfg.to)
     transformers.utils.logging.disable_progress_bar()  # export says what it wrote in its own lines
-    path = checkpoint_path(cfg)
+    path = checkpoint.path_to_read(cfg.out_dir, cfg.checkpoint)
     loaded = checkpoint.load(path)
     model = hf.hf_model(loaded)  # a UserError for a model with no standard equivalent, before anything is written
     os.makedirs(cfg.to, exist_ok=True)

@@ -40,8 +40,8 @@ import configurator
 from configurator import UserError, parse, run
 from slm import checkpoint, runtime, storage
 from slm import tokenizer as tok
-from slm.generation import (MUSIC_OUTPUTS, SEPARATOR, SampleConfig, checkpoint_path, draw, probability_table,
-                            prompt_ids, read_prompt, sample_start, write_music)
+from slm.generation import (MUSIC_OUTPUTS, SEPARATOR, SampleConfig, draw, probability_table, prompt_ids, read_prompt,
+                            sample_start, write_music)
 
 
 def check(cfg):
@@ -62,7 +62,7 @@ def sample(cfg, out=sys.stdout):
     """Write cfg.num_samples samples to out (see the module docstring); return them, in order, as strings."""
     check(cfg)
     device = runtime.resolve_device(cfg.device)
-    ckpt = checkpoint.load(checkpoint_path(cfg))
+    ckpt = checkpoint.load(checkpoint.path_to_read(cfg.out_dir, cfg.checkpoint))
     model = checkpoint.restore_model(ckpt).to(device).eval()
     tokenizer = tok.from_meta(ckpt['tokenizer'])
     is_music_out = os.path.splitext(cfg.out)[1].lower() in MUSIC_OUTPUTS

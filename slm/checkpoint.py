@@ -37,6 +37,19 @@ from slm import tokenizer as tok
 FORMAT_VERSION = 2  # 2: digest, numpy/python/accelerator RNG states, scaler, step_losses
 REQUIRED = ('format_version', 'model_args', 'model', 'tokenizer', 'digest')
 
+LATEST, BEST = 'ckpt.pt', 'best.pt'  # in a run's out_dir: its latest checkpoint, and the one of its lowest val loss
+CHECKPOINTS = (LATEST, BEST)
+
+
+def path_to_read(out_dir, path=''):
+    """The checkpoint a command reads from a run: path if one is given, else out_dir's best.pt where there is
+    one, else its ckpt.pt."""
+    if path:
+        return path
+    best = os.path.join(out_dir, BEST)
+    return best if os.path.exists(best) else os.path.join(out_dir, LATEST)
+
+
 
 def save(path, checkpoint):
     """Write the checkpoint atomically: a crash leaves the previous file or this one, never a torn one."""
@@ -49,7 +62,7 @@ def save(path, checkpoint):
 def load(path, map_location='cpu'):
     """Read and check a checkpoint; anything that is not one of ours, whole, is a one-line UserError."""
     if os.path.isdir(path):
-        raise UserError(f"{path} is a directory: give a checkpoint file (e.g. {os.path.join(path, 'ckpt.pt')})")
+        raise UserError(f"{path} is a directory: give a checkpoint file (e.g. {os.path.join(path, LATEST)})")
     if not os.path.exists(path):
         raise UserError(f"checkpoint {path} not found: train one first (python train.py ...) or fix the path")
     try:

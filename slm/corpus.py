@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import configurator
 from configurator import UNKNOWN, UserError, option, positional
-from slm import music, shutdown, storage
+from slm import music, reliability, storage
 from slm import tokenizer as tok
 
 
@@ -377,7 +377,7 @@ def write_split(tokenized, bin_path, docs_path, dtype, split, unit):
 
 def prepare(cfg):
     """Run the whole preparation for a resolved config; return the meta dict written."""
-    with shutdown.children_die_with_parent():
+    with reliability.children_die_with_parent():
         return _prepare(cfg)
 
 
@@ -403,7 +403,7 @@ def _prepare(cfg):
                 'dtype': np.dtype(dtype).name, 'splits': counts}
         storage.publish_dataset(cfg.data_dir, meta, written)
     finally:  # whatever happened, no temporary of this process stays: token caches, unpublished files
-        with shutdown.signals_held():
+        with reliability.signals_held():
             shutil.rmtree(cache_dir, ignore_errors=True)
             mine = f'.tmp-{os.getpid()}'
             for name in os.listdir(cfg.data_dir):
@@ -415,5 +415,5 @@ def _prepare(cfg):
 def prepare_dir(cfg):
     """prepare, as a command does it: Ctrl-C or SIGTERM ends it in one line, its temporaries removed and the
     previous data kept (from the main thread: it installs the signal handlers)."""
-    with shutdown.stop_on_signals(cfg.data_dir):
+    with reliability.stop_on_signals(cfg.data_dir):
         return prepare(cfg)

@@ -58,13 +58,6 @@ class SampleConfig:
     #                               52 choir)
 
 
-def checkpoint_path(cfg):
-    if cfg.checkpoint:
-        return cfg.checkpoint
-    best = os.path.join(cfg.out_dir, 'best.pt')
-    return best if os.path.exists(best) else os.path.join(cfg.out_dir, 'ckpt.pt')
-
-
 def read_prompt(start):
     if not start.startswith('FILE:'):
         return start

@@ -61,7 +61,7 @@ class Playground:
         """worker: start the thread that runs the model's jobs (False: the caller runs self.work())."""
         self.cfg = cfg
         self.device = runtime.resolve_device(cfg.device)
-        self.path = generation.checkpoint_path(generation.SampleConfig(out_dir=cfg.out_dir, checkpoint=cfg.checkpoint))
+        self.path = checkpoint.path_to_read(cfg.out_dir, cfg.checkpoint)
         ckpt = checkpoint.load(self.path)
         self.model = checkpoint.restore_model(ckpt).to(self.device).eval()
         self.tokenizer = tok.from_meta(ckpt['tokenizer'])

@@ -1,7 +1,16 @@
-"""What keeps a long run's work safe: one run per out_dir (a lock), no scratch run over a trained model, out_dir
-checked before training, a signal that stops after the step and saves, the step-loss record that no non-finite
-step gets past into a checkpoint, and the command that resumes."""
+"""What keeps work safe, whatever stops it: one run per out_dir (a lock), no scratch run over a trained model,
+out_dir checked before training, the step-loss record that no non-finite step gets past into a checkpoint, the
+command that resumes; and every signal a command handles, in one place:
+
+    train.py    Ctrl-C / SIGTERM: finish the step, save ckpt.pt, print the resume command (StopOnSignal)
+    prepare.py  Ctrl-C / SIGTERM: one line, temporaries removed, the previous data kept (stop_on_signals);
+                its forked workers die with it, a SIGKILL included (children_die_with_parent):
+                    prepare.py ── fork ──> datasets' map workers, and the manager process behind them
+                        each: PR_SET_PDEATHSIG (the kernel kills it when its parent dies), Ctrl-C ignored
+    any command a Ctrl-C while Python shuts down ends it at once (exit_at_once_on_ctrl_c, configurator.run)
+"""
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import fcntl
@@ -9,6 +18,7 @@ import math
 import os
 import shlex
 import signal
+import sys
 import threading
 
 import torch
@@ -16,8 +26,7 @@ import torch
 from configurator import UserError
 from slm import checkpoint, storage
 
-
-CHECKPOINTS = ('ckpt.pt', 'best.pt')  # the latest, and the one of the lowest val loss
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what a command stops on: Ctrl-C, and kill's default
 
 
 class OutDirLock:
@@ -68,7 +77,7 @@ class OutDirLock:
 
 def refuse_to_replace(out_dir):
     """Raise if out_dir holds a checkpoint, naming it and the ways on: a scratch run would replace it."""
-    path = next((p for name in CHECKPOINTS if os.path.exists(p := os.path.join(out_dir, name))), None)
+    path = next((p for name in checkpoint.CHECKPOINTS if os.path.exists(p := os.path.join(out_dir, name))), None)
     if path is None:
         return
     try:
@@ -84,7 +93,7 @@ def load_resumable(out_dir, say):
     """(path, checkpoint) to resume from out_dir: ckpt.pt, or best.pt where there is no ckpt.pt (a run killed while
     it wrote its first ckpt.pt leaves that: best.pt is written first, and holds all a resume needs). A damaged
     ckpt.pt beside best.pt: the error says how to resume best.pt instead."""
-    ckpt_path, best_path = (os.path.join(out_dir, name) for name in CHECKPOINTS)
+    ckpt_path, best_path = (os.path.join(out_dir, name) for name in checkpoint.CHECKPOINTS)
     if not os.path.exists(ckpt_path):
         if not os.path.exists(best_path):
             raise UserError(f"nothing to resume in {out_dir} (no ckpt.pt or best.pt): train from scratch first"
@@ -128,7 +137,7 @@ def prepare_out_dir(out_dir, checkpoint_bytes):
         raise UserError(f"cannot write to out_dir {out_dir}: {error.strerror}; choose another --out_dir")
     storage.remove_stray_temporaries(out_dir)
     # ckpt.pt, best.pt, and the temporary file of the one being replaced; files there now make room as replaced
-    present = sum(os.path.getsize(p) for name in ('ckpt.pt', 'best.pt')
+    present = sum(os.path.getsize(p) for name in checkpoint.CHECKPOINTS
                   if os.path.exists(p := os.path.join(out_dir, name)))
     storage.check_free_space(out_dir, 3 * checkpoint_bytes - present, 'the checkpoints (ckpt.pt, best.pt)')
 
@@ -139,14 +148,12 @@ class StopOnSignal:
     that could surface as a traceback from wherever it lands (the atomic writes keep the files on disk whole; the
     next run in out_dir removes a temporary file this one leaves, and the operating system its lock)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self):
         self.signum, self.previous, self.pid = None, {}, os.getpid()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # the only thread Python lets handle signals
-            self.previous = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
+            self.previous = {signum: signal.signal(signum, self._request) for signum in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc_info):
@@ -209,3 +216,121 @@ def resume_command(cfg, argv=None, launcher='python'):
         argv = [f'--{k}={v}' for k, v in dataclasses.asdict(cfg).items() if v != defaults[k]]
     kept = [arg for arg in argv if not arg.startswith('--init_from=')]
     return f"{launcher} {shlex.join(['train.py', *kept, '--init_from=resume'])}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# prepare.py: its forked workers, and Ctrl-C or SIGTERM in the middle of it
+
+PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
+
+_fork_guard = {'is_on': False, 'parent': None}  # parent: the pid of the process whose children check it
+
+
+def _in_forked_child():
+    if not _fork_guard['is_on']:
+        return
+    # PR_SET_PDEATHSIG: the kernel sends SIGKILL when the thread that forked this process ends, even by SIGKILL
+    # (fine: datasets starts its pools from the main thread); if the parent died before that, go now.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != _fork_guard['parent']:
+        os._exit(1)
+    _fork_guard['parent'] = os.getpid()  # for the children of this one
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal sends Ctrl-C to every process: the parent stops them
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate's signal, not the parent's handler
+
+
+@contextlib.contextmanager
+def children_die_with_parent():
+    """While active, every process forked from this one (datasets' map workers and the manager process behind
+    them, and their own children) dies with its parent, however it ends, and ignores Ctrl-C. Linux only: elsewhere
+    a killed prepare.py may leave its workers running."""
+    if not sys.platform.startswith('linux'):
+        yield
+        return
+    if _fork_guard['parent'] is None:  # fork hooks cannot be removed: registered once, switched by is_on
+        os.register_at_fork(after_in_child=_in_forked_child)
+    _fork_guard.update(is_on=True, parent=os.getpid())
+    try:
+        yield
+    finally:
+        _fork_guard['is_on'] = False
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold SIGINT and SIGTERM back until the block is done (a clean-up that must not stop halfway)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def stop_on_signals(data_dir):
+    """While active, Ctrl-C (SIGINT) or SIGTERM stops the run as an error does: every temporary is removed on
+    the way out (the workers ignore Ctrl-C and are terminated by their pool); then one line, and exit 128 +
+    the signal's number. Whatever exception the signal turns into on its way (datasets' pool raises its own
+    from a KeyboardInterrupt), the signal decides the exit."""
+    received, stopped, owner = [], threading.Event(), os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != owner:  # a child forked a moment ago, before it set its own handlers
+            if signum == signal.SIGTERM:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+            return
+        if stopped.is_set():
+            return
+        if not received:
+            received.append(signum)
+            threading.Thread(target=send_again, args=(signum,), daemon=True).start()
+        raise KeyboardInterrupt
+
+    def send_again(signum):
+        # Python prints and drops an exception raised inside a fork hook (logging's, filelock's), and so a signal
+        # handled while one runs: it comes again until the run has stopped (and that print is left out).
+        while not stopped.wait(0.5):
+            os.kill(owner, signum)
+
+    def unraisable(info):
+        if not (received and info.exc_type is KeyboardInterrupt):
+            previous_unraisable(info)
+
+    if threading.current_thread() is not threading.main_thread():  # only there can Python handle signals
+        yield
+        return
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    previous_unraisable, sys.unraisablehook = sys.unraisablehook, unraisable
+    try:
+        yield
+        if received:  # the exception was lost, and the run finished before the signal came again
+            raise KeyboardInterrupt
+    except BaseException:
+        if not received:
+            raise
+        stopped.set()
+        import multiprocess  # datasets' pools: a signal can land while one starts a process it then never stops,
+        for child in multiprocess.active_children():  # which the exit would wait for
+            child.kill()
+        state = (f"{data_dir} holds a complete dataset" if os.path.exists(os.path.join(data_dir, storage.META))
+                 else f"{data_dir} is not prepared: run prepare.py again")
+        print(f"{signal.Signals(received[0]).name}: prepare stopped, its temporary files removed; {state}",
+              file=sys.stderr)
+        raise SystemExit(128 + received[0])
+    finally:
+        stopped.set()
+        sys.unraisablehook = previous_unraisable
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def exit_at_once_on_ctrl_c():
+    """From now on a Ctrl-C ends the process at once, exit 128 + SIGINT: for the end of a command, where Python
+    shuts down (joins worker processes, runs atexit) and a KeyboardInterrupt would surface as a traceback from
+    the middle of that."""
+    signal.signal(signal.SIGINT, _exit_at_once)
+
+
+def _exit_at_once(signum, frame):
+    os._exit(128 + signum)

@@ -17,10 +17,11 @@ from configurator import UNKNOWN, UserError, option, parse
 from model import MLPS, MODELS, NORMS, ModelArgs, build_model
 from slm import batching, checkpoint, distributed, runtime, storage
 from slm.checkpoint import seed_everything
+from slm.evaluation import EVAL_SEED, bits_per_unit, estimate_loss, text_unit
 from slm.distributed import micro_steps_per_process
-from slm.loss import BatchLoss, mean_loss, micro_batch_rows
+from slm.loss import BatchLoss, micro_batch_rows
 from slm.optim import OPTIMIZERS, learning_rate, make_optimizer, resolve_optimizer, set_learning_rate, train_step
-from slm.reliability import (CHECKPOINTS, MAX_SKIPPED_IN_A_ROW, OutDirLock, StepLosses, StopOnSignal, load_resumable,
+from slm.reliability import (MAX_SKIPPED_IN_A_ROW, OutDirLock, StepLosses, StopOnSignal, load_resumable,
                              prepare_out_dir, refuse_to_replace, resume_command, weights_finite, write_error)
 from slm.trainlog import MetricsLog
 
@@ -28,7 +29,6 @@ from slm.trainlog import MetricsLog
 INIT_FROM = ('scratch', 'resume')  # or a directory: see TrainConfig.init_from
 # what --init_from=DIR sets, whatever the config says (dropout and block_size stay the config's)
 PRETRAINED_SHAPE = ('model_type', 'n_layer', 'n_head', 'n_embd', 'bias', 'rope', 'norm', 'qk_norm', 'mlp', 'tie_head')
-EVAL_SEED = 0  # the same val windows for every run, whatever its training seed, so runs compare
 # The GPT's recipe: model.ModelArgs' options and the optimizer. A recipe file (config/recipe_*.py) sets each:
 # GPT-2's (model.ModelArgs' defaults and AdamW), and every modern change at once (bench.py times them both).
 RECIPE = ('rope', 'norm', 'qk_norm', 'mlp', 'zero_init_proj', 'tie_head', 'optimizer')
@@ -107,18 +107,12 @@ class TrainConfig:
     verify_data: bool = True      # check the data files' sha256 against meta.json at start (about 1 s per GB)
 
 
-def eval_batches(cfg):
-    """How many batches an evaluation of eval_tokens runs: whole batches, at least one."""
-    return max(1, -(-cfg.eval_tokens // (cfg.batch_size * cfg.block_size)))
-
-
-def evaluate(model, documents, cfg, device, dtype, ignore_index, world=None, rows_per_chunk=None, name='eval'):
-    """Loss per real target over the same eval_tokens of a split every time, cut as training cuts them;
-    shared out among the processes of a run as training is, every process gets the single process's figure."""
+def evaluate(model, documents, cfg, device, dtype, world=None, rows_per_chunk=None, name='eval'):
+    """evaluation.estimate_loss of a split's documents, cut into windows as training cuts them (this process's
+    share of them in a run of several)."""
     world = world or distributed.World()
     batches = make_batches(cfg, documents, 'evaluation', EVAL_SEED, world=world)
-    n = min(eval_batches(cfg), getattr(batches, 'batches_per_epoch', eval_batches(cfg)))
-    return mean_loss(model, batches, n, device, dtype, ignore_index, world, rows_per_chunk, name)
+    return estimate_loss(model, batches, cfg, device, dtype, world, rows_per_chunk, name)
 
 
 def make_batches(cfg, documents, name, seed, device='cpu', world=None):
@@ -254,7 +248,7 @@ class Run:
         """Set up the run from scratch or, with --init_from=resume, from out_dir/ckpt.pt; say what it trains."""
         started = time.perf_counter()
         self.world = world
-        self.ckpt_path, self.best_path = (os.path.join(cfg.out_dir, name) for name in CHECKPOINTS)
+        self.ckpt_path, self.best_path = (os.path.join(cfg.out_dir, name) for name in checkpoint.CHECKPOINTS)
         if cfg.init_from != 'resume' and not cfg.overwrite:  # before anything in out_dir is touched
             world.on_main(refuse_to_replace, cfg.out_dir)
         self.resumed_path, resumed = load_resumable(cfg.out_dir, world.say) if cfg.init_from == 'resume' else \
@@ -310,7 +304,7 @@ class Run:
         # nats per target x targets per unit, where windowings that keep to documents learn no target across a
         # boundary (no <s> after </s>), so for them only the pairs inside the documents count
         val_counts = self.meta['splits']['val']
-        self.unit = next((u for u in ('char', 'note') if val_counts.get(u + 's')), 'token')
+        self.unit = text_unit(val_counts)
         val_targets = self.val_docs.pairs.sum() if batches.keeps_to_documents else val_counts['tokens']
         self.tokens_per_unit = float(val_targets) / val_counts[self.unit + 's'] if self.unit != 'token' else 1.0
         self.tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
@@ -411,16 +405,17 @@ class Run:
         cfg, state, unit = self.cfg, self.state, self.unit
         self.stop_if_nonfinite(state.step_losses.values(), check_weights=True)  # evaluate, log nothing non-finite
         started = time.perf_counter()
-        val_loss = evaluate(self.model, self.val_docs, cfg, self.device, self.dtype, batching.IGNORE_INDEX,
-                            self.world, self.chunk_rows, 'eval val')
+        val_loss = evaluate(self.model, self.val_docs, cfg, self.device, self.dtype, self.world,
+                            self.chunk_rows, 'eval val')
         if not math.isfinite(val_loss):  # finite weights can still be garbage (1e30s), in either mode
             raise UserError(f"non-finite validation loss at iteration {state.iter_num}: training stopped,"
                             f" nothing saved; {self.last_good()}")
         bits = val_loss / math.log(2)
-        train_loss = evaluate(self.model, self.train_docs, cfg, self.device, self.dtype, batching.IGNORE_INDEX,
-                              self.world, self.chunk_rows, 'eval train')
+        train_loss = evaluate(self.model, self.train_docs, cfg, self.device, self.dtype, self.world,
+                              self.chunk_rows, 'eval train')
         record = {'iter': state.iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
-                  'val_bits_per_token': bits, f'val_bits_per_{unit}': bits * self.tokens_per_unit,
+                  'val_bits_per_token': bits,
+                  f'val_bits_per_{unit}': bits_per_unit(val_loss, self.tokens_per_unit, 1),
                   'eval_train_loss': train_loss, 'eval_s': time.perf_counter() - started,
                   'elapsed_s': state.elapsed()}
         self.log_record(record)

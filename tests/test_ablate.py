@@ -8,7 +8,7 @@ import pytest
 import ablate
 from configurator import UserError
 from conftest import TINY_GPT
-from slm import storage
+from slm import evaluation, storage
 
 
 BUDGET = 3000  # real target tokens per run: 12 iterations of 8 x 32 positions at 100% targets
@@ -45,7 +45,7 @@ def test_every_run_is_scored_on_the_same_held_out_targets(windowing_run, char_da
     assert written['chars'] == written['targets']  # character level: a target per character and line break
     assert written['results'] == results
     for r in results:  # the last point of the curve is the run's final checkpoint, scored again here
-        documents, chars = ablate.held_out(ablate.AblateConfig(eval_documents=20), char_data)
+        documents, chars = evaluation.held_out(char_data, 20)
         assert chars == written['chars']
         cfg = ablate.AblateConfig(data_dir=char_data, batch_size=8, device='cpu')
         loss, bits, _ = ablate.score(str(directory / r['name']), documents, chars, cfg)

@@ -15,7 +15,7 @@ from configurator import UserError
 from conftest import ROOT, metrics, run_script
 import export
 import model as model_module
-from slm import batching, checkpoint, generation, hf, storage
+from slm import checkpoint, generation, hf, storage
 from slm import tokenizer as tok
 from slm import training
 import train
@@ -243,7 +243,7 @@ def test_init_from_a_gpt2_directory_starts_at_transformers_loss(tmp_path, gpt2_d
     meta = storage.load_meta(bpe_data)
     with torch.no_grad():
         expected = training.evaluate(HFAsOurs(hf_model), training.open_documents(bpe_data, 'val', meta), cfg, 'cpu',
-                                  torch.float32, batching.IGNORE_INDEX)
+                                  torch.float32)
     assert first['iter'] == 0 and first['val_loss'] == pytest.approx(expected, abs=1e-5)
     assert abs(expected - 10.825) > 0.1  # not the uniform loss ln(50257) a model that predicts nothing has
     saved = checkpoint.load(str(tmp_path / 'out' / 'ckpt.pt'))

@@ -5,7 +5,7 @@ import torch
 from configurator import UserError
 from conftest import TINY_GPT, TINY_LSTM, metrics, without_timing
 from model import ModelArgs, build_model
-from slm import batching, runtime, training
+from slm import batching, evaluation, runtime, training
 from slm.loss import BatchLoss, lm_loss, row_chunks
 import train
 
@@ -107,8 +107,8 @@ def test_a_run_in_micro_batches_is_the_run_of_whole_batches(char_data, tmp_path,
 
 def test_evaluation_is_sized_in_tokens_and_timed(char_data, tmp_path):
     cfg = training.TrainConfig(batch_size=8, block_size=32, eval_tokens=1000)
-    assert training.eval_batches(cfg) == 4    # 256 tokens a batch: whole batches covering 1,000 tokens
-    assert training.eval_batches(training.TrainConfig(batch_size=500, block_size=64, eval_tokens=1000)) == 1
+    assert evaluation.eval_batches(cfg) == 4    # 256 tokens a batch: whole batches covering 1,000 tokens
+    assert evaluation.eval_batches(training.TrainConfig(batch_size=500, block_size=64, eval_tokens=1000)) == 1
     train.main([f'--data_dir={char_data}', f'--out_dir={tmp_path}', *TINY_GPT, '--max_iters=2',
                 '--eval_interval=2'])
     evaluations = [r for r in metrics(tmp_path) if 'val_loss' in r]
