@@ -10,7 +10,7 @@ import configurator
 from configurator import option
 from conftest import ROOT, run_script
 from slm import generation, training
-from tools import docs_tables
+from tools import docs_tables, import_graph
 import train
 
 
@@ -90,3 +90,36 @@ def test_regenerating_rewrites_a_stale_block_and_nothing_else(tmp_path, monkeypa
 def test_the_command_runs_as_the_docs_show(args, code):
     result = run_script(os.path.join('tools', 'docs_tables.py'), *args)
     assert result.returncode == code, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the import graph in docs/architecture.md (tools/import_graph.py)
+
+def test_the_import_graph_is_what_the_code_imports_now():
+    result = run_script(os.path.join('tools', 'import_graph.py'), '--check')
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_import_graph_reads_every_form_of_import(tmp_path):
+    (tmp_path / 'slm' / 'bench').mkdir(parents=True)
+    (tmp_path / 'docs').mkdir()
+    files = {'train.py': 'import configurator\nfrom slm import a, b\n',
+             'bench.py': 'from slm.bench import train as bench_train\nfrom slm.a import thing\n',
+             'configurator.py': 'def run():\n    from slm import b\n',
+             'model.py': '', 'slm/__init__.py': '', 'slm/a.py': 'import slm.b\nfrom . import b\n', 'slm/b.py': '',
+             'slm/bench/__init__.py': '', 'slm/bench/train.py': 'from ..a import thing\nimport numpy\n'}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding='utf-8')
+    edges, _ = import_graph.graph(str(tmp_path))
+    assert {m: t for m, t in edges.items() if t} == {
+        'bench': {'slm.bench.train': True, 'slm.a': True}, 'configurator': {'slm.b': False},
+        'slm.a': {'slm.b': True}, 'slm.bench.train': {'slm.a': True},
+        'train': {'configurator': True, 'slm.a': True, 'slm.b': True}}
+    page = tmp_path / 'docs' / 'architecture.md'
+    page.write_text('# A\n\n<!-- import-graph -->\nstale\n<!-- /import-graph -->\n', encoding='utf-8')
+    assert import_graph.main(['--check'], root=str(tmp_path)) == 1
+    assert import_graph.main([], root=str(tmp_path)) == 0 and import_graph.main(['--check'], root=str(tmp_path)) == 0
+    text = page.read_text(encoding='utf-8')
+    assert 'train --> slm_a' in text and 'configurator -.-> slm_b' in text and 'slm_a --> slm_b' in text
+    assert 'train --> configurator' not in text  # named in the table under the picture instead
+    assert '| `configurator.py` | `train.py` |' in text
