@@ -47,8 +47,8 @@ import torch
 
 import configurator
 from configurator import UserError, listed, option, parse, run
-from slm import batching, checkpoint, corpus, evaluation, runtime, storage
-from slm import training, trainlog
+from model import recipe_changes
+from slm import batching, checkpoint, corpus, evaluation, runtime, storage, training, trainlog
 
 
 DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'
@@ -57,11 +57,9 @@ DATA_SIZE_PREPARE = {'data/tinystories_20k': ' --max_docs=20000', 'data/tinystor
 TOKENIZERS = 'char,word,bpe512,bpe1k,bpe4k,bpe8k,bpe'
 TOKENIZER_PART = re.compile(r'(char|word|bpe|midi|bpe\d+k?)')  # what a data directory's name says of its tokenizer
 WHATS = ('windowing', 'data_size', 'dtype', 'tokenizer', 'recipe', 'sweep')
-# The recipe ablation's changes from the GPT-2 recipe (config/recipe_gpt2.py), each the one option it sets. Two
-# that set one option (relu2, swiglu) replace each other.
-RECIPE_CHANGES = {'rope': ('rope', True), 'rmsnorm': ('norm', 'rmsnorm'), 'qk_norm': ('qk_norm', True),
-                  'relu2': ('mlp', 'relu2'), 'swiglu': ('mlp', 'swiglu'), 'zero_init_proj': ('zero_init_proj', True),
-                  'untied_head': ('tie_head', False), 'muon': ('optimizer', 'muon')}
+# The recipe ablation's changes from the GPT-2 recipe (training.GPT2), each the one option it sets (model.py's
+# recipe options declare theirs), and Muon. Two that set one option (relu2, swiglu) replace each other.
+RECIPE_CHANGES = {**recipe_changes(), 'muon': ('optimizer', 'muon')}
 
 
 @dataclasses.dataclass
@@ -163,7 +161,7 @@ def recipe_variants(cfg):
         rivals = [c for c in base if RECIPE_CHANGES[c][0] == RECIPE_CHANGES[change][0]]
         if len(rivals) > 1:
             raise UserError(f"--recipe_base: {' and '.join(rivals)} both set {RECIPE_CHANGES[change][0]}: keep one")
-    gpt2 = training.recipe(training.GPT2_RECIPE)
+    gpt2 = training.GPT2
 
     def variant(name, directory, changes):
         return Variant(name, {**gpt2, **dict(RECIPE_CHANGES[c] for c in changes)}, directory=directory)

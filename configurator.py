@@ -148,15 +148,22 @@ def listed(text):
 
 
 def option(default, *, low=None, high=None, low_open=False, high_open=False, choices=None, some_of=None,
-           extensions=(), error=''):
+           extensions=(), error='', metadata=None):
     """A dataclass field with its valid values: a range [low, high] (each bound optional, open on request),
     choices, a comma-separated list of some_of, or a file name with one of extensions; parse checks them.
     error, when given, replaces the generic message (placeholders: see Valid.error). A list or dict default
-    is copied for each instance."""
-    valid = Valid(low, high, low_open, high_open, choices, some_of, tuple(extensions), error)
+    is copied for each instance. metadata: more of the field's metadata (model.recipe_option's)."""
+    metadata = {'valid': Valid(low, high, low_open, high_open, choices, some_of, tuple(extensions), error),
+                **(metadata or {})}
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={'valid': valid})
-    return dataclasses.field(default=default, metadata={'valid': valid})
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def config_file_values(config_class, path):
+    """{key: value} of the keys a config file sets, read and checked as parse reads them."""
+    cfg = parse(config_class, [path])
+    return {key: getattr(cfg, key) for key in _read_config_file(path)}
 
 
 def parse(config_class, argv=None):

@@ -1,5 +1,5 @@
 """The models: a GPT and an LSTM language model. Each maps token ids to next-token logits and nothing more:
-the loss and optimizer live in train.py, generation in sample.py. For generation the GPT can read and extend a
+the loss and optimizer live in slm/loss.py and slm/optim.py, generation in slm/generation.py. For generation the GPT can read and extend a
 KVCache that the caller owns, so that each new token costs one position instead of the whole context.
 
 Shapes: B batch, T time (tokens), C n_embd, H n_hidden, V vocab_size, L n_layer.
@@ -11,31 +11,77 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclasses.dataclass
-class ModelArgs:
-    model_type: str = 'gpt'   # gpt | lstm
-    vocab_size: int = 0       # number of token ids (from the tokenizer)
-    pad_id: int | None = None  # the tokenizer's padding id, whose embedding stays zero (None: no padding)
-    block_size: int = 128     # GPT: longest context (of its learned or rotary positions); LSTM: unused
-    n_layer: int = 4
-    n_embd: int = 128         # width of the token embedding (and of the GPT's residual stream)
-    n_head: int = 4           # GPT attention heads
-    n_hidden: int = 0         # LSTM hidden size (0 = n_embd, which lets the head share the embedding)
-    dropout: float = 0.0
-    bias: bool = False        # GPT: biases in Linear and LayerNorm layers
-    # The GPT's recipe. Each default is GPT-2's, which is also what a checkpoint saved before these options means:
-    # keep them so (a new recipe is chosen in train.py's config, not here).
-    rope: bool = False        # rotary position embeddings on queries and keys instead of the learned wpe table
-    norm: str = 'layernorm'   # layernorm | rmsnorm
-    qk_norm: bool = False     # RMSNorm of each head's queries and keys before attention
-    mlp: str = 'gelu'         # gelu | gelu_tanh | relu2 | swiglu
-    zero_init_proj: bool = False  # the matrices that write to the residual stream (and an untied head) start at 0
-    tie_head: bool = True     # the output head is the token embedding (False: a matrix of its own)
+from configurator import option
 
 
+MODEL_TYPES = ('gpt', 'lstm')
 NORMS = ('layernorm', 'rmsnorm')
 MLPS = ('gelu', 'gelu_tanh', 'relu2', 'swiglu')
+MLP_CHANGES = {'relu2': 'relu2', 'swiglu': 'swiglu'}  # the recipe's (gelu_tanh: GPT-2's own GELU, no change)
+
+
+def recipe_option(default, gpt2, changes=None, **valid):
+    """A GPT recipe option: a field with its default and valid values (configurator.option), and GPT-2's value,
+    gpt2: config/recipe_gpt2.py's, and what a checkpoint saved before the option existed was trained with
+    (checkpoint.load fills it in). changes, {name: value}: what ablate.py --what=recipe tries instead of gpt2
+    (default: the other boolean, or every other choice, each named by its value)."""
+    if changes is None:  # a boolean's one change is named after the option (None here), a choice's by its value
+        changes = {c: c for c in valid['choices'] if c != gpt2} if 'choices' in valid else {None: not gpt2}
+    return option(default, metadata={'gpt2': gpt2, 'changes': changes}, **valid)
+
+
+@dataclasses.dataclass
+class ModelOptions:
+    """A model's options that a user chooses: train.py's model keys (its TrainConfig extends this class, so each
+    is declared here once, with its default, valid values and comment)."""
+    model_type: str = option('gpt', choices=MODEL_TYPES)  # the network: a decoder-only transformer or an LSTM
+    n_layer: int = option(4, low=1)  # transformer blocks (GPT) or stacked LSTM layers
+    n_head: int = option(4, low=1)   # GPT only: attention heads, n_embd divided among them
+    n_embd: int = option(128, low=1)  # width: the token embedding and the residual stream (GPT)
+    n_hidden: int = option(0, low=0)  # LSTM only: hidden size (0 = n_embd, which lets the head share the embedding)
+    dropout: float = option(0.0, low=0, high=1, high_open=True)  # share of activations zeroed in training
+    bias: bool = False            # biases in the linear layers and layer norms
+    # the GPT's recipe: the defaults are the best combination ablate.py found (docs/models.md, The GPT's recipe);
+    # config/recipe_gpt2.py sets GPT-2's, config/recipe_modern.py every change at once
+    rope: bool = recipe_option(True, gpt2=False)  # GPT: rotary position embeddings on queries and keys (no
+    #                               learned position table)
+    norm: str = recipe_option('layernorm', gpt2='layernorm', choices=NORMS)  # GPT: the normalization layers
+    #                               (rmsnorm: no mean, no bias)
+    qk_norm: bool = recipe_option(False, gpt2=False)  # GPT: RMSNorm of each head's queries and keys before
+    #                               attention
+    mlp: str = recipe_option('gelu', gpt2='gelu', choices=MLPS, changes=MLP_CHANGES)  # GPT: the MLP's activation
+    #                               (gelu_tanh: its tanh approximation, as GPT-2's weights; relu2: ReLU squared;
+    #                               swiglu: gated, 3 matrices of 8/3 n_embd)
+    zero_init_proj: bool = recipe_option(False, gpt2=False)  # GPT: the output projections of attention and MLP
+    #                               (and an untied head) start at 0
+    tie_head: bool = recipe_option(True, gpt2=True, changes={'untied_head': False})  # GPT: the output head
+    #                               shares the token embedding's matrix (False: its own)
+    block_size: int = option(128, low=1)  # tokens per window (GPT context; LSTM steps of backprop through time)
+
+
+@dataclasses.dataclass
+class ModelArgs(ModelOptions):
+    """Everything a model is built from: its options, and what the data gives."""
+    vocab_size: int = 0       # number of token ids (from the tokenizer)
+    pad_id: int | None = None  # the tokenizer's padding id, whose embedding stays zero (None: no padding)
+
+
+def recipe_fields():
+    """The GPT recipe options, in declaration order: {name: dataclasses.Field}."""
+    return {f.name: f for f in dataclasses.fields(ModelOptions) if 'gpt2' in f.metadata}
+
+
+def gpt2_recipe():
+    """{option: GPT-2's value} of every recipe option."""
+    return {name: f.metadata['gpt2'] for name, f in recipe_fields().items()}
+
+
+def recipe_changes():
+    """{change: (option, value)}: every change from GPT-2's recipe that ablate.py can try, in declaration order."""
+    return {change or name: (name, value) for name, f in recipe_fields().items()
+            for change, value in f.metadata['changes'].items()}
+
+
 ROPE_BASE = 10000.0  # the rotary wavelengths run from 2 pi to about 2 pi x ROPE_BASE positions (RoFormer's value)
 
 
@@ -334,7 +380,7 @@ class LSTM(nn.Module):
         return self.head(self.drop(torch.cat(outs, dim=1))), hidden
 
 
-MODELS = {'gpt': GPT, 'lstm': LSTM}
+MODELS = dict(zip(MODEL_TYPES, (GPT, LSTM)))
 
 
 def build_model(args):

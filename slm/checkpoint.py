@@ -86,11 +86,16 @@ def load(path, map_location='cpu'):
         raise UserError(f"{path} holds an unknown model type {model_type!r}")
     if checkpoint['tokenizer'].get('kind') not in tok.TOKENIZERS:
         raise UserError(f"{path} holds an unknown tokenizer kind {checkpoint['tokenizer'].get('kind')!r}")
-    # a checkpoint saved before a model option existed was made without it: the option's default (ModelArgs'
-    # defaults are the GPT-2 recipe's, so an older GPT loads, samples and resumes as the model it was)
-    checkpoint['model_args'] = {**dataclasses.asdict(model_module.ModelArgs()), **checkpoint['model_args']}
+    checkpoint['model_args'] = upgraded_args(checkpoint['model_args'])
     check_weights_fit(path, checkpoint)
     return checkpoint
+
+
+def upgraded_args(model_args):
+    """A checkpoint's model_args with every option it predates filled in: a recipe option with GPT-2's value (what
+    the GPT was trained with before the option existed), any other with its default. An older checkpoint so
+    loads, samples and resumes as the model it was."""
+    return {**dataclasses.asdict(model_module.ModelArgs()), **model_module.gpt2_recipe(), **model_args}
 
 
 def check_weights_fit(path, checkpoint):

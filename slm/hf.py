@@ -27,6 +27,8 @@ from slm import tokenizer as tok
 
 RMS_NORM_EPS = torch.finfo(torch.float32).eps  # nn.RMSNorm(eps=None) in float32, as the exported model runs
 LAYER_NORM_EPS = 1e-5                           # nn.LayerNorm's default, which ours use
+# the recipe options the architectures below express (zero_init_proj: an initialization, nothing to express)
+EXPRESSED = ('rope', 'norm', 'qk_norm', 'mlp', 'zero_init_proj', 'tie_head')
 ACTIVATIONS = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh', 'relu2': 'relu2'}  # plain MLPs: transformers' names
 SUPPORTED = ("LayerNorm with a plain MLP (gelu, gelu_tanh or relu2) and --qk_norm=False, with learned positions"
              " (GPT-2) or rotary ones (GPT-NeoX); and rotary + RMSNorm + SwiGLU (Llama; with --qk_norm and no"
@@ -39,6 +41,11 @@ def architecture(args):
     if args.model_type != 'gpt':
         raise UserError(f"the {args.model_type} model: no standard transformers architecture expresses it;"
                         f" export supports the GPT: {SUPPORTED}")
+    unknown = [f'--{k}={getattr(args, k)}' for k, gpt2 in model_module.gpt2_recipe().items()
+               if k not in EXPRESSED and getattr(args, k) != gpt2]
+    if unknown:
+        raise UserError(f"this GPT ({', '.join(unknown)}): no standard transformers architecture that export knows"
+                        f" expresses it; export supports {SUPPORTED}")
     if args.norm == 'layernorm' and args.mlp in ACTIVATIONS and not args.qk_norm:
         return 'gpt_neox' if args.rope else 'gpt2'
     if args.rope and args.norm == 'rmsnorm' and args.mlp == 'swiglu' and not (args.qk_norm and args.bias):
@@ -210,9 +217,9 @@ def read_pretrained(directory):
                         f" computes: it needs gelu/gelu_new/relu2, n_inner 4 x n_embd and eps {LAYER_NORM_EPS}")
     hf_weights = read_weights(directory)
     tied = config.tie_word_embeddings or 'lm_head.weight' not in hf_weights
-    args = model_module.ModelArgs(vocab_size=config.vocab_size, block_size=config.n_positions, n_layer=config.n_layer,
-                                  n_embd=config.n_embd, n_head=config.n_head, bias=True, mlp=activation,
-                                  tie_head=tied)
+    shape = dict(vocab_size=config.vocab_size, block_size=config.n_positions, n_layer=config.n_layer,
+                 n_embd=config.n_embd, n_head=config.n_head, bias=True)
+    args = model_module.ModelArgs(**{**model_module.gpt2_recipe(), 'mlp': activation, 'tie_head': tied}, **shape)
     names = _layer_names('gpt2')
     missing = [name for name in ('transformer.wte.weight', *(f'transformer.h.{i}.{n}' for i in range(config.n_layer)
                                                             for n in names.values())) if name not in hf_weights]

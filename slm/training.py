@@ -13,8 +13,8 @@ import torch
 from tqdm import tqdm
 
 import configurator
-from configurator import UNKNOWN, UserError, option, parse
-from model import MLPS, MODELS, NORMS, ModelArgs, build_model
+from configurator import UNKNOWN, UserError, option
+from model import ModelArgs, ModelOptions, build_model, gpt2_recipe, recipe_fields
 from slm import batching, checkpoint, distributed, runtime, storage
 from slm.checkpoint import seed_everything
 from slm.evaluation import EVAL_SEED, bits_per_unit, estimate_loss, text_unit
@@ -27,18 +27,20 @@ from slm.trainlog import MetricsLog
 
 
 INIT_FROM = ('scratch', 'resume')  # or a directory: see TrainConfig.init_from
-# what --init_from=DIR sets, whatever the config says (dropout and block_size stay the config's)
-PRETRAINED_SHAPE = ('model_type', 'n_layer', 'n_head', 'n_embd', 'bias', 'rope', 'norm', 'qk_norm', 'mlp', 'tie_head')
-# The GPT's recipe: model.ModelArgs' options and the optimizer. A recipe file (config/recipe_*.py) sets each:
-# GPT-2's (model.ModelArgs' defaults and AdamW), and every modern change at once (bench.py times them both).
-RECIPE = ('rope', 'norm', 'qk_norm', 'mlp', 'zero_init_proj', 'tie_head', 'optimizer')
+# what --init_from=DIR sets, whatever the config says: every model option but those a fine-tune chooses (dropout,
+# and block_size: a window of at most the directory's positions)
+PRETRAINED_SHAPE = tuple(f.name for f in dataclasses.fields(ModelOptions) if f.name not in ('dropout', 'block_size'))
+# The GPT's recipe: model.py's recipe options and the optimizer. A recipe file (config/recipe_*.py) sets each: GPT-2's
+# (model.gpt2_recipe and AdamW), and every modern change at once (bench.py times them both).
+RECIPE = (*recipe_fields(), 'optimizer')
+GPT2 = {**gpt2_recipe(), 'optimizer': 'adamw'}  # the recipe of GPT-2 (2019), as config/recipe_gpt2.py sets it
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: its config/ files
 GPT2_RECIPE = os.path.join(ROOT, 'config', 'recipe_gpt2.py')
 MODERN_RECIPE = os.path.join(ROOT, 'config', 'recipe_modern.py')
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class RunFiles:
     # input and output
     data_dir: str = 'data/akjv'   # a directory written by prepare.py
     out_dir: str = 'out'          # checkpoints, metrics.jsonl and loss.png go here
@@ -46,24 +48,13 @@ class TrainConfig:
     #                               ckpt.pt) or a Hugging Face model directory of GPT-2's architecture to start
     #                               from (its shape is used; the data's tokenizer must be its vocabulary's)
     overwrite: bool = False       # scratch into an out_dir that holds a checkpoint: replace it (at the first save)
-    # model (see model.ModelArgs; ignored on resume, where the checkpoint's shape is used)
-    model_type: str = option('gpt', choices=MODELS)  # the network: a decoder-only transformer or an LSTM
-    n_layer: int = option(4, low=1)  # transformer blocks (GPT) or stacked LSTM layers
-    n_head: int = option(4, low=1)   # GPT only: attention heads, n_embd divided among them
-    n_embd: int = option(128, low=1)  # width: the token embedding and the residual stream (GPT)
-    n_hidden: int = option(0, low=0)  # LSTM only: hidden size (0 = n_embd)
-    dropout: float = option(0.0, low=0, high=1, high_open=True)  # share of activations zeroed in training
-    bias: bool = False            # biases in the linear layers and layer norms
-    # the GPT's recipe (model.ModelArgs): the defaults are the best combination ablate.py found (docs/models.md,
-    # The GPT's recipe); config/recipe_gpt2.py sets GPT-2's, config/recipe_modern.py every change at once
-    rope: bool = True             # GPT: rotary position embeddings on queries and keys (no learned position table)
-    norm: str = option('layernorm', choices=NORMS)  # GPT: the normalization layers (rmsnorm: no mean, no bias)
-    qk_norm: bool = False         # GPT: RMSNorm of each head's queries and keys before attention
-    mlp: str = option('gelu', choices=MLPS)  # GPT: the MLP's activation (gelu_tanh: its tanh approximation, as
-    #                               GPT-2's weights; relu2: ReLU squared; swiglu: gated, 3 matrices of 8/3 n_embd)
-    zero_init_proj: bool = False  # GPT: the output projections of attention and MLP (and an untied head) start at 0
-    tie_head: bool = True         # GPT: the output head shares the token embedding's matrix (False: its own)
-    block_size: int = option(128, low=1)  # tokens per window (GPT context; LSTM steps of backprop through time)
+    # the model: model.ModelOptions, whose fields follow these (on resume the checkpoint's shape is used, whatever
+    # the config says; --init_from=DIR takes the directory's)
+
+
+@dataclasses.dataclass
+class TrainConfig(ModelOptions, RunFiles):
+    """train.py's options: RunFiles', then model.ModelOptions' (each model option is declared there), then these."""
     windowing: str = option('auto', choices=('auto', batching.WINDOWINGS), error=UNKNOWN)  # how batches are cut
     #                               (batching.py); auto: random (GPT), streams (LSTM)
     num_workers: int = option(0, low=0)  # sliding/strided: DataLoader worker processes (0 = in this process)
@@ -140,10 +131,10 @@ def resolved_windowing(config):
 
 
 def recipe(path):
-    """{option: value} of each RECIPE option as a recipe file (config/recipe_*.py) sets it: the recipe as
-    overrides of any config."""
-    cfg = parse(TrainConfig, [path])
-    return {key: getattr(cfg, key) for key in RECIPE}
+    """{option: value} of each RECIPE option as a recipe file (config/recipe_*.py) sets it, over GPT-2's (an option
+    the file does not name is GPT-2's): the recipe as overrides of any config."""
+    values = configurator.config_file_values(TrainConfig, path)
+    return {key: values.get(key, GPT2[key]) for key in RECIPE}
 
 
 def check_config(cfg):

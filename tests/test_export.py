@@ -5,6 +5,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ EXPECTED = {'gpt2': 'GPT2LMHeadModel', 'default': 'GPTNeoXForCausalLM', 'gpt2_bi
 def random_checkpoint(path, meta=CHAR_META, **recipe):
     """A checkpoint file of a tiny GPT whose every weight (gains and biases too) is random, not its init."""
     args = model_module.ModelArgs(vocab_size=tok.from_meta(meta).vocab_size, block_size=64, n_layer=2, n_embd=32,
-                                  n_head=4, **recipe)
+                                  n_head=4, **{**model_module.gpt2_recipe(), **recipe})
     torch.manual_seed(0)
     gpt = model_module.build_model(args)
     with torch.no_grad():
@@ -271,3 +272,14 @@ def test_init_from_refuses_another_vocabulary_another_architecture_and_no_direct
         f'--data_dir={char_data}', f'--init_from={tmp_path / "nothing"}', *FINETUNE)
     assert 'longer than the 32 positions' in train_refused(
         f'--data_dir={char_data}', f'--init_from={gpt2_directory}', *FINETUNE, '--block_size=64')
+
+
+def test_a_recipe_option_export_does_not_map_is_refused_when_it_is_not_gpt2s(monkeypatch):
+    """A new recipe option (declared in model.py alone) exports while it has GPT-2's value, and is refused in one
+    line naming it when it has another: hf never maps what it does not know."""
+    real = model_module.gpt2_recipe()
+    monkeypatch.setattr(model_module, 'gpt2_recipe', lambda: {**real, 'smear': False})
+    args = dataclasses.asdict(model_module.ModelArgs(**real))
+    assert hf.architecture(types.SimpleNamespace(**args, smear=False)) == 'gpt2'
+    with pytest.raises(UserError, match=r'^this GPT \(--smear=True\): no standard transformers architecture'):
+        hf.architecture(types.SimpleNamespace(**args, smear=True))

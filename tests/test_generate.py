@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from configurator import UserError
-from model import GPT, LSTM, ModelArgs
+from model import GPT, LSTM, ModelArgs, gpt2_recipe
 import sample
 from slm import checkpoint, generation
 from slm import tokenizer as tok
@@ -18,7 +18,8 @@ def confident_gpt(block_size=16, vocab_size=64):
     logits are far apart, so that a token-for-token comparison means something (a briefly trained tiny model
     greedily repeats its most frequent character)."""
     torch.manual_seed(0)
-    model = GPT(ModelArgs(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=32)).eval()
+    model = GPT(ModelArgs(**gpt2_recipe(), vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2,
+                          n_embd=32)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(5.0)

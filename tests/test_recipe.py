@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from configurator import UserError, parse
 from conftest import ROOT, TINY_GPT, metrics, without_timing
-from model import GPT, KVCache, ModelArgs
+from model import GPT, KVCache, ModelArgs, gpt2_recipe
 import sample
 from slm import checkpoint, generation, optim, perf, training
 import train
@@ -27,7 +27,7 @@ MODERN = dict(rope=True, norm='rmsnorm', qk_norm=True, mlp='swiglu', zero_init_p
 
 def gpt(**overrides):
     torch.manual_seed(0)
-    return GPT(ModelArgs(**{**SMALL, **overrides})).eval()
+    return GPT(ModelArgs(**{**gpt2_recipe(), **SMALL, **overrides})).eval()  # GPT-2's unless told otherwise
 
 
 def scaled(model, factor=5.0):
@@ -81,7 +81,7 @@ def test_the_default_recipe_is_the_gpt2_model_as_it_was(bias):
 
 def test_a_checkpoint_saved_before_the_recipe_options_loads_as_the_model_it_was(tiny_checkpoint, tmp_path):
     trained = checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))  # its tokenizer; a GPT-2-recipe model
-    args = ModelArgs(**{**trained['model_args'], **{k: getattr(ModelArgs(), k) for k in MODERN}})
+    args = ModelArgs(**{**trained['model_args'], **{k: gpt2_recipe()[k] for k in MODERN}})
     torch.manual_seed(0)
     ckpt = {'model_args': dataclasses.asdict(args), 'model': GPT(args).state_dict(), 'tokenizer': trained['tokenizer']}
     old = dict(ckpt)
@@ -278,10 +278,10 @@ def test_the_recipe_file_sets_every_option():
     cfg = parse(training.TrainConfig, [os.path.join(ROOT, 'config', 'recipe_modern.py')])
     assert {k: getattr(cfg, k) for k in MODERN} == MODERN and cfg.optimizer == 'muon'
     gpt2 = parse(training.TrainConfig, [os.path.join(ROOT, 'config', 'recipe_gpt2.py')])
-    assert all(getattr(gpt2, k) == getattr(ModelArgs(), k) for k in MODERN) and gpt2.optimizer == 'adamw'
+    assert all(getattr(gpt2, k) == gpt2_recipe()[k] for k in MODERN) and gpt2.optimizer == 'adamw'
     # train.py's default: GPT-2's recipe with rotary positions and Muon (ablate.py's evidence, docs/models.md)
     default = training.TrainConfig()
-    assert {k: getattr(default, k) for k in training.RECIPE} == {**{k: getattr(ModelArgs(), k) for k in MODERN},
+    assert {k: getattr(default, k) for k in training.RECIPE} == {**{k: gpt2_recipe()[k] for k in MODERN},
                                                               'rope': True, 'optimizer': 'auto'}
 
 
