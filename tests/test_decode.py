@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from conftest import ROOT, has_compiler
-from model import GPT, KVCache, ModelArgs
+from model import GPT, KVCache, ModelArgs, gpt2_recipe, recipe_changes
 from slm import decode, generation
 
 
-BASE = ModelArgs(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
+BASE = ModelArgs(**gpt2_recipe(), vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 RECIPES = {
     'gpt2': BASE,
+    # each change of model.py's recipe options alone: a new option the step does not compute fails here
+    **{f'gpt2_{change}': dataclasses.replace(BASE, **{name: value}) for change, (name, value) in recipe_changes().items()},
     'default': dataclasses.replace(BASE, rope=True),
     'modern': dataclasses.replace(BASE, rope=True, norm='rmsnorm', qk_norm=True, mlp='relu2', zero_init_proj=False,
                                   tie_head=False),
