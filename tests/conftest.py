@@ -7,11 +7,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
+import torch
 
 import prepare
-from slm import corpus, storage
+from slm import corpus, generation, storage
 from slm import tokenizer as tok
 from slm import trainlog
 from tools import fetch_gpt2_vocab
@@ -72,6 +74,60 @@ def documents_of(data_dir, split):
         assert ids[-1] == t.eos_id and t.eos_id not in body and (not has_start or ids[0] == t.bos_id)
         docs.append(t.decode(body))
     return docs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the scripts in processes of their own (the kill, signal and lock tests)
+
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+
+
+def launch(log_dir, name, script, *args, **popen):
+    """Start python on script with unbuffered output to log_dir/name.out and .err; return the Popen."""
+    out, err = (open(os.path.join(log_dir, f'{name}.{kind}'), 'w') for kind in ('out', 'err'))
+    with out, err:
+        return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, stdout=out,
+                                stderr=err, env=ONE_THREAD, **popen)
+
+
+def output(log_dir, name, kind='out'):
+    with open(os.path.join(log_dir, f'{name}.{kind}')) as f:
+        return f.read()
+
+
+def wait_until(condition, process, timeout=300):
+    """Poll condition until it holds (True) or the process has exited without it (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            return condition()
+        time.sleep(0.005)
+    return True
+
+
+def temporaries(directory):
+    return sorted(name for name in os.listdir(directory) if '.tmp-' in name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generation, and the reference it is checked against
+
+def greedy(model, ids, n, **kw):
+    return torch.stack(list(generation.generate(model, ids, n, temperature=0, **kw)), dim=1)  # (B, n)
+
+
+def window_length(n, block_size, shift):
+    """W(n) of sample.py's docstring: how many of the last tokens the GPT sees after n tokens."""
+    return n if n <= block_size else block_size - shift + (n - block_size - 1) % (shift + 1)
+
+
+@torch.no_grad()
+def reference(model, ids, n, shift):
+    """A cache-less greedy loop written from W(n): the whole window through the model for every token."""
+    for _ in range(n):
+        window = ids[:, -window_length(ids.size(1), model.args.block_size, shift):]
+        ids = torch.cat([ids, model(window)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
 
 
 @pytest.fixture(scope='session')

@@ -13,7 +13,7 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from configurator import UserError
-from conftest import ROOT, TINY_GPT, TINY_LSTM, metrics, without_timing
+from conftest import ONE_THREAD, ROOT, TINY_GPT, TINY_LSTM, metrics, temporaries, wait_until, without_timing
 import sample
 from slm import batching, checkpoint, distributed, generation, optim, reliability, training
 import train
@@ -22,7 +22,7 @@ import train
 # AdamW where a run of 2 processes must be the single process's run to float32 rounding: Muon orthogonalizes in
 # bfloat16, which agrees across process counts to about 1e-4 only (its own test below)
 EXACT_GPT = [*TINY_GPT, '--optimizer=adamw']
-from test_reliability import ONE_THREAD, temporaries, wait_until
+
 
 from model import ModelArgs, build_model
 from slm.loss import BatchLoss

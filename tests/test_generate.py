@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from configurator import UserError
+from conftest import greedy, reference, window_length
 from model import GPT, LSTM, ModelArgs, gpt2_recipe
 import sample
 from slm import checkpoint, generation
@@ -29,24 +30,6 @@ def confident_gpt(block_size=16, vocab_size=64):
 def tiny_model(tiny_checkpoint):
     ckpt = checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))
     return checkpoint.restore_model(ckpt).eval(), tok.from_meta(ckpt['tokenizer'])
-
-
-def greedy(model, ids, n, **kw):
-    return torch.stack(list(generation.generate(model, ids, n, temperature=0, **kw)), dim=1)  # (B, n)
-
-
-def window_length(n, block_size, shift):
-    """W(n) of sample.py's docstring: how many of the last tokens the GPT sees after n tokens."""
-    return n if n <= block_size else block_size - shift + (n - block_size - 1) % (shift + 1)
-
-
-@torch.no_grad()
-def reference(model, ids, n, shift):
-    """A cache-less greedy loop written from W(n): the whole window through the model for every token."""
-    for _ in range(n):
-        window = ids[:, -window_length(ids.size(1), model.args.block_size, shift):]
-        ids = torch.cat([ids, model(window)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids
 
 
 @pytest.mark.parametrize('context_shift, shift', [(0.25, 4), (0.0, 0), (0.5, 8), (0.99, 15)])

@@ -8,10 +8,9 @@ import shutil
 import signal
 
 import pytest
-from test_reliability import launch, output, wait_until
 
 from configurator import UserError
-from conftest import ROOT, TINY_GPT, metrics, run_script
+from conftest import ROOT, TINY_GPT, launch, metrics, output, run_script, wait_until
 from slm import checkpoint, reliability, training, trainlog
 import train
 

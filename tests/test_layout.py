@@ -5,6 +5,7 @@ import os
 
 from conftest import ROOT
 
+
 COMMANDS = ('prepare', 'train', 'sample', 'bench', 'serve', 'ablate', 'export', 'evaluate')
 LIBRARIES = ('model', 'configurator')  # the two root modules the design card keeps beside the commands
 

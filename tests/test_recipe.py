@@ -9,12 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from test_generate import greedy, reference
 import torch
 import torch.nn as nn
 
 from configurator import UserError, parse
-from conftest import ROOT, TINY_GPT, metrics, without_timing
+from conftest import ROOT, TINY_GPT, greedy, metrics, reference, without_timing
 from model import GPT, KVCache, ModelArgs, gpt2_recipe
 import sample
 from slm import checkpoint, generation, optim, perf, training

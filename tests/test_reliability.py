@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from configurator import UserError
-from conftest import ROOT, TINY_GPT, metrics, without_timing
+from conftest import ROOT, TINY_GPT, launch, metrics, output, temporaries, wait_until, without_timing
 import prepare
 import sample
 from slm import checkpoint, loss, storage, training
@@ -29,7 +29,6 @@ import train
 
 # A tiny model gains nothing from a second intra-op thread, and on a busy machine the two threads' spin-waits
 # for each other make its steps up to 50 times slower: one thread here and in the processes started here.
-ONE_THREAD = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
 
 
 @pytest.fixture(autouse=True)
@@ -38,33 +37,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def launch(log_dir, name, script, *args, **popen):
-    """Start python on script with unbuffered output to log_dir/name.out and .err; return the Popen."""
-    out, err = (open(os.path.join(log_dir, f'{name}.{kind}'), 'w') for kind in ('out', 'err'))
-    with out, err:
-        return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, stdout=out,
-                                stderr=err, env=ONE_THREAD, **popen)
-
-
-def output(log_dir, name, kind='out'):
-    with open(os.path.join(log_dir, f'{name}.{kind}')) as f:
-        return f.read()
-
-
-def wait_until(condition, process, timeout=300):
-    """Poll condition until it holds (True) or the process has exited without it (False)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None or time.monotonic() > deadline:
-            return condition()
-        time.sleep(0.005)
-    return True
-
-
-def temporaries(directory):
-    return sorted(name for name in os.listdir(directory) if '.tmp-' in name)
 
 
 def assert_same_weights(path_a, path_b):
