@@ -38,7 +38,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import shutil
 import statistics
 import time
@@ -55,7 +54,6 @@ DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'
 UNKNOWN_WINDOWINGS = '--windowings: unknown {bad}; choose from {choices}'
 DATA_SIZE_PREPARE = {'data/tinystories_20k': ' --max_docs=20000', 'data/tinystories_200k': ' --max_docs=200000'}
 TOKENIZERS = 'char,word,bpe512,bpe1k,bpe4k,bpe8k,bpe'
-TOKENIZER_PART = re.compile(r'(char|word|bpe|midi|bpe\d+k?)')  # what a data directory's name says of its tokenizer
 WHATS = ('windowing', 'data_size', 'dtype', 'tokenizer', 'recipe', 'sweep')
 # The recipe ablation's changes from the GPT-2 recipe (training.GPT2), each the one option it sets (model.py's
 # recipe options declare theirs), and Muon. Two that set one option (relu2, swiglu) replace each other.
@@ -131,7 +129,7 @@ def what_varies(cfg):
         return [Variant(name, {'dtype': name}) for name in names]
     if cfg.what == 'tokenizer':
         names = listed(cfg.tokenizers)
-        bad = [t for t in names if not TOKENIZER_PART.fullmatch(t) or t == 'midi']
+        bad = [t for t in names if not corpus.tokenizer_named(t) or t in ('midi', 'learned_bpe')]
         if bad or not names:
             raise UserError(f"--tokenizers: {', '.join(bad) or 'none given'}: give char, word, bpe (GPT-2's) or"
                             f" bpeN / bpeNk (learned, N or N x 1,024 ids), comma-separated")
@@ -183,9 +181,7 @@ def recipe_variants(cfg):
 
 def tokenizer_dir(cfg, name):
     """The config's data directory with its tokenizer part replaced by name, prepared if it is missing."""
-    head, base = os.path.split(os.path.normpath(cfg.data_dir))
-    parts = [p for p in base.split('_') if not TOKENIZER_PART.fullmatch(p)]
-    data_dir = os.path.join(head, '_'.join([*parts, name]))
+    data_dir = corpus.with_tokenizer(cfg.data_dir, name)
     prepared(cfg, data_dir)
     return data_dir
 

@@ -160,6 +160,11 @@ def option(default, *, low=None, high=None, low_open=False, high_open=False, cho
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def given_keys(argv):
+    """The keys an argument list sets with --key=value (not those of its config files), in order."""
+    return list(dict.fromkeys(arg[2:].partition('=')[0] for arg in argv or () if arg.startswith('--') and '=' in arg))
+
+
 def config_file_values(config_class, path):
     """{key: value} of the keys a config file sets, read and checked as parse reads them."""
     cfg = parse(config_class, [path])

@@ -5,7 +5,8 @@
 
 The directory holds config.json (GPT2LMHeadModel for the GPT-2 recipe; Qwen3ForCausalLM or LlamaForCausalLM for
 rotary + RMSNorm + SwiGLU, see hf.py), model.safetensors (a tied head stored once), generation_config.json and,
-where a standard tokenizer encodes exactly as ours, tokenizer.json with tokenizer_config.json. What has no
+where a standard tokenizer encodes exactly as ours, tokenizer.json with tokenizer_config.json, and README.md, the
+model card the Hub shows (slm/model_card.py). What has no
 standard equivalent (the LSTM, relu2, LayerNorm with rotary, ...) is one line and exit code 2.
 """
 import dataclasses
@@ -14,7 +15,8 @@ import os
 import transformers
 
 from configurator import UserError, parse, run
-from slm import checkpoint, hf
+from slm import checkpoint, hf, storage
+from slm.model_card import model_card
 
 
 @dataclasses.dataclass
@@ -44,6 +46,9 @@ def export(cfg):
     model.save_pretrained(cfg.to, safe_serialization=True)
     lines = [f"{path} -> {cfg.to}: {type(model).__name__} (config.json, model.safetensors)",
              hf.write_tokenizer(loaded['tokenizer'], cfg.to)]
+    with storage.atomic_write(os.path.join(cfg.to, 'README.md')) as f:
+        f.write(model_card(loaded, type(model).__name__, cfg.to).encode('utf-8'))
+    lines.append(f"model card: {os.path.join(cfg.to, 'README.md')}")
     for line in lines:
         print(line)
     return lines

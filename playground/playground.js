@@ -4,7 +4,7 @@
 
 const SETTINGS = ['temperature', 'top_k', 'top_p', 'max_new_tokens', 'seed'];
 const $ = (id) => document.getElementById(id);
-const state = { ids: [], selected: null, model: null, controller: null, refresh: null };
+const state = { ids: [], prompt_length: 0, selected: null, model: null, controller: null, refresh: null };
 
 function settings() {
   const values = {};
@@ -100,6 +100,7 @@ async function generate() {
       if (name === 'start') {
         output.replaceChildren();
         state.ids = data.ids.slice();
+        state.prompt_length = data.ids.length;
         state.selected = null;
         data.tokens.forEach((text, i) => { if (text) output.append(tokenBox(text, i, true)); });
         $('status').textContent = 'generating...';
@@ -139,7 +140,8 @@ async function showDistribution(index) {
   state.selected = index;
   const before = state.ids.slice(0, index);
   try {
-    const { rows } = await (await post('/api/next', { ids: before, n: 10, ...settings() })).json();
+    const { rows } = await (await post('/api/next', { ids: before, n: 10, token: state.ids[index], ...settings() }))
+      .json();
     showError('');
     drawBars(rows, state.ids[index], index);
   } catch (error) {
@@ -153,8 +155,10 @@ function visible(text) {  // a token's text with its whitespace shown
 
 function drawBars(rows, chosen, index) {
   const s = settings();
-  $('distribution-title').textContent = `token ${index}: the 10 likeliest next tokens after the ${index} before` +
-    ` it (drawn at temperature ${s.temperature}, top-k ${s.top_k}, top-p ${s.top_p})`;
+  const how = index < state.prompt_length ? 'given in the prompt'
+    : `drawn at temperature ${s.temperature}, top-k ${s.top_k}, top-p ${s.top_p}`;
+  $('distribution-title').textContent = `token ${index} (${how}): the 10 likeliest next tokens after the ${index}` +
+    ` before it` + (rows.length > 10 ? ', and this one' : '');
   const bars = $('bars');
   bars.replaceChildren();
   for (const row of rows) {
@@ -172,7 +176,7 @@ function drawBars(rows, chosen, index) {
     track.append(model, drawn);
     const value = document.createElement('div');
     value.className = 'bar-value';
-    value.textContent = `${(100 * row.probability).toFixed(1)}% \u2192 ${(100 * row.drawn).toFixed(1)}%`;
+    value.textContent = `#${row.rank}: ${(100 * row.probability).toFixed(1)}% \u2192 ${(100 * row.drawn).toFixed(1)}%`;
     const cells = [label, track, value];
     const wrapper = document.createElement('div');
     wrapper.className = 'bar-row' + (row.id === chosen ? ' bar-row-chosen' : '');

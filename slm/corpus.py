@@ -59,6 +59,23 @@ class PrepareConfig:
     steps_per_quarter: int = option(4, low=1)  # music: time grid, steps per quarter note (4: sixteenth notes)
 
 
+def tokenizer_named(part):
+    """(tokenizer, vocab_size) that one part of a data directory's name data/<source>[_<part>...] gives: char, word,
+    bpe (GPT-2's), midi; bpeN or bpeNk, a byte-level BPE of N or N x 1,024 ids learned from the corpus. None for
+    any other part (booked, a size, ...)."""
+    if part in tok.TOKENIZERS:
+        return part, 0
+    if m := re.fullmatch(r'bpe(\d+)(k?)', part):
+        return 'bpe', int(m[1]) << (10 if m[2] else 0)
+    return None
+
+
+def with_tokenizer(data_dir, part):
+    """data_dir with the tokenizer part of its name replaced by part (added where it has none)."""
+    head, base = os.path.split(os.path.normpath(data_dir))
+    return os.path.join(head, '_'.join([*(p for p in base.split('_') if not tokenizer_named(p)), part]))
+
+
 def resolve(cfg):
     """Fill in source, tokenizer and booked from the directory name where they were not given; check values."""
     configurator.check(cfg)
@@ -71,11 +88,10 @@ def resolve(cfg):
         raise UserError("source text needs --input=FILE (a UTF-8 text file, one document per line)")
     if source == 'midi' and not os.path.isdir(cfg.input):
         raise UserError(f"source midi needs --input=FOLDER, a folder of .mid files ({cfg.input or 'none'} given)")
-    named_tokenizer = next((p for p in name_parts[1:] if p in tok.TOKENIZERS), '')
-    named_vocab = next((int(m[1]) << (10 if m[2] else 0) for p in name_parts[1:]
-                        if (m := re.fullmatch(r'bpe(\d+)(k?)', p))), 0)  # bpe4k: 4,096 ids
-    vocab_size = cfg.vocab_size or named_vocab
-    tokenizer = cfg.tokenizer or named_tokenizer or ('bpe' if vocab_size else DEFAULT_TOKENIZER.get(source, 'bpe'))
+    named = [t for part in name_parts[1:] if (t := tokenizer_named(part))]
+    vocab_size = cfg.vocab_size or next((size for _, size in named if size), 0)
+    tokenizer = cfg.tokenizer or next((kind for kind, size in named if not size), '') or \
+        ('bpe' if vocab_size else DEFAULT_TOKENIZER.get(source, 'bpe'))
     if vocab_size and tokenizer not in ('bpe', 'learned_bpe'):
         raise UserError(f"--vocab_size={vocab_size} learns a byte-level BPE, not a {tokenizer} vocabulary: drop"
                         f" --tokenizer={tokenizer}, or --vocab_size (word tokenizer: --max_vocab caps its size)")

@@ -228,25 +228,31 @@ def token_label(tokenizer, i):
 
 
 @torch.inference_mode()
-def next_token_rows(model, ids, n, cfg):
-    """The n most likely tokens to follow ids (1, T), the likeliest first, each as (id, probability and
-    log-probability under the model, probability of being drawn at cfg's temperature, top_k and top_p)."""
+def next_token_rows(model, ids, n, cfg, token=None):
+    """The n most likely tokens to follow ids (1, T), the likeliest first, each as (rank, id, probability and
+    log-probability under the model, probability of being drawn at cfg's temperature, top_k and top_p); and the
+    row of token (an id) after them when it is not among those n."""
     logits = read_context(model, ids, cfg.kv_cache, cfg.context_shift).logits  # (1, V)
     log_probs = torch.log_softmax(logits.float(), dim=-1)[0]
     drawn = sampling_probs(logits, cfg.temperature, cfg.top_k, cfg.top_p)[0]
     top = torch.topk(log_probs, min(n, log_probs.numel()))
-    return [(i, math.exp(log_p), log_p, drawn[i].item()) for i, log_p in zip(top.indices.tolist(), top.values.tolist())]
+    rows = [(rank, i, math.exp(log_p), log_p, drawn[i].item())
+            for rank, (i, log_p) in enumerate(zip(top.indices.tolist(), top.values.tolist()), 1)]
+    if token is not None and token not in top.indices.tolist():
+        rank = int((log_probs > log_probs[token]).sum()) + 1  # ties rank as the best of them
+        rows.append((rank, token, math.exp(log_probs[token].item()), log_probs[token].item(), drawn[token].item()))
+    return rows
 
 
 def probability_table(model, tokenizer, ids, n, cfg):
     """next_token_rows as the lines of a table, with each token's label."""
     rows = next_token_rows(model, ids, n, cfg)
-    labels = [token_label(tokenizer, row[0]) for row in rows]
+    labels = [token_label(tokenizer, row[1]) for row in rows]
     width = max(len('token'), *map(len, labels))
     lines = [f"next token: the {len(labels)} most likely of {model.args.vocab_size:,}"
              f" (drawn: at temperature {cfg.temperature:g}, top_k {cfg.top_k}, top_p {cfg.top_p:g})",
              f"rank  {'token':<{width}}      id  probability  log-prob   drawn"]
-    for rank, (label, (i, p, log_p, drawn)) in enumerate(zip(labels, rows), 1):
+    for label, (rank, i, p, log_p, drawn) in zip(labels, rows):
         lines.append(f"{rank:>4}  {label:<{width}}  {i:>6}  {p:>11.4f}  {log_p:>8.4f}  {drawn:>6.4f}")
     return lines
 

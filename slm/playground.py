@@ -248,10 +248,15 @@ class Playground:
         n = body.get('n', 10)
         if type(n) is not int or not 1 <= n <= 100:
             raise RequestError(422, "n must be a whole number from 1 to 100")
-        rows = self.call(lambda: generation.next_token_rows(self.model, torch.tensor([ids], device=self.device), n, cfg))
-        return {'rows': [{'id': i, 'text': self.tokenizer.decode([i]), 'label': generation.token_label(self.tokenizer, i),
-                          'probability': p, 'log_probability': log_p if math.isfinite(log_p) else None,
-                          'drawn': drawn} for i, p, log_p, drawn in rows]}
+        token = body.get('token')  # the token shown at this place, whose row the chart must hold (None: none)
+        if token is not None and not (type(token) is int and 0 <= token < self.model.args.vocab_size):
+            raise RequestError(422, f"token must be a token id from 0 to {self.model.args.vocab_size - 1}")
+        rows = self.call(lambda: generation.next_token_rows(self.model, torch.tensor([ids], device=self.device), n, cfg,
+                                                            token))
+        return {'rows': [{'rank': rank, 'id': i, 'text': self.tokenizer.decode([i]),
+                          'label': generation.token_label(self.tokenizer, i), 'probability': p,
+                          'log_probability': log_p if math.isfinite(log_p) else None, 'drawn': drawn}
+                         for rank, i, p, log_p, drawn in rows]}
 
     def notes(self, body):
         self.check_music()

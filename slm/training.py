@@ -16,6 +16,7 @@ import configurator
 from configurator import UNKNOWN, UserError, option
 from model import ModelArgs, ModelOptions, build_model, gpt2_recipe, recipe_fields
 from slm import batching, checkpoint, distributed, runtime, storage
+from slm import tokenizer as tok
 from slm.checkpoint import seed_everything
 from slm.evaluation import EVAL_SEED, bits_per_unit, estimate_loss, text_unit
 from slm.distributed import micro_steps_per_process
@@ -154,6 +155,20 @@ def check_config(cfg):
         raise UserError("--optimizer=muon is for the GPT's hidden matrices: train the LSTM with --optimizer=adamw")
 
 
+def check_tokenizer(data_dir, meta):
+    """Build the tokenizer meta.json describes, or say in one line that it cannot be (a damaged or hand-edited
+    meta.json): checkpoints trained without one could not be sampled or exported."""
+    try:
+        tokenizer = tok.from_meta(meta['tokenizer'])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise UserError(f"{os.path.join(data_dir, storage.META)} holds a tokenizer that cannot be built ({error}):"
+                        f" prepare the data again (python prepare.py {data_dir})") from None
+    if tokenizer.vocab_size != meta['vocab_size']:
+        raise UserError(f"{os.path.join(data_dir, storage.META)}: its tokenizer has {tokenizer.vocab_size:,} ids,"
+                        f" its vocab_size says {meta['vocab_size']:,}: prepare the data again"
+                        f" (python prepare.py {data_dir})")
+
+
 def train(cfg, argv=None):
     """Run training as configured, in this process or, under torchrun, in each of its processes; return the last
     evaluation's metrics.
@@ -245,7 +260,12 @@ class Run:
         self.resumed_path, resumed = load_resumable(cfg.out_dir, world.say) if cfg.init_from == 'resume' else \
             (None, None)
         if resumed:  # the model's shape is the checkpoint's, whatever the config says
-            cfg = dataclasses.replace(cfg, **{k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)})
+            shape = {k: v for k, v in resumed['model_args'].items() if hasattr(cfg, k)}
+            if ignored := [k for k in configurator.given_keys(argv) if k in shape and shape[k] != getattr(cfg, k)]:
+                world.say(f"{', '.join(f'--{k}={getattr(cfg, k)}' for k in ignored)} ignored: {self.resumed_path}"
+                          f" continues its own model ({', '.join(f'{k}={shape[k]}' for k in ignored)}); train"
+                          f" another into a new --out_dir")
+            cfg = dataclasses.replace(cfg, **shape)
             if cfg.optimizer == 'auto':  # the optimizer whose state it holds (before the choice: AdamW)
                 cfg = dataclasses.replace(cfg, optimizer=resumed['config'].get('optimizer', 'adamw'))
         check_config(cfg)
@@ -259,6 +279,7 @@ class Run:
         self.micro_steps = micro_steps_per_process(cfg, world.size)
         self.dtype = runtime.resolve_dtype(cfg.dtype, device)
         self.meta = storage.load_meta(cfg.data_dir)
+        check_tokenizer(cfg.data_dir, self.meta)  # every checkpoint carries it: one that cannot be built is no model
         if cfg.verify_data:
             storage.verify_checksums(cfg.data_dir, self.meta)
             storage.check_token_ids(cfg.data_dir, self.meta)

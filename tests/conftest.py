@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 
+import filelock
 import pytest
 import torch
 
@@ -130,6 +131,21 @@ def reference(model, ids, n, shift):
     return ids
 
 
+def made_once(tmp_path_factory, name, make):
+    """The path tmp/name, made by make(path) once per test run however many processes run the tests (pytest-xdist
+    gives each a temporary folder of its own beside the others'): the first to ask makes it under a lock, and the
+    others wait for it and use it. A session fixture's data and checkpoints are read, never changed, by the tests."""
+    worker_tmp = tmp_path_factory.getbasetemp()
+    root = worker_tmp.parent if os.environ.get('PYTEST_XDIST_WORKER') else worker_tmp
+    path, done = root / name, root / f'{name}.done'
+    with filelock.FileLock(str(root / f'{name}.lock')):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps(make(str(path))))
+    return str(path), json.loads(done.read_text())
+
+
 @pytest.fixture(scope='session')
 def verses():
     """The first 400 verses of Genesis: real text, small enough for seconds-long training."""
@@ -145,24 +161,21 @@ def corpus_file(tmp_path_factory, verses):
 
 @pytest.fixture(scope='session')
 def char_data(tmp_path_factory, corpus_file):
-    data_dir = str(tmp_path_factory.mktemp('data') / 'genesis_char')
-    prepare.main([data_dir, f'--input={corpus_file}', '--tokenizer=char'])
-    return data_dir
+    return made_once(tmp_path_factory, 'data/genesis_char',
+                     lambda path: prepare.main([path, f'--input={corpus_file}', '--tokenizer=char']))[0]
 
 
 @pytest.fixture(scope='session')
 def word_data(tmp_path_factory, corpus_file):
-    data_dir = str(tmp_path_factory.mktemp('data') / 'genesis_word')
-    prepare.main([data_dir, f'--input={corpus_file}'])
-    return data_dir
+    return made_once(tmp_path_factory, 'data/genesis_word',
+                     lambda path: prepare.main([path, f'--input={corpus_file}']))[0]
 
 
 @pytest.fixture(scope='session')
 def learned_data(tmp_path_factory, corpus_file):
     """The verses with a byte-level BPE of 400 ids learned from their training split (named by the directory)."""
-    data_dir = str(tmp_path_factory.mktemp('data') / 'genesis_bpe400')
-    prepare.main([data_dir, f'--input={corpus_file}'])
-    return data_dir
+    return made_once(tmp_path_factory, 'data/genesis_bpe400',
+                     lambda path: prepare.main([path, f'--input={corpus_file}']))[0]
 
 
 @pytest.fixture(scope='session')
@@ -183,9 +196,8 @@ def stories():
 @pytest.fixture(scope='session')
 def bpe_data(tmp_path_factory, gpt2_vocab):
     """The sample prepared with GPT-2 BPE; 9 of the 36 stories held out, so val has a few hundred tokens."""
-    data_dir = str(tmp_path_factory.mktemp('data') / 'stories')
-    prepare.main([data_dir, f'--source={STORIES}', '--val_fraction=0.25'])
-    return data_dir
+    return made_once(tmp_path_factory, 'data/stories',
+                     lambda path: prepare.main([path, f'--source={STORIES}', '--val_fraction=0.25']))[0]
 
 
 # AdamW, not the default Muon: these tests of the training mechanics compare optimizer states and steps exactly;
@@ -201,33 +213,28 @@ TINY_LSTM = ['--model_type=lstm', '--n_layer=2', '--n_embd=32', '--block_size=16
 @pytest.fixture(scope='session')
 def tiny_checkpoint(tmp_path_factory, char_data):
     """out_dir of a tiny GPT trained for 40 steps on the char-level corpus."""
-    out_dir = str(tmp_path_factory.mktemp('out') / 'tiny')
-    train.main([f'--data_dir={char_data}', f'--out_dir={out_dir}', '--max_iters=40', '--eval_interval=20',
-                *TINY_GPT])
-    return out_dir
+    return made_once(tmp_path_factory, 'out/tiny', lambda path: train.main(
+        [f'--data_dir={char_data}', f'--out_dir={path}', '--max_iters=40', '--eval_interval=20', *TINY_GPT]))[0]
 
 
 @pytest.fixture(scope='session')
 def bpe_checkpoint(tmp_path_factory, bpe_data):
     """out_dir of a tiny GPT trained for 15 steps on the BPE-prepared stories (small batches: GPT-2's 50,257-way
     output layer is most of the cost)."""
-    out_dir = str(tmp_path_factory.mktemp('out') / 'bpe')
-    train.main([f'--data_dir={bpe_data}', f'--out_dir={out_dir}', '--max_iters=15', '--eval_interval=15',
-                '--learning_rate=2e-2', *TINY_GPT, '--batch_size=4', '--block_size=16'])
-    return out_dir
+    return made_once(tmp_path_factory, 'out/bpe', lambda path: train.main(
+        [f'--data_dir={bpe_data}', f'--out_dir={path}', '--max_iters=15', '--eval_interval=15', '--learning_rate=2e-2',
+         *TINY_GPT, '--batch_size=4', '--block_size=16']))[0]
 
 
 @pytest.fixture(scope='session')
 def bach_data(tmp_path_factory):
     """Ten chorales: 6 for training (each at -1, 0 and +1 semitones), 4 for validation."""
-    data_dir = str(tmp_path_factory.mktemp('data') / 'bach')
-    prepare.main([data_dir, '--max_docs=6', '--val_fraction=0.0115', '--transpose=1', '--num_proc=1'])
-    return data_dir
+    return made_once(tmp_path_factory, 'data/bach', lambda path: prepare.main(
+        [path, '--max_docs=6', '--val_fraction=0.0115', '--transpose=1', '--num_proc=1']))[0]
 
 
 @pytest.fixture(scope='session')
 def bach_checkpoint(tmp_path_factory, bach_data):
-    out_dir = str(tmp_path_factory.mktemp('out') / 'bach')
-    result = train.main([f'--data_dir={bach_data}', f'--out_dir={out_dir}', '--max_iters=30', '--eval_interval=15',
-                         '--learning_rate=1e-2', *TINY_GPT])
-    return out_dir, result
+    return made_once(tmp_path_factory, 'out/bach', lambda path: train.main(
+        [f'--data_dir={bach_data}', f'--out_dir={path}', '--max_iters=30', '--eval_interval=15', '--learning_rate=1e-2',
+         *TINY_GPT]))

@@ -40,6 +40,13 @@ def world(tmp_path_factory, char_data, tiny_checkpoint, corpus_file):
     shutil.copytree(char_data, wrong_shape)
     with open(wrong_shape / 'meta.json', 'w') as f:
         json.dump(['a', 'list', 'not', 'an', 'object'], f)
+    bad_tokenizer = root / 'bad_tokenizer'  # meta.json edited by hand: a tokenizer kind that does not exist
+    shutil.copytree(char_data, bad_tokenizer)
+    with open(bad_tokenizer / 'meta.json') as f:
+        meta = json.load(f)
+    meta['tokenizer']['kind'] = 'charz'
+    with open(bad_tokenizer / 'meta.json', 'w') as f:
+        json.dump(meta, f)
     return root
 
 
@@ -89,6 +96,8 @@ CASES = [
     # train.py: the files it reads and writes
     ('train', ['--data_dir={root}/nothing_here'], r'prepare\.py'),
     ('train', ['--data_dir={root}/wrong_meta', '--out_dir={root}/new_out'], r'meta\.json'),
+    ('train', ['--data_dir={root}/bad_tokenizer', '--out_dir={root}/new_out'],
+     r"bad_tokenizer/meta\.json holds a tokenizer that cannot be built \(unknown tokenizer kind 'charz'.*python prepare\.py"),
     ('train', ['--data_dir={root}/data', '--out_dir={root}/empty_out', '--init_from=resume'], r'nothing to resume'),
     ('train', ['--data_dir={root}/data', '--out_dir={root}/out'], r'already holds a trained model'),
     ('train', ['--data_dir={root}/data', '--out_dir={root}/a_file'], r'a_file'),

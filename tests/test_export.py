@@ -283,3 +283,18 @@ def test_a_recipe_option_export_does_not_map_is_refused_when_it_is_not_gpt2s(mon
     assert hf.architecture(types.SimpleNamespace(**args, smear=False)) == 'gpt2'
     with pytest.raises(UserError, match=r'^this GPT \(--smear=True\): no standard transformers architecture'):
         hf.architecture(types.SimpleNamespace(**args, smear=True))
+
+
+def test_the_export_has_a_model_card_the_hub_reads(tmp_path, tiny_checkpoint):
+    huggingface_hub = pytest.importorskip('huggingface_hub')
+    export.main([f'--out_dir={tiny_checkpoint}', f'--to={tmp_path / "hf"}'])
+    card = huggingface_hub.ModelCard.load(str(tmp_path / 'hf' / 'README.md'))
+    assert card.data.library_name == 'transformers' and card.data.pipeline_tag == 'text-generation'
+    assert card.data.license == 'unknown'  # trained on a text file: no licence to name
+    ckpt = checkpoint.load(checkpoint.path_to_read(tiny_checkpoint))
+    args = model_module.ModelArgs(**ckpt['model_args'])
+    assert f"Validation loss {ckpt['val_loss']:.4f} nats per token" in card.text
+    assert f"{args.n_layer} layers, {args.n_head} heads, width {args.n_embd}, context {args.block_size} tokens" \
+        in card.text
+    assert f"| `max_iters` | `{ckpt['config']['max_iters']}` |" in card.text
+    assert "AutoTokenizer.from_pretrained('hf')" in card.text  # the char tokenizer is exported: it loads

@@ -80,6 +80,17 @@ def test_resume_with_another_windowing_is_refused(char_data, tmp_path):
     train.main([*args, '--max_iters=4', '--init_from=resume', '--windowing=random'])  # auto was random
 
 
+def test_resume_says_which_model_options_given_on_the_command_line_it_ignores(char_data, tmp_path, capsys):
+    args = [f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--eval_interval=2', *TINY_GPT]
+    train.main([*args, '--max_iters=2'])
+    capsys.readouterr()
+    train.main([*args, '--max_iters=4', '--init_from=resume', '--n_layer=7', '--dropout=0.0'])  # dropout: as saved
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'ignored' in line]
+    assert lines == [f"--n_layer=7 ignored: {tmp_path / 'ckpt.pt'} continues its own model (n_layer=2); train"
+                     f" another into a new --out_dir"]
+    assert checkpoint.load(str(tmp_path / 'ckpt.pt'))['model_args']['n_layer'] == 2
+
+
 def test_unknown_windowing_names_the_choices(char_data, tmp_path):
     with pytest.raises(UserError, match=r'unknown --windowing=diagonal: choose auto or one of random, sliding,'):
         train.main([f'--data_dir={char_data}', f'--out_dir={tmp_path}', *TINY_GPT, '--windowing=diagonal'])
