@@ -9,9 +9,9 @@ Every measurement runs the project's own code: batches from batching.py, the mod
 optimizer step from optim.train_step (autocast, loss, backward, clipping, AdamW), generation from
 generation.generate. Each is warmed up, then timed with the device synchronized at the ends of the timed region.
 
-A section is a function registered with @section (bench_harness.py): it plans jobs (one measurement each, one
+A section is a function registered with @section (slm/bench/harness.py): it plans jobs (one measurement each, one
 row of its table and of the JSON's results[section]) and may draw conclusions from its rows. The sections live in
-bench_train.py, bench_generate.py, bench_memory.py and bench_recipe.py; add one there to measure something new.
+slm/bench/: train.py, generate.py, memory.py and recipe.py; add one there to measure something new.
 
 FLOPs, MFU and the GPU peak table are perf.py's: its docstring gives the formulas.
 """

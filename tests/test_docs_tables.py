@@ -48,7 +48,7 @@ def test_a_table_has_every_key_with_its_default_valid_values_and_comment():
     assert len(table) == 2 + len(dataclasses.fields(training.TrainConfig))
     assert '| `--grad_clip` | `1.0` | float, 0 or more | clip the gradient norm to this (0 = off) |' in table
     assert any(row.startswith('| `--windowing` | `\'auto\'` | str, auto or one of random, sliding,') and
-               row.endswith('how batches are cut (batching.py); auto: random (GPT), streams (LSTM) |')
+               row.endswith('how batches are cut (slm/batching.py); auto: random (GPT), streams (LSTM) |')
                for row in table)
 
 

@@ -1,6 +1,6 @@
 """What bench.py's sections measure with: the resolved run (Context), a training step built as train.py builds
-it (Trainer), and the registry a section joins with @section. The sections are in bench_train.py (peak FLOP/s
-and the training step) and bench_generate.py (sampling and generation).
+it (Trainer), and the registry a section joins with @section. The sections are in slm/bench/train.py (peak FLOP/s
+and the training step), generate.py (sampling and generation), memory.py and recipe.py.
 """
 import dataclasses
 import time
