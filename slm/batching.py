@@ -260,6 +260,9 @@ class LineWindows:
         slide  (first 1-T, count P+T-1):    the four above, then  abc_  bc__  c___
         full   (first 0, count max(P-T+1, 1)):   <s>abc   (a short document: <s>ab_ and so on)
         chunks (first 0, stride T, count ceil(P/T)): every pair exactly once (evaluation)
+        overlap (first 0, stride S <= T, count 1 + ceil(max(P-T, 0)/S)): overlapping windows, each scoring
+                only its last S pairs (the first window all of its own): every pair once, each after at least
+                T - S pairs of context where the document has them (evaluation's sliding-window score)
 
     (targets: ___a  __ab  _abc  abc</s> ...). Window j is found with np.searchsorted in the cumulative window
     counts: O(log documents) time, O(documents) memory. doc_ids mark the document's positions 1 and padding 0,
@@ -268,13 +271,15 @@ class LineWindows:
     """
     is_contiguous, keeps_to_documents = False, True
 
-    def __init__(self, documents, batch_size, block_size, variant, seed, order='random', rank=0, world_size=1):
-        T, P = block_size, documents.pairs
+    def __init__(self, documents, batch_size, block_size, variant, seed, order='random', rank=0, world_size=1,
+                 stride=None):
+        T, P, S = block_size, documents.pairs, stride or block_size
         first, stride, count = {
             'left': (1 - T, 1, P),
             'slide': (1 - T, 1, P + T - 1),
             'full': (0, 1, np.maximum(P - T + 1, 1)),
             'chunks': (0, T, -(-P // T)),
+            'overlap': (0, S, 1 + -(-np.maximum(P - T, 0) // S)),
         }[variant]
         self.count = np.where(P > 0, count, 0)  # (D,) windows of each document
         self.first_window = np.concatenate([[0], np.cumsum(self.count)])  # (D + 1,)
@@ -292,7 +297,8 @@ class LineWindows:
         """Expected share of a window's positions that hold a real pair (the rest is padding)."""
         T, P = self.block_size, self.pairs[self.count > 0]
         real = {'left': np.where(P <= T, P * (P + 1) // 2, T * (T + 1) // 2 + (P - T) * T),  # sum of min(T, P-i)
-                'slide': P * T, 'full': np.where(P >= T, (P - T + 1) * T, P), 'chunks': P}[self.variant]
+                'slide': P * T, 'full': np.where(P >= T, (P - T + 1) * T, P), 'chunks': P,
+                'overlap': P}[self.variant]  # overlap: the pairs scored
         return float(real.sum()) / (self.n_windows * T)
 
     def __iter__(self):
@@ -310,8 +316,9 @@ class LineWindows:
 
     def windows(self, ids):
         """The Batch of windows ids (B,): every gather vectorized over the batch."""
-        doc = np.searchsorted(self.first_window, ids, side='right') - 1                 # (B,)
-        start = self.first + (ids - self.first_window[doc]) * self.stride                # (B,) first pair
+        doc = self.document_of(ids)                                                       # (B,)
+        k = ids - self.first_window[doc]                                                  # (B,) its window
+        start = self.first + k * self.stride                                              # (B,) first pair
         pair = start[:, None] + np.arange(self.block_size)                               # (B, T)
         n_pairs = self.pairs[doc][:, None]
         is_real = (pair >= 0) & (pair < n_pairs)
@@ -319,9 +326,16 @@ class LineWindows:
         tokens = self.documents.tokens
         # int64 before np.where: IGNORE_INDEX does not fit the split's unsigned dtype
         x = np.where(is_real, tokens[source].astype(np.int64), self.documents.pad_id)
-        y = np.where(is_real, tokens[source + 1].astype(np.int64), IGNORE_INDEX)
+        is_scored = is_real
+        if self.variant == 'overlap':  # after the first window, the pairs before its last S were scored before
+            is_scored = is_real & ((k[:, None] == 0) | (np.arange(self.block_size) >= self.block_size - self.stride))
+        y = np.where(is_scored, tokens[source + 1].astype(np.int64), IGNORE_INDEX)
         doc_ids = is_real.astype(np.int64)
         return Batch(*map(torch.from_numpy, (x, y, doc_ids, segment_positions(doc_ids))))
+
+    def document_of(self, ids):
+        """(B,) the document of each window of ids (B,)."""
+        return np.searchsorted(self.first_window, ids, side='right') - 1
 
     def state(self):
         return {'rng': self.rng.bit_generator.state, 'position': self.position}
@@ -467,4 +481,11 @@ def evaluation_windows(documents, batch_size, block_size):
     (right-padded), so a target's context is its own document's tokens before it in its chunk. The same
     windows whatever a model was trained with: ablate.py compares runs on them."""
     return LineWindows(documents, batch_size, block_size, 'chunks', seed=0, order='sequential')
+
+
+def sliding_windows(documents, batch_size, block_size, stride):
+    """Every real target of every document exactly once, in order, each after at least block_size - stride
+    tokens of its document before it where it has them: windows stride tokens apart, each scoring its last stride
+    targets (LineWindows' overlap variant)."""
+    return LineWindows(documents, batch_size, block_size, 'overlap', seed=0, order='sequential', stride=stride)
 

@@ -1,15 +1,26 @@
-"""How good a model is on held-out text: two numbers under two names, and one conversion to bits per character.
+"""How good a model is on held-out text: three numbers under three names, and one conversion to bits per
+character.
 
     estimate_loss   during training (train.py's val_loss in metrics.jsonl and the checkpoints): the mean loss of
                     the same eval_tokens of a split's windows every time, cut as training cuts them; cheap, and
                     comparable between the evaluations of one run, or of runs that cut windows alike
-    held_out_loss   after training (ablate.py's score): every real target of every held-out document scored once,
-                    each document read from its start; comparable across windowings, runs and data sizes
+    held_out_loss   after training (ablate.py's score, evaluate.py's chunked score): every real target of every
+                    held-out document scored once, each document cut into block_size chunks read from their
+                    start; comparable across windowings, runs and data sizes
+    sliding score   evaluate.py's (score over batching.sliding_windows): every target once as well, each after at
+                    least block_size - stride tokens of its document where it has them, as a reader of a long
+                    text sees the model; lower than the chunked score wherever documents outrun block_size
     bits_per_unit   nats per target as bits per character (or per note): a figure that tokenizers do not change
+
+score() keeps more than the mean: the loss of each document (for a bootstrap interval over documents), of each
+position in the window (how much context the model uses), and the model's calibration at a grid of temperatures.
 """
+import dataclasses
 import math
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from slm import batching, storage
 from slm import tokenizer as tok
@@ -47,13 +58,21 @@ def held_out(data_dir, n_documents=0):
     tokens, offsets = storage.open_split(data_dir, 'val', meta)
     n = len(offsets) - 1 if n_documents <= 0 else min(n_documents, len(offsets) - 1)
     if n == len(offsets) - 1:
-        chars = meta['splits']['val']['chars']
-    else:  # as prepare.py counts them: each document's text, and one for the boundary its end token stands for
-        t = tok.from_meta(meta['tokenizer'])
-        body = slice(1, -1) if t.bos_id != t.eos_id else slice(None, -1)
-        chars = sum(len(t.decode(tokens[offsets[i]:offsets[i + 1]][body].tolist())) + 1 for i in range(n))
+        chars = meta['splits']['val'][text_unit(meta['splits']['val']) + 's']  # or notes
+    else:
+        chars = int(document_units(tokens, offsets[:n + 1], tok.from_meta(meta['tokenizer'])).sum())
     documents = batching.Documents.from_split(tokens, offsets[:n + 1], meta['tokenizer']['special_ids'])
     return documents, chars
+
+
+def document_units(tokens, offsets, tokenizer):
+    """(D,) the units of each document of a split's (tokens, offsets), as prepare.py counts them: a text's
+    characters and one for the boundary its end token stands for; a piece's notes (its NOTE_ON events)."""
+    documents = (tokens[a:b] for a, b in zip(offsets[:-1], offsets[1:]))
+    if tokenizer.unit == 'note':
+        return np.array([np.count_nonzero((d >= tokenizer.note_on) & (d < tokenizer.note_off)) for d in documents])
+    body = slice(1, -1) if tokenizer.bos_id != tokenizer.eos_id else slice(None, -1)
+    return np.array([len(tokenizer.decode(d[body].tolist())) + 1 for d in documents], dtype=np.int64)
 
 
 def held_out_loss(model, documents, batch_size, device):
@@ -61,3 +80,112 @@ def held_out_loss(model, documents, batch_size, device):
     in (runs that trained in different dtypes are scored alike)."""
     windows = batching.evaluation_windows(documents, batch_size, model.args.block_size)
     return mean_loss(model, windows, windows.batches_per_epoch, device, torch.float32, batching.IGNORE_INDEX)
+
+
+TEMPERATURES = tuple(np.geomspace(0.5, 2.0, 25).round(4))  # the grid a fitted temperature is chosen from: 1.0 and
+#                               steps of 6% from half to twice it
+CALIBRATION_BINS = 15  # equal-width bins of the predicted probability in a reliability diagram
+
+
+@dataclasses.dataclass
+class Score:
+    """What score() found over a split's windows, summed per document, per position in the window and per
+    temperature. nats: -log p(target), natural log."""
+    document_nats: np.ndarray     # (D,) the nats of each document's targets
+    document_targets: np.ndarray  # (D,) how many targets each document has
+    column_nats: np.ndarray       # (T,) the nats of the targets at each position of their window
+    column_targets: np.ndarray    # (T,)
+    temperatures: tuple           # K temperatures the logits were divided by, 1.0 among them
+    temperature_nats: np.ndarray  # (K,) the nats of all targets at each temperature
+    # (K, 3, CALIBRATION_BINS): per temperature and bin of the top token's probability, the targets in it, the sum
+    # of that probability over them, and how many of them the top token was
+    calibration: np.ndarray
+
+    @property
+    def targets(self):
+        return int(self.document_targets.sum())
+
+    @property
+    def nats_per_target(self):
+        return float(self.document_nats.sum() / self.targets)
+
+    def best_temperature(self):
+        """The temperature of the grid with the lowest loss: the model's probabilities fitted, as a whole."""
+        return self.temperatures[int(np.argmin(self.temperature_nats))]
+
+    def calibration_at(self, temperature):
+        """(confidence, accuracy, share) per bin at temperature (bins with no target: nan, nan, 0) and the
+        expected calibration error: the mean over targets of |accuracy - confidence| of their bin."""
+        count, confidence, correct = self.calibration[self.temperatures.index(temperature)]
+        with np.errstate(invalid='ignore', divide='ignore'):
+            mean_confidence, accuracy = confidence / count, correct / count
+        share = count / count.sum()
+        return mean_confidence, accuracy, share, float(np.nansum(share * np.abs(accuracy - mean_confidence)))
+
+
+def logits_of(model, batch):
+    """The model's logits (B, T, V) for a Batch's inputs, every row read from its start (an LSTM from zeros)."""
+    if model.args.model_type == 'lstm':
+        return model(batch.x, model.init_hidden(batch.x.size(0), batch.x.device), positions=batch.positions)[0]
+    return model(batch.x, positions=batch.positions, doc_ids=batch.doc_ids)
+
+
+@torch.no_grad()
+def score(model, windows, device, temperatures=(1.0,), name='score'):
+    """Score every target of windows (batching.evaluation_windows or sliding_windows) in float32, with the
+    logits divided by each of temperatures for calibration: a Score."""
+    assert 1.0 in temperatures, "the loss is the loss at temperature 1"
+    D, T, K = len(windows.documents.starts), windows.block_size, len(temperatures)
+    result = Score(np.zeros(D), np.zeros(D, np.int64), np.zeros(T), np.zeros(T, np.int64), tuple(temperatures),
+                   np.zeros(K), np.zeros((K, 3, CALIBRATION_BINS)))
+    was_training = model.training
+    model.eval()
+    starts = range(0, windows.n_windows, windows.batch_size)
+    for start in tqdm(starts, desc=name, unit='batch', leave=False, dynamic_ncols=True, disable=None):
+        ids = np.arange(start, min(start + windows.batch_size, windows.n_windows))
+        batch = batching.to_device(windows.windows(ids), device)
+        is_target = batch.y != batching.IGNORE_INDEX                     # (B, T)
+        rows, columns = (t.cpu().numpy() for t in is_target.nonzero(as_tuple=True))  # (N,) each, row-major
+        logits = logits_of(model, batch)[is_target].float()             # (N, V)
+        targets = batch.y[is_target][:, None]                            # (N, 1)
+        is_top = (logits.argmax(-1, keepdim=True) == targets)[:, 0].double()
+        for k, t in enumerate(temperatures):
+            log_probs = torch.log_softmax(logits / t, dim=-1)
+            nats = -log_probs.gather(1, targets)[:, 0].double()
+            result.temperature_nats[k] += nats.sum().item()
+            confidence = log_probs.max(-1).values.exp().double()
+            where = (confidence * CALIBRATION_BINS).long().clamp(max=CALIBRATION_BINS - 1)
+            for i, values in enumerate((torch.ones_like(confidence), confidence, is_top)):
+                result.calibration[k, i] += torch.bincount(where, values, CALIBRATION_BINS).cpu().numpy()
+            if t == 1.0:
+                nats = nats.cpu().numpy()
+                document = windows.document_of(ids)[rows]
+                result.document_nats += np.bincount(document, nats, D)
+                result.document_targets += np.bincount(document, minlength=D)
+                result.column_nats += np.bincount(columns, nats, T)
+                result.column_targets += np.bincount(columns, minlength=T)
+    model.train(was_training)
+    return result
+
+
+def bootstrap_interval(numerators, denominators, resamples=1000, level=0.95, seed=0):
+    """The level interval of sum(numerators) / sum(denominators) when the documents (entries) are drawn again
+    with replacement, resamples times: how much the score owes to which documents happened to be held out."""
+    rng, D = np.random.default_rng(seed), len(numerators)
+    per_draw = max(1, 4_000_000 // D)  # draws at a time: a few million indices in memory
+    ratios = []
+    for n in [per_draw] * (resamples // per_draw) + [resamples % per_draw]:
+        drawn = rng.integers(0, D, size=(n, D))
+        ratios.append(numerators[drawn].sum(1) / denominators[drawn].sum(1))
+    low, high = np.percentile(np.concatenate(ratios), [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+@torch.no_grad()
+def surprisal(model, ids):
+    """The bits of each token of ids (T,) after the ones before it, (T - 1,): -log2 p(ids[i] | ids[:i]) for
+    i >= 1, read in one pass (a GPT's ids fit in block_size)."""
+    x = torch.as_tensor(ids, device=next(model.parameters()).device)[None]
+    batch = batching.Batch(x[:, :-1], x[:, 1:])
+    log_probs = torch.log_softmax(logits_of(model, batch).float(), dim=-1)[0]  # (T - 1, V)
+    return (-log_probs.gather(1, x[0, 1:, None])[:, 0] / math.log(2)).tolist()

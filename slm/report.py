@@ -1,0 +1,188 @@
+"""evaluate.py's report card: everything it measures of one trained checkpoint, as one json-able dict.
+
+    held_out      the exact score (every held-out target once; evaluation.py), chunked and sliding, with 95%
+                  intervals over documents
+    by_position   the chunked score at each position of the window: how much context the model uses
+    calibration   the top token's probability against how often it is right, at temperature 1 and at the
+                  temperature that fits best
+    samples       drawn with a fixed seed: how surprising each token is to the model itself
+    memorization  the share of the samples' n-grams that occur verbatim in the training split, beside the same
+                  share for held-out text: a model that copies its corpus shows far above that baseline
+    fluency       proxies that need no judge (words the corpus knows, repetition, sentence length; for music,
+                  pitch and interval statistics and the share of notes in key), samples beside held-out text
+
+Every measure but the samples' needs the prepared data directory the checkpoint names; where it is gone, the
+others are still measured and data_problem says why the rest is missing. slm/report_page.py writes the card.
+"""
+import time
+
+import numpy as np
+import torch
+
+from configurator import UserError
+from slm import batching, checkpoint, evaluation, fluency, generation, memorization, storage
+from slm import tokenizer as tok
+
+
+NGRAMS = {'char': (16, 32, 64), 'note': (8, 16, 32)}  # the n-gram lengths memorization is counted at, per unit
+
+
+def load(cfg, out_dir, device):
+    """(checkpoint path, checkpoint, model on device in eval mode, tokenizer) of a run's out_dir."""
+    path = checkpoint.path_to_read(out_dir, cfg.checkpoint if out_dir == cfg.out_dir else '')
+    ckpt = checkpoint.load(path)
+    model = checkpoint.restore_model(ckpt).to(device).eval()
+    return path, ckpt, model, tok.from_meta(ckpt['tokenizer'])
+
+
+def data_problem(data_dir, tokenizer_meta):
+    """Why data_dir cannot be scored against (one line), or None: it must be prepared, whole, with the checkpoint's
+    tokenizer."""
+    if not data_dir:
+        return "the checkpoint names no data directory: give one with --data_dir=DIR"
+    try:
+        meta = storage.load_meta(data_dir)
+    except UserError as error:
+        return str(error)
+    if meta['tokenizer'] != tokenizer_meta:
+        return (f"{data_dir} holds another tokenizer's tokens than the checkpoint's: give the data directory it was"
+                f" trained on with --data_dir=DIR")
+    return None
+
+
+def report_card(cfg, out_dir, device):
+    """The measures of out_dir's checkpoint (see the module docstring), with cfg's settings: a dict."""
+    path, ckpt, model, tokenizer = load(cfg, out_dir, device)
+    args = model.args
+    data_dir = cfg.data_dir or ckpt.get('config', {}).get('data_dir', '')
+    card = {'model': {'out_dir': out_dir, 'checkpoint': path, 'model_type': args.model_type,
+                      'parameters': sum(p.numel() for p in model.parameters()),
+                      'shape': f"{args.n_layer} x {args.n_embd}", 'block_size': args.block_size,
+                      'iterations': ckpt.get('iter_num'), 'tokenizer': tokenizer.kind,
+                      'vocab_size': tokenizer.vocab_size, 'unit': tokenizer.unit, 'data_dir': data_dir},
+            'seconds': {}}
+    problem = data_problem(data_dir, ckpt['tokenizer'])
+    card['data_problem'] = problem
+    timed(card, 'samples', lambda: samples(model, tokenizer, cfg, device))
+    if problem is None:
+        meta = storage.load_meta(data_dir)
+        timed(card, 'held_out', lambda: held_out(model, tokenizer, data_dir, meta, cfg, device, card))
+        timed(card, 'memorization', lambda: memorized(tokenizer, data_dir, meta, card['samples'], cfg))
+    timed(card, 'fluency', lambda: fluent(tokenizer, card['samples'], card.get('memorization'), data_dir,
+                                          None if problem else storage.load_meta(data_dir)))
+    return card
+
+
+def timed(card, name, measure):
+    """card[name] = measure(), and the seconds it took in card['seconds']."""
+    start = time.perf_counter()
+    card[name] = measure()
+    card['seconds'][name] = round(time.perf_counter() - start, 2)
+
+
+def held_out(model, tokenizer, data_dir, meta, cfg, device, card):
+    """The chunked and sliding scores of the val split (cfg.documents of it; 0: all), with their intervals; and
+    into card, the chunked score by position and the calibration."""
+    documents, units = evaluation.held_out(data_dir, cfg.documents)
+    tokens, offsets = storage.open_split(data_dir, 'val', meta)
+    document_units = evaluation.document_units(tokens, offsets[:len(documents.starts) + 1], tokenizer)
+    block_size = model.args.block_size
+    stride = cfg.stride or max(1, block_size // 2)
+    chunked = evaluation.score(model, batching.evaluation_windows(documents, cfg.batch_size, block_size), device,
+                               evaluation.TEMPERATURES, name='chunked')
+    sliding = evaluation.score(model, batching.sliding_windows(documents, cfg.batch_size, block_size, stride),
+                               device, name='sliding')
+    card['by_position'] = {'bits_per_token': list(bits(chunked.column_nats / np.maximum(chunked.column_targets, 1))),
+                           'targets': chunked.column_targets.tolist()}
+    card['calibration'] = calibration(chunked)
+    result = {'documents': len(documents.starts), 'targets': chunked.targets, 'units': units,
+              'unit': tokenizer.unit, 'stride': stride,
+              'document_lengths': summary(documents.pairs + 1)}
+    for name, s in (('chunked', chunked), ('sliding', sliding)):
+        per_token = evaluation.bootstrap_interval(s.document_nats, s.document_targets, cfg.bootstrap, seed=cfg.seed)
+        per_unit = evaluation.bootstrap_interval(s.document_nats, document_units, cfg.bootstrap, seed=cfg.seed)
+        result[name] = {'nats_per_token': s.nats_per_target, 'bits_per_token': s.nats_per_target / np.log(2),
+                        'bits_per_unit': evaluation.bits_per_unit(s.nats_per_target, s.targets, units),
+                        'nats_per_token_95': list(per_token), 'bits_per_unit_95': list(bits(per_unit))}
+    return result
+
+
+def bits(nats):
+    """Nats (a number or an array of them) in bits."""
+    return np.asarray(nats) / np.log(2)
+
+
+def summary(lengths):
+    """Median, mean and maximum of a few numbers, json-able."""
+    return {'median': float(np.median(lengths)), 'mean': float(np.mean(lengths)), 'max': int(np.max(lengths))}
+
+
+def calibration(score):
+    """The reliability diagram and expected calibration error at temperature 1 and at the best of the grid."""
+    result = {}
+    for name, t in (('raw', 1.0), ('fitted', score.best_temperature())):
+        confidence, accuracy, share, ece = score.calibration_at(t)
+        k = score.temperatures.index(t)
+        result[name] = {'temperature': float(t), 'ece': ece,
+                        'nats_per_token': float(score.temperature_nats[k] / score.targets),
+                        'confidence': nan_to_none(confidence), 'accuracy': nan_to_none(accuracy),
+                        'share': share.tolist()}
+    return result
+
+
+def nan_to_none(values):
+    """A list of floats with None for nan: JSON has no nan."""
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def samples(model, tokenizer, cfg, device):
+    """cfg.num_samples samples of cfg.sample_tokens tokens from the document start, drawn with cfg.seed at
+    cfg.temperature: their ids (the start token first), text, and the bits of each token of the first
+    block_size under the model (what it was drawn with)."""
+    start = generation.prompt_ids(tokenizer, '')
+    ids = torch.tensor([start] * cfg.num_samples, device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    drawn = [token.tolist() for token in generation.generate(model, ids, cfg.sample_tokens,
+                                                             temperature=cfg.temperature, top_k=cfg.top_k,
+                                                             generator=generator)]
+    rows = [start + [step[row] for step in drawn] for row in range(cfg.num_samples)]
+    shown = model.args.block_size if model.args.model_type == 'gpt' else len(rows[0])
+    surprisals = [evaluation.surprisal(model, row[:shown]) for row in rows]
+    return {'count': cfg.num_samples, 'tokens': cfg.sample_tokens, 'temperature': cfg.temperature,
+            'top_k': cfg.top_k, 'seed': cfg.seed, 'ids': rows, 'texts': [tokenizer.decode(row) for row in rows],
+            'surprisal_bits': surprisals, 'token_texts': [[tokenizer.decode([i]) for i in row[1:shown]] for row in rows],
+            'bits_per_token': [float(np.mean(s)) for s in surprisals]}
+
+
+def memorized(tokenizer, data_dir, meta, drawn, cfg):
+    """The share of the samples' n-grams found verbatim in the training split, and of held-out passages of the
+    same length (the baseline), at each n of NGRAMS; and what the scan of the training split cost."""
+    ns = NGRAMS[tokenizer.unit]
+    queries = [memorization.units_of(tokenizer, row) for row in drawn['ids']]
+    length = int(np.median([len(q) for q in queries]))
+    passages = memorization.held_out_passages(data_dir, meta, tokenizer, len(queries), length, cfg.seed)
+    stats = {}
+    samples, held = memorization.shares_in_corpus(
+        [queries, passages], memorization.corpus_chunks(data_dir, 'train', meta, tokenizer), ns, stats)
+    return {'n': list(ns), 'unit': tokenizer.unit, 'length': length, 'samples': [samples[n] for n in ns],
+            'held_out': [held[n] for n in ns], 'passages': [p.tolist() for p in passages], **stats}
+
+
+def fluent(tokenizer, drawn, memorized, data_dir, meta):
+    """The fluency proxies of the samples, and of the held-out passages beside them where there is data."""
+    passages = memorized['passages'] if memorized else None
+    if tokenizer.unit == 'note':
+        pieces = [memorization.units_of(tokenizer, row) for row in drawn['ids']]
+        result = {'samples': {'in_key': fluency.music_fluency(pieces, pieces)['in_key']}}
+        if passages:
+            result['samples'] = fluency.music_fluency(pieces, passages)
+            result['held_out'] = {'in_key': fluency.music_fluency(passages, passages)['in_key']}
+        return result
+    vocabulary = None
+    if meta is not None:
+        vocabulary = fluency.corpus_words(''.join(map(chr, units)) for units in
+                                          memorization.corpus_chunks(data_dir, 'train', meta, tokenizer))
+    result = {'samples': fluency.text_fluency(drawn['texts'], vocabulary)}
+    if passages:
+        result['held_out'] = fluency.text_fluency([''.join(map(chr, p)) for p in passages], vocabulary)
+    return result
