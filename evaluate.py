@@ -67,11 +67,10 @@ def evaluate(cfg, out=sys.stdout):
     """Write the report of cfg.out_dir's checkpoint (and cfg.compare's); return (report.md's path, the cards)."""
     check(cfg)
     device = runtime.resolve_device(cfg.device)
-    cards = []
-    for out_dir in [cfg.out_dir] + ([cfg.compare] if cfg.compare else []):
-        _, ckpt, _, _ = report.load(cfg, out_dir, 'cpu')  # a missing or broken checkpoint: its line, first
-        check_stride(cfg, ckpt['model_args']['block_size'])
-        cards.append(report.report_card(cfg, out_dir, device))
+    runs = [report.load(cfg, out_dir, device) for out_dir in [cfg.out_dir] + ([cfg.compare] if cfg.compare else [])]
+    for _, _, _, model, _ in runs:  # every checkpoint and option checked before minutes of measuring
+        check_stride(cfg, model.args.block_size)
+    cards = [report.report_card(cfg, loaded, device) for loaded in runs]
     path = report_page.write(cards, report_folder(cfg))
     out.write(report_page.table(cards) + f'\n\nwrote {path}\n')
     problems = [f"{card['model']['out_dir']}: {card['data_problem']}" for card in cards if card['data_problem']]

@@ -83,10 +83,15 @@ def in_key(pitches):
     return float(np.mean([int(p) % 12 in scale for p in pitches]))
 
 
+def share_in_key(pieces):
+    """The mean over pieces (pitch arrays) of the share of their notes in their key (None: no notes at all)."""
+    keyed = [k for p in pieces if (k := in_key(p)) is not None]
+    return float(np.mean(keyed)) if keyed else None
+
+
 def music_fluency(pieces, reference):
     """{'pitch_class_distance', 'interval_distance': Jensen-Shannon distances of pieces' histograms from
-    reference's, 'in_key': mean share of notes in each piece's key}."""
-    keyed = [k for p in pieces if (k := in_key(p)) is not None]
+    reference's, 'in_key': share_in_key(pieces)}."""
     return {'pitch_class_distance': jensen_shannon(pitch_classes(pieces), pitch_classes(reference)),
             'interval_distance': jensen_shannon(intervals(pieces), intervals(reference)),
-            'in_key': float(np.mean(keyed)) if keyed else None}
+            'in_key': share_in_key(pieces)}

@@ -28,11 +28,11 @@ NGRAMS = {'char': (16, 32, 64), 'note': (8, 16, 32)}  # the n-gram lengths memor
 
 
 def load(cfg, out_dir, device):
-    """(checkpoint path, checkpoint, model on device in eval mode, tokenizer) of a run's out_dir."""
+    """(out_dir, checkpoint path, checkpoint, model on device in eval mode, tokenizer) of a run's out_dir."""
     path = checkpoint.path_to_read(out_dir, cfg.checkpoint if out_dir == cfg.out_dir else '')
     ckpt = checkpoint.load(path)
     model = checkpoint.restore_model(ckpt).to(device).eval()
-    return path, ckpt, model, tok.from_meta(ckpt['tokenizer'])
+    return out_dir, path, ckpt, model, tok.from_meta(ckpt['tokenizer'])
 
 
 def data_problem(data_dir, tokenizer_meta):
@@ -50,9 +50,10 @@ def data_problem(data_dir, tokenizer_meta):
     return None
 
 
-def report_card(cfg, out_dir, device):
-    """The measures of out_dir's checkpoint (see the module docstring), with cfg's settings: a dict."""
-    path, ckpt, model, tokenizer = load(cfg, out_dir, device)
+def report_card(cfg, loaded, device):
+    """The measures of a run's checkpoint, loaded as load() returns it, with cfg's settings: a dict (see the
+    module docstring)."""
+    out_dir, path, ckpt, model, tokenizer = loaded
     args = model.args
     data_dir = cfg.data_dir or ckpt.get('config', {}).get('data_dir', '')
     card = {'model': {'out_dir': out_dir, 'checkpoint': path, 'model_type': args.model_type,
@@ -64,12 +65,16 @@ def report_card(cfg, out_dir, device):
     problem = data_problem(data_dir, ckpt['tokenizer'])
     card['data_problem'] = problem
     timed(card, 'samples', lambda: samples(model, tokenizer, cfg, device))
+    passages, vocabulary = None, None
     if problem is None:
         meta = storage.load_meta(data_dir)
         timed(card, 'held_out', lambda: held_out(model, tokenizer, data_dir, meta, cfg, device, card))
-        timed(card, 'memorization', lambda: memorized(tokenizer, data_dir, meta, card['samples'], cfg))
-    timed(card, 'fluency', lambda: fluent(tokenizer, card['samples'], card.get('memorization'), data_dir,
-                                          None if problem else storage.load_meta(data_dir)))
+        passages = memorization.held_out_passages(data_dir, meta, tokenizer, cfg.num_samples,
+                                                  median_units(tokenizer, card['samples']), cfg.seed)
+        vocabulary = set() if tokenizer.unit == 'char' else None
+        timed(card, 'memorization', lambda: memorized(tokenizer, data_dir, meta, card['samples'], passages,
+                                                      vocabulary))
+    timed(card, 'fluency', lambda: fluent(tokenizer, card['samples'], passages, vocabulary))
     return card
 
 
@@ -150,39 +155,46 @@ def samples(model, tokenizer, cfg, device):
     surprisals = [evaluation.surprisal(model, row[:shown]) for row in rows]
     return {'count': cfg.num_samples, 'tokens': cfg.sample_tokens, 'temperature': cfg.temperature,
             'top_k': cfg.top_k, 'seed': cfg.seed, 'ids': rows, 'texts': [tokenizer.decode(row) for row in rows],
-            'surprisal_bits': surprisals, 'token_texts': [[tokenizer.decode([i]) for i in row[1:shown]] for row in rows],
+            'surprisal_bits': surprisals,
+            'token_texts': [[tokenizer.decode([i]) for i in row[1:shown]] for row in rows],
             'bits_per_token': [float(np.mean(s)) for s in surprisals]}
 
 
-def memorized(tokenizer, data_dir, meta, drawn, cfg):
-    """The share of the samples' n-grams found verbatim in the training split, and of held-out passages of the
-    same length (the baseline), at each n of NGRAMS; and what the scan of the training split cost."""
+def median_units(tokenizer, drawn):
+    """The median length of the samples in units: the held-out passages' length."""
+    return int(np.median([len(memorization.units_of(tokenizer, row)) for row in drawn['ids']]))
+
+
+def memorized(tokenizer, data_dir, meta, drawn, passages, vocabulary=None):
+    """The share of the samples' n-grams found verbatim in the training split, and of the held-out passages of
+    the same length (the baseline), at each n of NGRAMS; and what the scan of the training split cost. The scan
+    adds the words of the training text to vocabulary, if given (fluency's, so that the split is read once)."""
     ns = NGRAMS[tokenizer.unit]
     queries = [memorization.units_of(tokenizer, row) for row in drawn['ids']]
-    length = int(np.median([len(q) for q in queries]))
-    passages = memorization.held_out_passages(data_dir, meta, tokenizer, len(queries), length, cfg.seed)
+    chunks = memorization.corpus_chunks(data_dir, 'train', meta, tokenizer)
+    if vocabulary is not None:
+        chunks = (words_into(vocabulary, units) for units in chunks)
     stats = {}
-    samples, held = memorization.shares_in_corpus(
-        [queries, passages], memorization.corpus_chunks(data_dir, 'train', meta, tokenizer), ns, stats)
-    return {'n': list(ns), 'unit': tokenizer.unit, 'length': length, 'samples': [samples[n] for n in ns],
-            'held_out': [held[n] for n in ns], 'passages': [p.tolist() for p in passages], **stats}
+    samples, held = memorization.shares_in_corpus([queries, passages], chunks, ns, stats)
+    return {'n': list(ns), 'unit': tokenizer.unit, 'length': len(passages[0]) if passages else 0,
+            'samples': [samples[n] for n in ns], 'held_out': [held[n] for n in ns], **stats}
 
 
-def fluent(tokenizer, drawn, memorized, data_dir, meta):
-    """The fluency proxies of the samples, and of the held-out passages beside them where there is data."""
-    passages = memorized['passages'] if memorized else None
+def words_into(vocabulary, units):
+    """units (code points), after adding their text's words to vocabulary."""
+    vocabulary.update(fluency.words(memorization.unit_text(units)))
+    return units
+
+
+def fluent(tokenizer, drawn, passages=None, vocabulary=None):
+    """The fluency proxies of the samples, and of the held-out passages beside them where there are some."""
     if tokenizer.unit == 'note':
         pieces = [memorization.units_of(tokenizer, row) for row in drawn['ids']]
-        result = {'samples': {'in_key': fluency.music_fluency(pieces, pieces)['in_key']}}
-        if passages:
-            result['samples'] = fluency.music_fluency(pieces, passages)
-            result['held_out'] = {'in_key': fluency.music_fluency(passages, passages)['in_key']}
-        return result
-    vocabulary = None
-    if meta is not None:
-        vocabulary = fluency.corpus_words(''.join(map(chr, units)) for units in
-                                          memorization.corpus_chunks(data_dir, 'train', meta, tokenizer))
+        if not passages:
+            return {'samples': {'in_key': fluency.share_in_key(pieces)}}
+        return {'samples': fluency.music_fluency(pieces, passages),
+                'held_out': {'in_key': fluency.share_in_key(passages)}}
     result = {'samples': fluency.text_fluency(drawn['texts'], vocabulary)}
     if passages:
-        result['held_out'] = fluency.text_fluency([''.join(map(chr, p)) for p in passages], vocabulary)
+        result['held_out'] = fluency.text_fluency([memorization.unit_text(p) for p in passages], vocabulary)
     return result

@@ -34,9 +34,6 @@ def write(cards, folder):
 def without_ids(card):
     """The card without the samples' token ids (their text is kept)."""
     drawn = {k: v for k, v in card['samples'].items() if k not in ('ids', 'token_texts')}
-    if 'memorization' in card:
-        return {**card, 'samples': drawn, 'memorization': {k: v for k, v in card['memorization'].items()
-                                                           if k != 'passages'}}
     return {**card, 'samples': drawn}
 
 
