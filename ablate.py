@@ -47,7 +47,7 @@ import torch
 import configurator
 from configurator import UserError, listed, option, parse, run
 from model import recipe_changes
-from slm import batching, checkpoint, corpus, evaluation, runtime, storage, training, trainlog
+from slm import batching, checkpoint, corpus, evaluation, report, runtime, storage, training, trainlog
 
 
 DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'
@@ -87,6 +87,8 @@ class AblateConfig(training.TrainConfig):
     sweep: str = ''               # sweep: KEY=V1,V2,... a run per value of one train.py option
     seeds: int = option(1, low=1)  # runs per variant, from --seed up: the table gives their mean and spread
     jobs: int = option(1, low=1)  # runs at once, each in a process of its own on its own share of the CPU cores
+    report: bool = False          # then evaluate.py's report of the best variant's run against the worst's, in the
+    #                               best run's out_dir/report-vs-<worst> (a few minutes more; see docs/evaluation.md)
 
 
 @dataclasses.dataclass
@@ -514,7 +516,23 @@ def ablate(cfg):
                    'variants': summary(results)}, f, indent=1)
     (plot if cfg.seeds == 1 else seeds_plot)(results, os.path.join(cfg.ablation_dir, 'ablation.png'), title, cfg.what)
     print(f"\n{markdown}\nwrote {cfg.ablation_dir}/results.md, results.json, ablation.png")
+    if cfg.report and len(variant_list) > 1:
+        best_against_worst(cfg, results)
     return results
+
+
+def best_against_worst(cfg, results):
+    """evaluate.py's report of the best variant's run (its first seed's) against the worst variant's, each on its
+    own held-out data, as evaluate.py reads a run (best.pt, else ckpt.pt); results.md links it."""
+    rows = sorted(summary(results), key=lambda r: r['mean'])
+    best, worst = ([r for r in results if r['name'] == row['name']][0] for row in (rows[0], rows[-1]))
+    best_dir, worst_dir = best['settings']['config']['out_dir'], worst['settings']['config']['out_dir']
+    print(f"\nreport of the best run, {best['name']}, against the worst, {worst['name']}:")
+    path, _ = report.evaluate(report.EvaluateConfig(out_dir=best_dir, compare=worst_dir, documents=cfg.eval_documents,
+                                                    device=cfg.device, seed=cfg.seed))
+    with open(os.path.join(cfg.ablation_dir, 'results.md'), 'a') as f:
+        f.write(f"\nThe best run ({best['name']}) against the worst ({worst['name']}), evaluate.py's report:"
+                f" [{os.path.relpath(path, cfg.ablation_dir)}]({os.path.relpath(path, cfg.ablation_dir)})\n")
 
 
 def main(argv=None):

@@ -85,6 +85,9 @@ def held_out_loss(model, documents, batch_size, device):
 TEMPERATURES = tuple(np.geomspace(0.5, 2.0, 25).round(4))  # the grid a fitted temperature is chosen from: 1.0 and
 #                               steps of 6% from half to twice it
 CALIBRATION_BINS = 15  # equal-width bins of the predicted probability in a reliability diagram
+CALIBRATION_TARGETS = 32_768  # about how many targets, spread over the split, the temperatures other than 1 are
+#                               measured on: a softmax over the vocabulary per target and temperature is most of
+#                               a word-level score's cost, and one number is fitted well on far fewer targets
 
 
 @dataclasses.dataclass
@@ -96,9 +99,11 @@ class Score:
     column_nats: np.ndarray       # (T,) the nats of the targets at each position of their window
     column_targets: np.ndarray    # (T,)
     temperatures: tuple           # K temperatures the logits were divided by, 1.0 among them
-    temperature_nats: np.ndarray  # (K,) the nats of all targets at each temperature
+    temperature_nats: np.ndarray  # (K,) the nats of the temperature sample's targets at each temperature
+    temperature_targets: int      # how many targets the temperature sample has (every batch's, or every k-th's)
     # (K, 3, CALIBRATION_BINS): per temperature and bin of the top token's probability, the targets in it, the sum
-    # of that probability over them, and how many of them the top token was
+    # of that probability over them, and how many of them the top token was; at temperature 1 of every target,
+    # at the others of the temperature sample's
     calibration: np.ndarray
 
     @property
@@ -112,6 +117,10 @@ class Score:
     def best_temperature(self):
         """The temperature of the grid with the lowest loss: the model's probabilities fitted, as a whole."""
         return self.temperatures[int(np.argmin(self.temperature_nats))]
+
+    def nats_at(self, temperature):
+        """Nats per target of the temperature sample with the logits divided by temperature."""
+        return float(self.temperature_nats[self.temperatures.index(temperature)] / self.temperature_targets)
 
     def calibration_at(self, temperature):
         """(confidence, accuracy, share) per bin at temperature (bins with no target: nan, nan, 0) and the
@@ -131,33 +140,42 @@ def logits_of(model, batch):
 
 
 @torch.no_grad()
-def score(model, windows, device, temperatures=(1.0,), name='score'):
-    """Score every target of windows (batching.evaluation_windows or sliding_windows) in float32, with the
-    logits divided by each of temperatures for calibration: a Score."""
+def score(model, windows, device, temperatures=(1.0,), name='score', calibration_targets=CALIBRATION_TARGETS):
+    """Score every target of windows (batching.evaluation_windows or sliding_windows) in float32, and with the
+    logits divided by each of temperatures, on every batch or on evenly spaced batches of about
+    calibration_targets targets in all, for calibration: a Score."""
     assert 1.0 in temperatures, "the loss is the loss at temperature 1"
     D, T, K = len(windows.documents.starts), windows.block_size, len(temperatures)
     result = Score(np.zeros(D), np.zeros(D, np.int64), np.zeros(T), np.zeros(T, np.int64), tuple(temperatures),
-                   np.zeros(K), np.zeros((K, 3, CALIBRATION_BINS)))
+                   np.zeros(K), 0, np.zeros((K, 3, CALIBRATION_BINS)))
     was_training = model.training
     model.eval()
     starts = range(0, windows.n_windows, windows.batch_size)
-    for start in tqdm(starts, desc=name, unit='batch', leave=False, dynamic_ncols=True, disable=None):
+    every = max(1, math.ceil(windows.n_windows * T / calibration_targets))  # in batches, on at most B * T targets each
+    one = temperatures.index(1.0)
+    for b, start in enumerate(tqdm(starts, desc=name, unit='batch', leave=False, dynamic_ncols=True, disable=None)):
         ids = np.arange(start, min(start + windows.batch_size, windows.n_windows))
         batch = batching.to_device(windows.windows(ids), device)
         is_target = batch.y != batching.IGNORE_INDEX                     # (B, T)
         rows, columns = (t.cpu().numpy() for t in is_target.nonzero(as_tuple=True))  # (N,) each, row-major
         logits = logits_of(model, batch)[is_target].float()             # (N, V)
-        targets = batch.y[is_target][:, None]                            # (N, 1)
-        is_top = (logits.argmax(-1, keepdim=True) == targets)[:, 0].double()
+        target_logits = logits.gather(1, batch.y[is_target][:, None])[:, 0]
+        top_logits, top = logits.max(-1)
+        is_top = (top == batch.y[is_target]).double()
+        in_sample = b % every == 0
+        result.temperature_targets += len(rows) if in_sample else 0
         for k, t in enumerate(temperatures):
-            log_probs = torch.log_softmax(logits / t, dim=-1)
-            nats = -log_probs.gather(1, targets)[:, 0].double()
-            result.temperature_nats[k] += nats.sum().item()
-            confidence = log_probs.max(-1).values.exp().double()
+            if k != one and not in_sample:
+                continue
+            normalizer = torch.logsumexp(logits / t, dim=-1)            # log p(i) = logit(i) / t - normalizer
+            nats = (normalizer - target_logits / t).double()
+            confidence = (top_logits / t - normalizer).exp().double()   # the top token's probability
+            if in_sample:
+                result.temperature_nats[k] += nats.sum().item()
             where = (confidence * CALIBRATION_BINS).long().clamp(max=CALIBRATION_BINS - 1)
             for i, values in enumerate((torch.ones_like(confidence), confidence, is_top)):
                 result.calibration[k, i] += torch.bincount(where, values, CALIBRATION_BINS).cpu().numpy()
-            if t == 1.0:
+            if k == one:
                 nats = nats.cpu().numpy()
                 document = windows.document_of(ids)[rows]
                 result.document_nats += np.bincount(document, nats, D)

@@ -1,4 +1,5 @@
-"""evaluate.py's report card: everything it measures of one trained checkpoint, as one json-able dict.
+"""evaluate.py's report card: its options, and everything it measures of one trained checkpoint, as one json-able
+dict (evaluate() runs it for evaluate.py and for ablate.py's best run against its worst).
 
     held_out      the exact score (every held-out target once; evaluation.py), chunked and sliding, with 95%
                   intervals over documents
@@ -14,17 +15,80 @@
 Every measure but the samples' needs the prepared data directory the checkpoint names; where it is gone, the
 others are still measured and data_problem says why the rest is missing. slm/report_page.py writes the card.
 """
+import dataclasses
+import os
+import sys
 import time
 
 import numpy as np
 import torch
 
-from configurator import UserError
-from slm import batching, checkpoint, evaluation, fluency, generation, memorization, storage
+import configurator
+from configurator import UserError, option
+from slm import batching, checkpoint, evaluation, fluency, generation, memorization, report_page, runtime, storage
 from slm import tokenizer as tok
 
 
 NGRAMS = {'char': (16, 32, 64), 'note': (8, 16, 32)}  # the n-gram lengths memorization is counted at, per unit
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    out_dir: str = 'out'          # the run to evaluate: its best.pt, else ckpt.pt; the report goes to out_dir/report
+    checkpoint: str = ''          # a checkpoint file instead of out_dir's (the report still goes to out_dir/report)
+    compare: str = ''             # another run's out_dir: both in one report, out_dir/report-vs-OTHER, with the
+    #                               differences
+    data_dir: str = ''            # the prepared data to score on ('': the one the checkpoint was trained on)
+    documents: int = option(0, low=0)  # held-out documents scored (0: all of them)
+    stride: int | None = None     # the sliding score's windows lie stride tokens apart, so each target has at least
+    #                               block_size - stride tokens of context (None: block_size // 2)
+    batch_size: int = option(32, low=1)  # windows per forward pass while scoring
+    bootstrap: int = option(1000, low=10)  # resamples of the documents for the 95% intervals
+    num_samples: int = option(10, low=1)  # samples drawn (memorization, fluency, surprisal)
+    sample_tokens: int = option(500, low=1)  # tokens in each sample
+    temperature: float = option(1.0, low=0, low_open=True)  # of the samples: 1.0 draws from the model as it is
+    top_k: int = option(0, low=0)  # of the samples: 0 = no truncation
+    seed: int = 1337              # the samples' and the bootstrap's
+    device: str = option('auto', choices=runtime.DEVICES)  # auto: cuda if present, else mps, else cpu
+    threads: int = option(0, low=0)  # CPU threads (0: one per core)
+
+
+def check(cfg):
+    """One-line errors for options that cannot work, before the checkpoint is scored."""
+    configurator.check(cfg)
+    if cfg.stride is not None and cfg.stride < 1:
+        raise UserError(f"--stride={cfg.stride}: the sliding windows must lie at least 1 token apart; give a stride"
+                        f" from 1 to the model's block_size")
+    if cfg.compare and os.path.abspath(cfg.compare) == os.path.abspath(cfg.out_dir):
+        raise UserError(f"--compare={cfg.compare} is the run being evaluated: compare with another out_dir")
+
+
+def check_stride(cfg, block_size):
+    if cfg.stride is not None and cfg.stride > block_size:
+        raise UserError(f"--stride={cfg.stride} is more than the model's block_size {block_size}: give a stride from 1"
+                        f" to {block_size}")
+
+
+def report_folder(cfg):
+    """out_dir/report, or with --compare out_dir/report-vs-OTHER (a run's own report stays as it was)."""
+    other = os.path.basename(os.path.normpath(cfg.compare))
+    return os.path.join(cfg.out_dir, f'report-vs-{other}' if cfg.compare else 'report')
+
+
+def evaluate(cfg, out=sys.stdout):
+    """Write the report of cfg.out_dir's checkpoint (and cfg.compare's); return (report.md's path, the cards)."""
+    check(cfg)
+    device = runtime.resolve_device(cfg.device)
+    runs = [load(cfg, out_dir, device) for out_dir in [cfg.out_dir] + ([cfg.compare] if cfg.compare else [])]
+    for _, _, _, model, _ in runs:  # every checkpoint and option checked before minutes of measuring
+        check_stride(cfg, model.args.block_size)
+    cards = [report_card(cfg, loaded, device) for loaded in runs]
+    path = report_page.write(cards, report_folder(cfg))
+    out.write(report_page.table(cards) + f'\n\nwrote {path}\n')
+    problems = [f"{card['model']['out_dir']}: {card['data_problem']}" for card in cards if card['data_problem']]
+    if problems:
+        raise UserError(f"{'; '.join(problems)} (the report holds the measures that need no data)")
+    return path, cards
 
 
 def load(cfg, out_dir, device):
@@ -123,13 +187,13 @@ def summary(lengths):
 
 
 def calibration(score):
-    """The reliability diagram and expected calibration error at temperature 1 and at the best of the grid."""
-    result = {}
+    """The reliability diagram and expected calibration error at temperature 1 (of every target) and at the best
+    of the grid (of the temperature sample), and the nats per token of the temperature sample at both."""
+    result = {'sample_targets': score.temperature_targets}
     for name, t in (('raw', 1.0), ('fitted', score.best_temperature())):
         confidence, accuracy, share, ece = score.calibration_at(t)
-        k = score.temperatures.index(t)
-        result[name] = {'temperature': float(t), 'ece': ece,
-                        'nats_per_token': float(score.temperature_nats[k] / score.targets),
+        result[name] = {'temperature': float(t), 'ece': ece, 'targets': int(score.calibration[score.temperatures.index(t), 0].sum()),
+                        'nats_per_token': score.nats_at(t),
                         'confidence': nan_to_none(confidence), 'accuracy': nan_to_none(accuracy),
                         'share': share.tolist()}
     return result

@@ -60,6 +60,7 @@ def rows(card):
         c = card['calibration']
         out += [('expected calibration error', c['raw']['ece']),
                 ('fitted temperature', c['fitted']['temperature']),
+                ('  held-out targets it is fitted on', c['sample_targets']),
                 ('calibration error at it', c['fitted']['ece']),
                 ('nats/token at it', c['fitted']['nats_per_token'])]
     mem = card.get('memorization')

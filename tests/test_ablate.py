@@ -71,6 +71,22 @@ def test_a_finished_run_is_not_trained_again(windowing_run, capsys):
     assert 'random: already done' in capsys.readouterr().out
 
 
+def test_report_puts_the_best_run_beside_the_worst(windowing_run, capsys):
+    args, results, directory = windowing_run
+    ablate.main(args + ['--report=True'])  # the runs are done: only the report is new
+    ranked = sorted(results, key=lambda r: r['val_bits_per_char'])
+    best, worst = ranked[0], ranked[-1]
+    folder = directory / best['name'] / f"report-vs-{worst['name']}"
+    with open(folder / 'report.json') as f:
+        cards = json.load(f)['models']
+    assert [card['model']['out_dir'] for card in cards] == [str(directory / r['name']) for r in (best, worst)]
+    for card, r in zip(cards, (best, worst)):  # each scored on the same 20 held-out verses as the ablation
+        assert card['held_out']['documents'] == 20
+        assert card['held_out']['chunked']['nats_per_token'] == pytest.approx(r['val_loss'], rel=1e-5)
+    assert f"report-vs-{worst['name']}/report.md" in (directory / 'results.md').read_text()
+    assert 'already done' in capsys.readouterr().out
+
+
 def smaller_copy(source, target, keep_documents):
     """A prepared directory like source whose train split keeps only its first documents (val untouched)."""
     shutil.copytree(source, target)

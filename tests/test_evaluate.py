@@ -103,6 +103,13 @@ def test_a_model_of_the_true_distribution_is_calibrated():
                                      evaluation.TEMPERATURES)
     assert overconfident.calibration_at(1.0)[3] > 0.05
     assert overconfident.best_temperature() == pytest.approx(2.0, rel=0.07)
+    sampled = evaluation.score(wrong, batching.evaluation_windows(documents, 64, 16), 'cpu',
+                               evaluation.TEMPERATURES, calibration_targets=8192)  # every 5th of 40 batches
+    assert 7 * 64 * 16 < sampled.temperature_targets <= 8 * 64 * 16  # 8 batches of at most 64 x 16 targets
+    assert sampled.best_temperature() == overconfident.best_temperature()
+    assert sampled.nats_per_target == overconfident.nats_per_target  # the loss still of every target
+    assert sampled.calibration_at(1.0)[3] == pytest.approx(overconfident.calibration_at(1.0)[3])
+    assert sampled.calibration[0, 0].sum() == sampled.temperature_targets  # temperature 0.5: of the sample
 
 
 def test_bootstrap_interval_holds_the_score_and_narrows_with_documents():
