@@ -13,10 +13,9 @@ way, so every run is scored on the same held-out text, each in its own tokens. W
 each run's block_size covers the config's context in characters (block_size x the config's characters per token,
 divided by the run's), so every run sees the same text per window and per batch, whatever a token is.
 
---time_budget=SECONDS gives every run the same wall clock instead of the same tokens: a short calibration run
-of the variant's own steps times a step and the fixed cost of a training run (start-up, evaluations, saving);
-max_iters is fitted so that the run's training calls take the budget, then the run trains to exactly that many
-iterations (deterministic, whatever the machine does meanwhile) and records the wall clock it really took.
+--time_budget=SECONDS gives every run the same wall clock instead of the same tokens: each trains with train.py's
+--max_time (start-up, evaluations and checkpoints inside the budget, the learning-rate schedule laid out over
+it), pausing at each of its --points to be scored and resuming the same budget.
 
 Every run is train.py's own loop (training.train) from the same seed, so from the same initial weights, and learns
 the same number of real target tokens: padding and pairs across a document boundary do not count, so a
@@ -35,10 +34,8 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
-import math
 import multiprocessing
 import os
-import shutil
 import statistics
 import time
 
@@ -47,7 +44,7 @@ import torch
 import configurator
 from configurator import UserError, listed, option, parse, run
 from model import recipe_changes
-from slm import batching, checkpoint, corpus, evaluation, report, runtime, storage, training, trainlog
+from slm import batching, checkpoint, corpus, evaluation, report, runtime, storage, training
 
 
 DATA_SIZE_DIRS = 'data/tinystories_20k,data/tinystories_200k,data/tinystories'
@@ -79,7 +76,6 @@ class AblateConfig(training.TrainConfig):
     prepare_args: str = ''        # tokenizer: more prepare.py options for the directories it prepares (--source=...)
     time_budget: float = option(0.0, low=0)  # seconds of training per run, start-up included (0 = the same
     #                               target tokens)
-    calibration_iters: int = option(20, low=4)  # time_budget: steps of the calibration run that fits max_iters
     recipe_base: str = option('', choices=('',), some_of=tuple(RECIPE_CHANGES))  # recipe:
     #                               the changes from the GPT-2 recipe that make the base run, comma-separated
     recipe_changes: str = option(','.join(RECIPE_CHANGES), choices=('',), some_of=tuple(RECIPE_CHANGES))  # recipe:
@@ -232,40 +228,13 @@ def check_held_out(cfg, variant_list):
 
 def score(out_dir, documents, chars, cfg):
     """Nats per real target and bits per character of out_dir's latest checkpoint on the held-out documents
-    (evaluation.held_out_loss), and the model's parameters."""
+    (evaluation.held_out_loss), the model's parameters and the checkpoint's iteration."""
     device = runtime.resolve_device(cfg.device)
-    model = checkpoint.restore_model(checkpoint.load(os.path.join(out_dir, checkpoint.LATEST))).to(device)
+    ckpt = checkpoint.load(os.path.join(out_dir, checkpoint.LATEST))
+    model = checkpoint.restore_model(ckpt).to(device)
     loss = evaluation.held_out_loss(model, documents, cfg.batch_size, device)
     parameters = sum(p.numel() for p in model.parameters())
-    return loss, evaluation.bits_per_unit(loss, float(documents.pairs.sum()), chars), parameters
-
-
-def fit_iters(cfg, run_cfg, run_dir):
-    """(max_iters, calibration) that make a run's cfg.points training calls take cfg.time_budget seconds: a
-    calibration run of the variant's own steps gives the time of a step (between its two log lines) and the fixed
-    cost of one training call (start-up, evaluations, saving: its wall clock less its steps). It runs twice, and
-    the second is timed: the first call in a process pays one-time costs that the real run, after it, does not."""
-    steps = cfg.calibration_iters
-    calibration_dir = os.path.join(run_dir, 'calibration')
-    calibration = dataclasses.replace(run_cfg, out_dir=calibration_dir, init_from='scratch', max_iters=steps,
-                                      eval_interval=steps, log_interval=steps // 2, warmup_iters=0,
-                                      lr_decay_iters=steps)
-    for _ in range(2):
-        shutil.rmtree(calibration_dir, ignore_errors=True)
-        started = time.perf_counter()
-        training.train(calibration)
-        wall_s = time.perf_counter() - started
-    with open(os.path.join(calibration_dir, 'metrics.jsonl')) as f:
-        logged = [r for r in map(trainlog.read_record, f) if r and 'tokens_per_sec' in r]
-    shutil.rmtree(calibration_dir)
-    step_s = (logged[-1]['elapsed_s'] - logged[-2]['elapsed_s']) / (logged[-1]['iter'] - logged[-2]['iter'])
-    overhead_s = max(0.0, wall_s - steps * step_s)
-    iters = math.floor((cfg.time_budget - cfg.points * overhead_s) / step_s)
-    if iters < cfg.points:
-        raise UserError(f"--time_budget={cfg.time_budget:g} s fits {max(iters, 0)} iterations of"
-                        f" {os.path.basename(run_dir)} (a step takes {step_s:.3f} s, each of --points={cfg.points}"
-                        f" training calls {overhead_s:.1f} s more): give it more time or fewer points")
-    return iters, {'iters': steps, 'wall_s': wall_s, 'step_s': step_s, 'overhead_s': overhead_s}
+    return loss, evaluation.bits_per_unit(loss, float(documents.pairs.sum()), chars), parameters, ckpt['iter_num']
 
 
 def run_config(cfg, variant):
@@ -299,34 +268,36 @@ def run_variant(cfg, variant, budget):
         if result['settings'] == settings:
             print(f"{variant.name}: already done in {run_dir}")
             return result
-    if cfg.time_budget:
-        iters, calibration = fit_iters(cfg, run_cfg, run_dir)
-        print(f"{variant.name}: {calibration['step_s']:.3f} s a step, {calibration['overhead_s']:.1f} s a training"
-              f" call: {iters:,} iterations in {cfg.time_budget:g} s")
+    if cfg.time_budget:  # train.py's --max_time: evaluations only at the start (they time the last) and the end
+        iters = None
+        run_cfg = dataclasses.replace(run_cfg, max_time=f'{cfg.time_budget:g}s', eval_interval=2**62,
+                                      lr_decay_iters=0)
     else:
-        iters, calibration = max(cfg.points, round(budget / (tokens_per_iter * share))), None
-    # Every run gets the config's schedule shape: warmup for the same share of its iterations as the config's,
-    # then the cosine down to min_lr at its own end, whatever iteration a segment stops at.
-    warmup_iters = round(cfg.warmup_iters * iters / cfg.max_iters)
-    run_cfg = dataclasses.replace(run_cfg, max_iters=iters, warmup_iters=warmup_iters, lr_decay_iters=iters,
-                                  eval_interval=iters)
+        # Every run gets the config's schedule shape: warmup for the same share of its iterations as the config's,
+        # then the cosine down to min_lr at its own end, whatever iteration a segment stops at.
+        iters = max(cfg.points, round(budget / (tokens_per_iter * share)))
+        run_cfg = dataclasses.replace(run_cfg, max_iters=iters, warmup_iters=round(cfg.warmup_iters * iters /
+                                      cfg.max_iters), lr_decay_iters=iters, eval_interval=iters)
     train_chars_per_target = chars_per_token(meta)
     curve, train_s = [], 0.0
     for k in range(1, cfg.points + 1):
-        stop = round(iters * k / cfg.points)
         started = time.perf_counter()
-        training.train(dataclasses.replace(run_cfg, max_iters=stop, init_from='resume' if k > 1 else 'scratch',
-                                        overwrite=True))  # a run of other settings, or cut short
+        segment = dataclasses.replace(run_cfg, init_from='resume' if k > 1 else 'scratch', overwrite=True)
+        if iters is None:  # a run of other settings, or cut short
+            training.train(segment, pause_at=cfg.time_budget * k / cfg.points if k < cfg.points else None)
+        else:
+            training.train(dataclasses.replace(segment, max_iters=round(iters * k / cfg.points)))
         train_s += time.perf_counter() - started
-        loss, bits_per_char, parameters = score(run_dir, documents, chars, cfg)
+        loss, bits_per_char, parameters, stop = score(run_dir, documents, chars, cfg)
         curve.append({'iter': stop, 'target_tokens': stop * tokens_per_iter * share, 'train_s': train_s,
                       'train_chars': stop * tokens_per_iter * share * train_chars_per_target,
                       'val_loss': loss, 'val_bits_per_char': bits_per_char})
         print(f"{variant.name}: iteration {stop}/{iters}, {curve[-1]['target_tokens']:,.0f} target tokens:"
               f" val loss {loss:.4f} per target, {bits_per_char:.4f} bits/char")
+    iters = stop
     result = {'settings': settings, 'name': variant.name, 'seed': run_cfg.seed, 'iters': iters, 'target_share': share,
               'positions': iters * tokens_per_iter, 'target_tokens': iters * tokens_per_iter * share,
-              'train_s': train_s, 'tokens_per_s': iters * tokens_per_iter / train_s, 'calibration': calibration,
+              'train_s': train_s, 'tokens_per_s': iters * tokens_per_iter / train_s,
               'block_size': run_cfg.block_size, 'parameters': parameters, 'vocab_size': meta['vocab_size'],
               'chars_per_token': meta['splits']['val']['chars'] / meta['splits']['val']['tokens'],
               **{k: curve[-1][k] for k in ('val_loss', 'val_bits_per_char')}, 'curve': curve}

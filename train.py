@@ -14,17 +14,19 @@ and checkpoint.
 Ctrl-C or SIGTERM finishes the current step, saves ckpt.pt and prints the command that resumes the run.
 Under torchrun (see distributed.py) the processes share each optimizer step's batches and process 0 writes.
 """
+import functools
 import sys
 
 from configurator import parse, run
-from slm import training
+from slm import budget, training
 from slm.training import TrainConfig  # noqa: F401  (the options: python train.py -h, docs/options.md)
 
 
-def main(argv=None):
+def main(argv=None, started=None):
+    """Train as argv says; started: time.perf_counter() when the run began (None: now)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return training.train(parse(TrainConfig, argv), argv)
+    return training.train(parse(TrainConfig, argv), argv, started)
 
 
 if __name__ == '__main__':
-    run(main)
+    run(functools.partial(main, started=budget.process_start()))  # --max_time counts the interpreter's start-up

@@ -120,9 +120,13 @@ class World:
     def agreed_signal(self, signum):
         """The signal that any process was sent (0 for none), the same in all of them, so that they stop after the
         same step: torchrun passes a signal on to its processes one by one, and a user may signal just one."""
+        return self.agreed_max(signum or 0)
+
+    def agreed_max(self, value):
+        """The largest of an int over the processes, the same in all of them (a decision any one may make)."""
         if not self.is_distributed:
-            return signum or 0
-        flag = torch.tensor(signum or 0)
+            return value
+        flag = torch.tensor(value, dtype=torch.int64)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
         return int(flag)
 

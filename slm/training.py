@@ -15,7 +15,7 @@ from tqdm import tqdm
 import configurator
 from configurator import UNKNOWN, UserError, option
 from model import ModelArgs, ModelOptions, build_model, gpt2_recipe, recipe_fields
-from slm import batching, checkpoint, distributed, runtime, storage
+from slm import batching, budget, checkpoint, distributed, runtime, storage
 from slm import tokenizer as tok
 from slm.checkpoint import seed_everything
 from slm.evaluation import EVAL_SEED, bits_per_unit, estimate_loss, text_unit
@@ -63,6 +63,9 @@ class TrainConfig(ModelOptions, RunFiles):
     batch_size: int = option(32, low=1)  # windows per micro-step
     gradient_accumulation_steps: int = option(1, low=1)  # micro-steps per optimizer step
     max_iters: int = option(2000, low=0)  # optimizer steps in total (0: evaluate and save the initial model)
+    max_time: str = ''            # train for this much wall clock instead (5min, 300s, 2h; '' = max_iters): start-up,
+    #                               evaluations and the last checkpoint included, the learning-rate schedule laid
+    #                               out over it; resumes continue the budget; --max_iters on the command line wins
     learning_rate: float = option(1e-3, low=0, low_open=True)  # peak learning rate, reached after warmup
     min_lr: float = option(1e-4, low=0)  # floor of the cosine decay
     warmup_iters: int = option(100, low=0)  # linear warmup steps
@@ -146,6 +149,8 @@ def check_config(cfg):
                         f" (none there)")
     if cfg.max_memory != 'auto':
         runtime.parse_size(cfg.max_memory)  # raises for a size it cannot read
+    if cfg.max_time:
+        budget.parse_duration(cfg.max_time)
     if cfg.model_type == 'gpt' and cfg.n_embd % cfg.n_head:
         raise UserError(f"--n_embd={cfg.n_embd} must be a multiple of --n_head={cfg.n_head}")
     if cfg.model_type == 'gpt' and cfg.rope and cfg.n_embd // cfg.n_head % 2:
@@ -169,13 +174,16 @@ def check_tokenizer(data_dir, meta):
                         f" (python prepare.py {data_dir})")
 
 
-def train(cfg, argv=None):
+def train(cfg, argv=None, started=None, pause_at=None):
     """Run training as configured, in this process or, under torchrun, in each of its processes; return the last
     evaluation's metrics.
 
     argv, the command-line arguments it was started with, goes into the resume command printed on a signal.
+    started: time.perf_counter() when the run began (train.py: its process's start), else now. pause_at: with
+    --max_time, stop at this many seconds of the budget, saving ckpt.pt to resume from (ablate.py's points).
     Process 0 holds out_dir's lock for the whole run (the others write nothing there).
     """
+    started = time.perf_counter() if started is None else started
     world = distributed.World.from_environment()
     device = world.device_for(runtime.resolve_device(cfg.device))
     threads = torch.get_num_threads()
@@ -189,36 +197,46 @@ def train(cfg, argv=None):
             world.on_main(lock.acquire)
             if note := runtime.busy_note(busy_cpus, torch.get_num_threads()):
                 world.say(note)
-            return train_loop(Run(cfg, argv, world, device))
+            return train_loop(Run(cfg, argv, world, device, started, pause_at))
     finally:
         lock.release()  # ablate.py and the tests train into one out_dir after another in one process
         torch.set_num_threads(threads)  # as it was: ablate.py and the tests call train() in their own process
 
 
 def train_loop(run):
-    """Train from run's iteration to max_iters, evaluating and saving at every eval_interval and at the end;
-    return the last evaluation's metrics. On a signal: save ckpt.pt, print the resume command, exit."""
+    """Train from run's iteration to max_iters (or to the end of --max_time), evaluating and saving at every
+    eval_interval and at the end; return the last evaluation's metrics. On a signal: save ckpt.pt, print the
+    resume command, exit."""
     cfg, world, state = run.cfg, run.world, run.state
+    state.startup_s += time.perf_counter() - run.started
     state.restart_timer()
     with (StopOnSignal() as stop,
-          tqdm(total=cfg.max_iters, initial=state.iter_num, desc='train', unit='it', dynamic_ncols=True,
+          tqdm(total=run.planned_iters(), initial=state.iter_num, desc='train', unit='it', dynamic_ncols=True,
                disable=not world.is_main) as progress):
         # a signal during a step stops before the next evaluation, not after it; all processes after the same step
-        while not (signum := world.agreed_signal(stop.signum)):
+        while not (signum := world.agreed_signal(stop.signum)) and not run.is_paused():
+            run.check_time()
             if run.is_evaluation_due():
+                started = time.perf_counter()
                 run.save_checkpoints(*run.evaluate())
                 run.plot()
+                run.evaluated(time.perf_counter() - started)
                 state.restart_timer()  # evaluation time is not training throughput
                 signum = world.agreed_signal(stop.signum)  # a signal that came during the evaluation
-            if state.iter_num >= cfg.max_iters or signum:
+            if run.is_at_end() or signum:
                 break
             run.step()
             progress.update()
             if state.iter_num % cfg.log_interval == 0:
+                progress.total = run.planned_iters()
                 run.log_steps(progress)
-        if signum and state.iter_num < cfg.max_iters:  # in the block: a second signal while it saves stops at once
+        if signum and not run.is_at_end():  # in the block: a second signal while it saves stops at once
             progress.close()  # its last line before the resume command, not after it
             run.stop_on_signal(signum)
+    if run.is_paused() and not run.is_at_end() and state.saved_iter != state.iter_num:
+        run.save_checkpoints()
+    elif run.time_budget:
+        run.log_time_spent()
     return state.result
 
 
@@ -228,6 +246,9 @@ class RunState:
     started: float                     # time.perf_counter() when this process began the run
     step_losses: StepLosses            # the steps since the last log line
     elapsed_before: float = 0.0        # wall-clock seconds of training in the runs a resume continues
+    startup_s: float = 0.0             # of all the elapsed seconds (over resumes), those of start-up
+    evaluations_s: float = 0.0         # and those of evaluations, with their checkpoints and plots
+    last_evaluation_s: float = 0.0     # the seconds of the last of them (--max_time keeps room for one at the end)
     iter_num: int = 0                  # optimizer steps taken
     best_val_loss: float = math.inf
     evaluated_iter: int | None = None  # the iteration last evaluated
@@ -250,10 +271,10 @@ class Run:
     """One process's training run: the model, optimizer and batches it trains with, its RunState, and the jobs
     the training loop calls (evaluate, save_checkpoints, step, log_steps, stop_on_signal)."""
 
-    def __init__(self, cfg, argv, world, device):
-        """Set up the run from scratch or, with --init_from=resume, from out_dir/ckpt.pt; say what it trains."""
-        started = time.perf_counter()
-        self.world = world
+    def __init__(self, cfg, argv, world, device, started, pause_at=None):
+        """Set up the run from scratch or, with --init_from=resume, from out_dir/ckpt.pt; say what it trains.
+        started: time.perf_counter() when the run began (its start-up counts)."""
+        self.world, self.started, self.pause_at = world, started, pause_at
         self.ckpt_path, self.best_path = (os.path.join(cfg.out_dir, name) for name in checkpoint.CHECKPOINTS)
         if cfg.init_from != 'resume' and not cfg.overwrite:  # before anything in out_dir is touched
             world.on_main(refuse_to_replace, cfg.out_dir)
@@ -275,6 +296,8 @@ class Run:
             cfg = dataclasses.replace(cfg, **{k: shape[k] for k in PRETRAINED_SHAPE})
         cfg = dataclasses.replace(cfg, optimizer=resolve_optimizer(cfg.optimizer, cfg.model_type))  # as saved
         self.cfg, self.world, self.device = cfg, world, device
+        self.time_budget = self.read_time_budget(cfg, argv)
+        self.end_iter = None if self.time_budget else cfg.max_iters  # with --max_time: decided as it trains
         self.resume_command = resume_command(cfg, argv, world.launcher())  # what a stopped run prints
         self.micro_steps = micro_steps_per_process(cfg, world.size)
         self.dtype = runtime.resolve_dtype(cfg.dtype, device)
@@ -375,6 +398,11 @@ class Run:
             self.scaler.load_state_dict(resumed['scaler'])
         state.iter_num, state.best_val_loss = resumed['iter_num'], resumed['best_val_loss']
         state.elapsed_before = resumed.get('elapsed_s', 0.0)
+        spent = resumed.get('spent_s', {})  # a checkpoint from before --max_time: none recorded
+        state.startup_s, state.evaluations_s = spent.get('startup', 0.0), spent.get('evaluations', 0.0)
+        state.last_evaluation_s = spent.get('last_evaluation', 0.0)
+        if self.time_budget:
+            self.time_budget.evaluated(state.last_evaluation_s)
         state.saved_iter = state.iter_num
         # a checkpoint saved on a signal between evaluations was not evaluated; one saved at an evaluation was
         state.evaluated_iter = state.iter_num if resumed['val_loss'] is not None else None
@@ -405,12 +433,66 @@ class Run:
         return (f"{self.args.model_type} with {n_params / 1e6:.2f}M parameters on {self.device} ({path})"
                 f"{processes}; {self.tokens_per_iter:,} tokens per iteration"
                 f" ({resolved_windowing(dataclasses.asdict(cfg))} windows,"
-                f" {self.batch_loss.batches.target_fraction:.0%} of them targets), {cfg.max_iters} iterations")
+                f" {self.batch_loss.batches.target_fraction:.0%} of them targets), {self.length()}")
+
+    def length(self):
+        if self.time_budget:
+            return (f"for {self.cfg.max_time} of wall clock ({self.time_budget.seconds:g} s, start-up, evaluations"
+                    f" and the last checkpoint included)")
+        return f"{self.cfg.max_iters} iterations"
+
+    def read_time_budget(self, cfg, argv):
+        """The TimeBudget of --max_time, or None: none given, or --max_iters given on the command line too."""
+        if not cfg.max_time:
+            return None
+        if 'max_iters' in configurator.given_keys(argv):
+            self.world.say(f"--max_iters={cfg.max_iters} on the command line wins over --max_time={cfg.max_time}")
+            return None
+        return budget.TimeBudget(budget.parse_duration(cfg.max_time), cfg.eval_interval)
+
+    def planned_iters(self):
+        """The iterations the run will have: max_iters, or with --max_time those its budget holds at the recent
+        pace (None before it is known)."""
+        if self.end_iter is not None or not self.time_budget:
+            return self.end_iter
+        planned = self.time_budget.planned_iters(self.state.iter_num, self.state.elapsed())
+        return self.world.agreed_max(planned) if planned is not None else None
+
+    def check_time(self):
+        """With --max_time: end the run here, before another step, when that step and the last evaluation would
+        not fit in the budget (every process at the same step)."""
+        if self.time_budget and self.end_iter is None:
+            if self.world.agreed_max(int(self.time_budget.should_end(self.state.elapsed()))):
+                self.end_iter = self.state.iter_num
+
+    def is_at_end(self):
+        return self.end_iter is not None and self.state.iter_num >= self.end_iter
+
+    def is_paused(self):
+        """With --max_time and pause_at: whether the run has spent pause_at seconds of its budget."""
+        return bool(self.time_budget and self.pause_at is not None and
+                    self.world.agreed_max(int(self.state.elapsed() >= self.pause_at)))
+
+    def evaluated(self, seconds):
+        self.state.evaluations_s += seconds
+        self.state.last_evaluation_s = seconds
+        if self.time_budget:
+            self.time_budget.evaluated(seconds)
+
+    def log_time_spent(self):
+        """The last line of metrics.jsonl of a --max_time run: how its budget was spent."""
+        state = self.state
+        elapsed = state.elapsed()
+        self.log_record({'iter': state.iter_num, 'max_time_s': self.time_budget.seconds, 'elapsed_s': elapsed,
+                         'startup_s': state.startup_s, 'evaluations_s': state.evaluations_s,
+                         'steps_s': elapsed - state.startup_s - state.evaluations_s})
+        self.world.say(f"{state.iter_num} iterations in {elapsed:.1f} s of the {self.time_budget.seconds:g} s budget"
+                       f" (start-up {state.startup_s:.1f} s, evaluations {state.evaluations_s:.1f} s)")
 
     def is_evaluation_due(self):
         """Every eval_interval steps and at the end, unless this iteration was evaluated (before a resume)."""
         it = self.state.iter_num
-        return (it % self.cfg.eval_interval == 0 or it == self.cfg.max_iters) and it != self.state.evaluated_iter
+        return (it % self.cfg.eval_interval == 0 or self.is_at_end()) and it != self.state.evaluated_iter
 
     def evaluate(self):
         """Evaluate on both splits, log the record and say its line; return (val loss, whether it is the best)."""
@@ -441,13 +523,28 @@ class Run:
     def step(self):
         """One optimizer step at the scheduled learning rate, recorded in state.step_losses."""
         state = self.state
-        state.lr = learning_rate(state.iter_num, self.cfg)
+        state.lr = learning_rate(state.iter_num, self.schedule())
         set_learning_rate(self.optimizer, state.lr)
         loss, is_skipped = train_step(self.batch_loss, self.optimizer, self.scaler, self.cfg, self.micro_steps)
         state.step_losses.record(loss)
         self.count_skipped(is_skipped)
         state.iter_num += 1
         state.timed_steps += 1
+        if self.time_budget:
+            self.time_budget.stepped(state.iter_num)
+
+    def schedule(self):
+        """The config the learning rate is read from. With --max_time, the config's schedule stretched over the
+        iterations planned: warmup the same share of them as warmup_iters is of max_iters, the decay ending at
+        the last (before the pace is known: warmup_iters, then the peak)."""
+        cfg = self.cfg
+        if not self.time_budget:
+            return cfg
+        planned = self.planned_iters()
+        if planned is None:
+            return dataclasses.replace(cfg, max_iters=2**62, lr_decay_iters=0)
+        warmup = round(cfg.warmup_iters * planned / cfg.max_iters) if cfg.max_iters else 0
+        return dataclasses.replace(cfg, max_iters=planned, warmup_iters=min(warmup, planned), lr_decay_iters=0)
 
     def count_skipped(self, is_skipped):
         """--on_nonfinite=skip: say so for each skipped step, and stop after MAX_SKIPPED_IN_A_ROW in a row."""
@@ -538,7 +635,9 @@ class Run:
             'data': {'data_dir': cfg.data_dir, f'val_tokens_per_{self.unit}': self.tokens_per_unit},
             'rng': {**rng_states[0], 'other_processes': rng_states[1:], 'batches': self.batch_loss.batches.state(),
                     'hidden': hidden},
-            'step_losses': step_losses, 'elapsed_s': state.elapsed()}
+            'step_losses': step_losses, 'elapsed_s': state.elapsed(),
+            'spent_s': {'startup': state.startup_s, 'evaluations': state.evaluations_s,
+                        'last_evaluation': state.last_evaluation_s}}
 
     def write_checkpoints(self, contents, is_best):
         if self.state.saved_iter is None:

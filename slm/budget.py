@@ -1,0 +1,87 @@
+"""--max_time: a run that trains for a wall-clock budget rather than a number of steps.
+
+    parse_duration   5min, 300s, 2h or 90 (seconds) as seconds
+    process_start    time.perf_counter() when this process started, so that its start-up counts
+    TimeBudget       how fast the run steps, how many steps the rest of the budget holds (the learning-rate
+                     schedule is laid out over them, so the last step is the end of the schedule), and when to
+                     stop so that the last evaluation and checkpoint end inside the budget
+
+The budget is the run's elapsed wall clock (RunState.elapsed: start-up, steps, evaluations and checkpoints, over
+its resumes). Before each step the run asks should_end: one more step at the recent pace, then an evaluation
+and checkpoint as long as the last one took, must still fit.
+"""
+import collections
+import math
+import os
+import re
+import time
+
+from configurator import UserError
+
+
+UNITS = {'': 1, 's': 1, 'sec': 1, 'm': 60, 'min': 60, 'h': 3600}
+PACE_STEPS = 32  # the pace is the mean time a step took over the last this many steps since an evaluation
+
+
+def parse_duration(text, name='--max_time'):
+    """Seconds of a duration written as a number and a unit (300s, 5min, 1.5h; no unit: seconds)."""
+    match = re.fullmatch(r'\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*', str(text).lower())
+    if not match or match.group(2) not in UNITS:
+        raise UserError(f"{name}={text} is not a duration: write a number and a unit (300s, 5min, 2h)")
+    seconds = float(match.group(1)) * UNITS[match.group(2)]
+    if seconds <= 0:
+        raise UserError(f"{name}={text} must be more than zero")
+    return seconds
+
+
+def process_start():
+    """time.perf_counter() when this process started (its interpreter and imports are start-up too), read from
+    Linux's /proc; where there is none, now."""
+    try:
+        with open('/proc/self/stat') as f:
+            start_ticks = int(f.read().rpartition(')')[2].split()[19])  # field 22: start time, in ticks after boot
+        with open('/proc/uptime') as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
+        age = 0.0
+    return time.perf_counter() - max(0.0, age)
+
+
+class TimeBudget:
+    """The plan of a run that trains for seconds of wall clock."""
+
+    def __init__(self, seconds, eval_interval):
+        self.seconds, self.eval_interval = seconds, eval_interval
+        self.marks = collections.deque(maxlen=PACE_STEPS + 1)  # (time, iteration) after the recent steps
+        self.evaluation_s = 0.0  # what the last evaluation took, with its checkpoints and plot
+
+    def stepped(self, iteration, now=None):
+        self.marks.append((time.perf_counter() if now is None else now, iteration))
+
+    def evaluated(self, seconds):
+        """After an evaluation that took seconds: the pace is measured again from the next step on (the first
+        step after it may pay for it, as the first of all pays for compiling)."""
+        self.evaluation_s = seconds
+        self.marks.clear()
+
+    def step_s(self):
+        """Seconds a step takes at the recent pace, or None before two steps have been timed."""
+        if len(self.marks) < 2:
+            return None
+        (t0, i0), (t1, i1) = self.marks[0], self.marks[-1]
+        return (t1 - t0) / (i1 - i0)
+
+    def should_end(self, elapsed):
+        """Whether the run must stop before another step, elapsed seconds into the budget: one more step at the
+        recent pace and then an evaluation as long as the last would not end inside it."""
+        return elapsed + (self.step_s() or 0.0) + self.evaluation_s > self.seconds
+
+    def planned_iters(self, iteration, elapsed):
+        """How many iterations the whole run will have, at the recent pace and with an evaluation every
+        eval_interval steps as long as the last: where the schedule ends. None before the pace is known."""
+        step_s = self.step_s()
+        if step_s is None:
+            return None
+        left = self.seconds - elapsed - self.evaluation_s
+        return iteration + max(0, math.floor(left / (step_s + self.evaluation_s / self.eval_interval)))
