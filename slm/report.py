@@ -192,7 +192,8 @@ def calibration(score):
     result = {'sample_targets': score.temperature_targets}
     for name, t in (('raw', 1.0), ('fitted', score.best_temperature())):
         confidence, accuracy, share, ece = score.calibration_at(t)
-        result[name] = {'temperature': float(t), 'ece': ece, 'targets': int(score.calibration[score.temperatures.index(t), 0].sum()),
+        targets = int(score.calibration[score.temperatures.index(t), 0].sum())
+        result[name] = {'temperature': float(t), 'ece': ece, 'targets': targets,
                         'nats_per_token': score.nats_at(t),
                         'confidence': nan_to_none(confidence), 'accuracy': nan_to_none(accuracy),
                         'share': share.tolist()}

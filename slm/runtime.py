@@ -5,8 +5,8 @@ train.py's defaults (`auto` for each) pick the fastest path that stays correct; 
     choice      --key       auto picks
     device      device      cuda if present, else mps, else cpu
     dtype       dtype       CUDA: bfloat16 autocast (float16 on GPUs without bfloat16);
-                            CPU: bfloat16 autocast where the CPU has bfloat16 matrix instructions (AVX-512 BF16
-                            or AMX), float32 elsewhere
+                            CPU: float32; train.py measures bfloat16 autocast against it where the CPU has
+                            bfloat16 matrix instructions (AVX-512 BF16 or AMX) and keeps the faster (probe.py)
     compile     compile     torch.compile on CUDA; off on the CPU
     threads     threads     one per physical core, shared among the processes torchrun starts on the machine
                             (OMP_NUM_THREADS, when set, wins)
@@ -63,7 +63,7 @@ def resolve_dtype(name, device):
         kind = torch.device(device).type
         if kind == 'cuda':
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if kind == 'cpu' and cpu_has_fast_bfloat16() else torch.float32
+        return torch.float32  # on a CPU, bfloat16 pays or not by the model's shape: probe.py measures it
     if name not in DTYPES:
         raise UserError(f"--dtype={name} is not one of auto, {', '.join(DTYPES)}")
     return getattr(torch, name)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 import configurator
 from configurator import UNKNOWN, UserError, option
 from model import ModelArgs, ModelOptions, build_model, gpt2_recipe, recipe_fields
-from slm import batching, budget, checkpoint, distributed, runtime, storage
+from slm import batching, budget, checkpoint, distributed, probe, runtime, storage
 from slm import tokenizer as tok
 from slm.checkpoint import seed_everything
 from slm.evaluation import EVAL_SEED, bits_per_unit, estimate_loss, text_unit
@@ -300,7 +300,6 @@ class Run:
         self.end_iter = None if self.time_budget else cfg.max_iters  # with --max_time: decided as it trains
         self.resume_command = resume_command(cfg, argv, world.launcher())  # what a stopped run prints
         self.micro_steps = micro_steps_per_process(cfg, world.size)
-        self.dtype = runtime.resolve_dtype(cfg.dtype, device)
         self.meta = storage.load_meta(cfg.data_dir)
         check_tokenizer(cfg.data_dir, self.meta)  # every checkpoint carries it: one that cannot be built is no model
         if cfg.verify_data:
@@ -320,6 +319,7 @@ class Run:
         shape = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelArgs) if hasattr(cfg, f.name)}
         self.args = ModelArgs(**shape, vocab_size=self.meta['vocab_size'],
                               pad_id=self.meta['tokenizer']['special_ids'].get('pad'))
+        self.dtype, self.dtype_reason = probe.training_dtype(cfg.dtype, device, self.args, cfg.batch_size)
         self.raw_model = build_model(self.args).to(device)  # the plain module, whose weights a checkpoint holds
         if pretrained:
             weights = dict(pretrained[1], **{'wpe.weight': pretrained[1]['wpe.weight'][:cfg.block_size]})
@@ -427,7 +427,8 @@ class Run:
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         processes = f" in each of {world.size} processes" if world.is_distributed else ''
         muon = 'Muon + ' if cfg.optimizer == 'muon' else ''
-        path = (f"{str(self.dtype)[6:]}, {'compiled' if self.model is not self.raw_model else 'eager'},"
+        why = f" ({self.dtype_reason})" if self.dtype_reason.startswith('auto:') else ''
+        path = (f"{str(self.dtype)[6:]}{why}, {'compiled' if self.model is not self.raw_model else 'eager'},"
                 f" {muon}{runtime.adamw_kernel(cfg.adamw, self.device)} AdamW,"
                 f" {threads} CPU thread{'s' if threads > 1 else ''}")
         return (f"{self.args.model_type} with {n_params / 1e6:.2f}M parameters on {self.device} ({path})"

@@ -28,6 +28,8 @@ STORIES = os.path.join(ROOT, 'tests', 'data', 'tinystories_sample.jsonl')
 os.environ['HF_DATASETS_OFFLINE'] = '1'
 os.environ['HF_DATASETS_CACHE'] = tempfile.mkdtemp(prefix='pytest-datasets-')
 atexit.register(shutil.rmtree, os.environ['HF_DATASETS_CACHE'], ignore_errors=True)
+os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='pytest-cache-')  # probe.py's answers, not the user's
+atexit.register(shutil.rmtree, os.environ['XDG_CACHE_HOME'], ignore_errors=True)
 os.environ['TIKTOKEN_CACHE_DIR'] = fetch_gpt2_vocab.DEFAULT_DIR
 
 

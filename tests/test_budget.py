@@ -45,9 +45,9 @@ def test_the_plan_keeps_room_for_a_step_and_the_last_evaluation():
 
 def test_a_timed_run_ends_inside_its_budget_at_the_end_of_its_schedule(char_data, tmp_path):
     out_dir, config = str(tmp_path / 'out'), tmp_path / 'config.py'
-    config.write_text('max_iters = 100\nwarmup_iters = 10\n')  # a config file's max_iters: the time wins
+    config.write_text('max_iters = 10\nwarmup_iters = 1\n')  # a config file's max_iters: the time wins
     result = train.main([str(config), f'--data_dir={char_data}', f'--out_dir={out_dir}', *TINY_GPT, '--max_time=4s',
-                         '--warmup_iters=10', '--eval_interval=100000', '--log_interval=1', '--learning_rate=3e-3',
+                         '--eval_interval=100000', '--log_interval=1', '--learning_rate=3e-3',
                          '--min_lr=3e-4'])
     records = metrics(out_dir)
     spent, steps = records[-1], [r for r in records if 'lr' in r]
@@ -56,10 +56,10 @@ def test_a_timed_run_ends_inside_its_budget_at_the_end_of_its_schedule(char_data
     assert spent['elapsed_s'] > 2.5  # it stops a step and the first evaluation (with one-time costs) before the end
     assert spent['elapsed_s'] == pytest.approx(
         spent['startup_s'] + spent['evaluations_s'] + spent['steps_s'])
-    assert [r['iter'] for r in evals] == [0, spent['iter']] and spent['iter'] == len(steps) > 100  # not max_iters
+    assert [r['iter'] for r in evals] == [0, spent['iter']] and spent['iter'] == len(steps) > 10  # not max_iters
     assert result['val_loss'] == evals[-1]['val_loss'] < evals[0]['val_loss']
     peak = max(r['lr'] for r in steps)
-    assert peak == pytest.approx(3e-3, rel=0.02)  # the warmup ended on the way (its share: 10 of 100)
+    assert peak == pytest.approx(3e-3, rel=0.05)  # the warmup ended on the way (its share: 1 of 10)
     assert steps[-1]['lr'] < 3e-4 + 0.05 * (3e-3 - 3e-4)  # the last step at the end of the cosine
     ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), weights_only=True)
     assert ckpt['iter_num'] == spent['iter'] and ckpt['config']['max_time'] == '4s'

@@ -1,4 +1,6 @@
+import dataclasses
 import os
+import re
 
 import pytest
 import torch
@@ -6,18 +8,51 @@ import torch
 import ablate
 from configurator import UserError
 from conftest import TINY_GPT, metrics
-from slm import optim, runtime, training
+from model import ModelArgs
+from slm import optim, probe, runtime, training
 import train
 
 
-@pytest.mark.parametrize('avx512_bf16, amx, expected', [
-    (True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, torch.float32)])
-def test_auto_dtype_on_cpu_follows_the_bfloat16_instructions(monkeypatch, avx512_bf16, amx, expected):
+@pytest.mark.parametrize('avx512_bf16, amx, fast', [(True, False, True), (False, True, True), (False, False, False)])
+def test_cpu_bfloat16_instructions_are_detected_and_auto_alone_means_float32(monkeypatch, avx512_bf16, amx, fast):
     monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx)
-    assert runtime.resolve_dtype('auto', 'cpu') == expected
+    assert runtime.cpu_has_fast_bfloat16() == fast
+    assert runtime.resolve_dtype('auto', 'cpu') == torch.float32  # without a model to measure (probe.py has one)
     assert runtime.resolve_dtype('float32', 'cpu') == torch.float32  # forcing always wins
     assert runtime.resolve_dtype('bfloat16', 'cpu') == torch.bfloat16
+
+
+@pytest.mark.parametrize('float32_s, bfloat16_s, expected', [(1.0, 0.9, torch.bfloat16), (1.0, 0.99, torch.float32),
+                                                             (0.9, 1.0, torch.float32)])
+def test_train_dtype_auto_is_measured_once_per_shape_where_the_cpu_has_bfloat16(monkeypatch, tmp_path, float32_s,
+                                                                                bfloat16_s, expected):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    monkeypatch.setattr(runtime, 'cpu_has_fast_bfloat16', lambda: True)
+    measured = []
+    monkeypatch.setattr(probe, 'measure', lambda args, rows: measured.append(rows) or
+                        {'float32_s': float32_s, 'bfloat16_s': bfloat16_s})
+    args = ModelArgs(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20)
+    dtype, why = probe.training_dtype('auto', 'cpu', args, 64)
+    assert dtype == expected and measured == [probe.MAX_ROWS] and 'cached' not in why
+    assert f"{max(float32_s, bfloat16_s) / min(float32_s, bfloat16_s):.2f}x as fast as" in why
+    again, why = probe.training_dtype('auto', 'cpu', args, 64)  # the next start reads the cache
+    assert again == expected and measured == [probe.MAX_ROWS] and why.endswith('(cached)')
+    probe.training_dtype('auto', 'cpu', dataclasses.replace(args, n_embd=32), 64)  # another shape is measured
+    assert len(measured) == 2 and os.path.exists(tmp_path / 'slm' / 'probe.json')
+    assert probe.training_dtype('float32', 'cpu', args, 64) == (torch.float32, 'given')
+    monkeypatch.setattr(runtime, 'cpu_has_fast_bfloat16', lambda: False)
+    assert probe.training_dtype('auto', 'cpu', args, 64)[0] == torch.float32 and len(measured) == 2
+
+
+def test_the_probe_times_both_dtypes_and_leaves_the_random_state_alone():
+    args = ModelArgs(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    times = probe.measure(args, 4)
+    assert times['float32_s'] > 0 and times['bfloat16_s'] > 0
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_a_torch_without_the_private_checks_means_float32(monkeypatch):
@@ -124,8 +159,12 @@ def test_training_records_its_wall_clock_and_keeps_counting_on_resume(char_data,
     common = [f'--data_dir={char_data}', f'--out_dir={tmp_path}', '--eval_interval=10', '--log_interval=5',
               *TINY_GPT, '--dtype=auto']  # the path train.py picks on this machine
     train.main([*common, '--max_iters=10'])
-    dtype = str(runtime.resolve_dtype('auto', 'cpu')).removeprefix('torch.')
-    assert f'({dtype}, eager, fused AdamW, ' in capsys.readouterr().out  # the path train.py chose, said once
+    said = capsys.readouterr().out  # the path train.py chose, said once, and why where it measured
+    if runtime.cpu_has_fast_bfloat16():
+        assert re.search(r'\((float32|bfloat16) \(auto: (float32|bfloat16) measured [0-9.]+x as fast as', said)
+    else:
+        assert '(float32 (auto: no bfloat16 instructions on this CPU), eager, fused AdamW, ' in said
+    assert ', eager, fused AdamW, ' in said
     first = [r['elapsed_s'] for r in metrics(tmp_path)]
     train.main([*common, '--max_iters=20', '--init_from=resume'])
     records = metrics(tmp_path)

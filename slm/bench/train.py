@@ -9,7 +9,7 @@ import torch
 
 from configurator import UserError
 from model import MODELS
-from slm import batching, perf, runtime
+from slm import batching, perf, probe, runtime
 from slm.bench.harness import Job, Trainer, dtype_name, section
 
 
@@ -106,13 +106,18 @@ def model_label(text):
 
 def path_trainer(ctx, device, text, path):
     """(Trainer, CPU threads) for a --defaults_models entry on one path: 'plain' is eager float32 with the
-    per-parameter AdamW loop at the thread count bench runs with; 'default' is what train.py picks (runtime.py)."""
+    per-parameter AdamW loop at the thread count bench runs with; 'default' is what train.py picks (runtime.py,
+    probe.py)."""
     model_type, shape, batch_size = defaults_model(text)
     if path == 'plain':
         trainer = Trainer(ctx, model_type, device, torch.float32, batch_size, False, shape=shape, adamw='for_loop')
         return trainer, torch.get_num_threads()
-    trainer = Trainer(ctx, model_type, device, runtime.resolve_dtype('auto', device), batch_size,
-                      runtime.resolve_compile('auto', device), shape=shape)
+    compiled = runtime.resolve_compile('auto', device)
+    trainer = Trainer(ctx, model_type, device, torch.float32, batch_size, compiled, shape=shape)
+    dtype, _ = probe.training_dtype('auto', device, trainer.raw_model.args, batch_size)  # as train.py decides it
+    if dtype != torch.float32:
+        trainer.close()
+        trainer = Trainer(ctx, model_type, device, dtype, batch_size, compiled, shape=shape)
     return trainer, runtime.resolve_threads(ctx.cfg.threads)
 
 
