@@ -4,7 +4,8 @@
     process_start    time.perf_counter() when this process started, so that its start-up counts
     TimeBudget       how fast the run steps, how many steps the rest of the budget holds (the learning-rate
                      schedule is laid out over them, so the last step is the end of the schedule), and when to
-                     stop so that the last evaluation and checkpoint end inside the budget
+                     stop so that the last evaluation and checkpoint end inside the budget (as long as the last
+                     one, or longer by as much as the steps have slowed since: the machine got busier)
 
 The budget is the run's elapsed wall clock (RunState.elapsed: start-up, steps, evaluations and checkpoints, over
 its resumes). Before each step the run asks should_end: one more step at the recent pace, then an evaluation
@@ -55,14 +56,25 @@ class TimeBudget:
         self.seconds, self.eval_interval = seconds, eval_interval
         self.marks = collections.deque(maxlen=PACE_STEPS + 1)  # (time, iteration) after the recent steps
         self.evaluation_s = 0.0  # what the last evaluation took, with its checkpoints and plot
+        self.pace_after = None  # the pace first measured after it: where the machine's load stood then
 
     def stepped(self, iteration, now=None):
         self.marks.append((time.perf_counter() if now is None else now, iteration))
+        if self.pace_after is None:
+            self.pace_after = self.step_s()
+
+    def next_evaluation_s(self):
+        """What the next evaluation will take: the last one's seconds, longer by as much as steps have slowed
+        since (other work that starts on the machine slows both alike), never shorter."""
+        step_s = self.step_s()
+        if step_s is None or not self.pace_after:
+            return self.evaluation_s
+        return self.evaluation_s * max(1.0, step_s / self.pace_after)
 
     def evaluated(self, seconds):
         """After an evaluation that took seconds: the pace is measured again from the next step on (the first
         step after it may pay for it, as the first of all pays for compiling)."""
-        self.evaluation_s = seconds
+        self.evaluation_s, self.pace_after = seconds, None
         self.marks.clear()
 
     def step_s(self):
@@ -74,8 +86,8 @@ class TimeBudget:
 
     def should_end(self, elapsed):
         """Whether the run must stop before another step, elapsed seconds into the budget: one more step at the
-        recent pace and then an evaluation as long as the last would not end inside it."""
-        return elapsed + (self.step_s() or 0.0) + self.evaluation_s > self.seconds
+        recent pace and then the last evaluation would not end inside it."""
+        return elapsed + (self.step_s() or 0.0) + self.next_evaluation_s() > self.seconds
 
     def planned_iters(self, iteration, elapsed):
         """How many iterations the whole run will have, at the recent pace and with an evaluation every

@@ -15,7 +15,11 @@ measurements (bench.py --sections=generate) and what each choice below saved.
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import inspect
+import json
 import os
+import shutil
 import tempfile
 import warnings
 import weakref
@@ -24,6 +28,7 @@ import torch
 
 from configurator import UserError
 from model import KVCache, rms_norm_in_dtype, rotate
+from slm import runtime, storage
 
 
 def decode_step(model, token, position, keys, values):
@@ -117,20 +122,41 @@ class AotStep:
     GPTContext), which costs a few steps' time every few dozen tokens.
 
     A library holds a copy of the weights: each is made per model (and batch size, dtype, device, and for a
-    read the number of tokens) at its first use, in seconds to tens of seconds, and serves that model as it was."""
+    read the number of tokens) at its first use, in seconds to tens of seconds, and serves that model as it was.
+    It is kept on disk (runtime.cache_dir()/aot, the newest KEEP_LIBRARIES), under a name that hashes
+    everything it was made from: the weights and model arguments, the inputs' shapes and dtypes, the device and
+    machine, torch's version and the source of model.py and this file. A later start (sample.py, serve.py) for
+    the same checkpoint on the same machine loads it in a fraction of a second; any other model, or code, makes
+    its own."""
 
     def __init__(self):
         self.libraries = weakref.WeakKeyDictionary()  # model -> {(what, shape, dtype, device): the loaded library}
+        self.weights = weakref.WeakKeyDictionary()  # model -> the digest of its weights when first asked
 
     def library(self, model, module, inputs):
-        """The library of module(model) (StepModule or ReadModule) for inputs like these, made if need be. It
-        keeps the weights the model had then: one trained further (or loaded anew) needs a new AotStep."""
+        """The library of module(model) (StepModule or ReadModule) for inputs like these, loaded from the disk
+        cache or made. It keeps the weights the model had then: one trained further needs a new AotStep."""
         libraries = self.libraries.setdefault(model, {})
         key = (module, inputs[0].shape, inputs[-1][0].dtype, inputs[0].device)
         if key not in libraries:
-            with cannot_compile('aot'):
-                libraries[key] = self.build(module(model), inputs)
+            path = self.cache_path(model, module, inputs)
+            library = load_library(path)
+            if library is None:
+                with cannot_compile('aot'):
+                    library = self.build(module(model), inputs, path)
+            libraries[key] = library
         return libraries[key]
+
+    def cache_path(self, model, module, inputs):
+        """Where the library of module(model) for inputs is kept: a name that changes with anything it depends on."""
+        if model not in self.weights:
+            self.weights[model] = weights_digest(model)
+        flat = [t for x in inputs for t in (x if isinstance(x, list) else [x])]
+        made_of = {'weights': self.weights[model], 'args': dataclasses.asdict(model.args), 'module': module.__name__,
+                   'inputs': [(list(t.shape), str(t.dtype)) for t in flat], 'device': str(flat[0].device),
+                   'machine': runtime.machine_name(flat[0].device), 'torch': torch.__version__, 'code': SOURCE_DIGEST}
+        name = hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()[:32]
+        return os.path.join(runtime.cache_dir(), 'aot', f'{name}.pt2')
 
     def __call__(self, model, token, cache):
         """The logits (B, V) after token (B, 1), as append computes them."""
@@ -153,7 +179,8 @@ class AotStep:
         return logits
 
     @staticmethod
-    def build(module, inputs):
+    def build(module, inputs, path):
+        """Make the library, keep it at path (where the disk allows: else only in this process) and load it."""
         # contiguous, as run_flat passes them (the library reads the strides it was made for); the buffers copied, as
         # tracing writes to them
         inputs = tuple([t.clone() for t in x] if isinstance(x, list) else x.contiguous() for x in inputs)
@@ -161,8 +188,60 @@ class AotStep:
             # needs its file; and torch's own use of a name it deprecated is not the user's concern
             warnings.filterwarnings('ignore', message='.*LeafSpec', category=FutureWarning)
             program = torch.export.export(module, inputs)
-            return torch._inductor.aoti_load_package(torch._inductor.aoti_compile_and_package(
-                program, package_path=os.path.join(folder, 'decode.pt2')))
+            made = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, 'decode.pt2'))
+            keep_library(made, path)
+            return torch._inductor.aoti_load_package(made)
+
+
+KEEP_LIBRARIES = 32  # compiled steps kept on disk, the most recently used
+
+
+def weights_digest(model):
+    """sha256 of a model's weights, names, shapes and dtypes: what a compiled library copies."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f'{name}:{tuple(tensor.shape)}:{tensor.dtype};'.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def source_digest():
+    """sha256 of the code a library compiles: model.py and this file."""
+    digest = hashlib.sha256()
+    for path in (inspect.getsourcefile(KVCache), __file__):
+        with open(path, 'rb') as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+SOURCE_DIGEST = source_digest()
+
+
+def load_library(path):
+    """The library kept at path, or None: none there, or one that does not load (a torn or foreign file)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        library = torch._inductor.aoti_load_package(path)
+    except Exception:  # noqa: BLE001 (whatever torch raises for a package it cannot read: make it again)
+        return None
+    os.utime(path)  # recently used: kept
+    return library
+
+
+def keep_library(made, path):
+    """Copy a made library to path atomically, and remove the oldest beyond KEEP_LIBRARIES; a disk that refuses
+    leaves the library unkept, never a torn file."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(made, 'rb') as source, storage.atomic_write(path) as target:
+            shutil.copyfileobj(source, target)
+        kept = sorted((os.path.join(os.path.dirname(path), name) for name in os.listdir(os.path.dirname(path))
+                       if name.endswith('.pt2')), key=os.path.getmtime, reverse=True)
+        for old in kept[KEEP_LIBRARIES:]:
+            os.remove(old)
+    except OSError:
+        pass
 
 
 def run_flat(library, inputs):

@@ -8,7 +8,6 @@ CPU alone cannot say. The answer is cached per machine, torch version, threads a
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -27,22 +26,12 @@ MARGIN = 1.03      # bfloat16 must be this much faster: float32 is exact, and th
 
 
 def cache_path():
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'slm', 'probe.json')
-
-
-def cpu_name():
-    """The CPU's model name (Linux's /proc/cpuinfo), else what platform says."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+    return os.path.join(runtime.cache_dir(), 'probe.json')
 
 
 def cache_key(args, rows):
     shape = {k: v for k, v in dataclasses.asdict(args).items() if k != 'dropout'}
-    return json.dumps({'cpu': cpu_name(), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
+    return json.dumps({'cpu': runtime.cpu_name(), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
                        'rows': rows, 'model': shape}, sort_keys=True)
 
 
@@ -63,7 +52,8 @@ def training_dtype(name, device, args, batch_size):
     ratio = cache[key]['float32_s'] / cache[key]['bfloat16_s']
     dtype = torch.bfloat16 if ratio >= MARGIN else torch.float32
     faster, slower, factor = ('bfloat16', 'float32', ratio) if ratio >= 1 else ('float32', 'bfloat16', 1 / ratio)
-    return dtype, (f"auto: {faster} measured {factor:.2f}x as fast as {slower} here at this shape"
+    short = f", short of the {MARGIN:.2f}x it must beat" if dtype == torch.float32 and ratio >= 1 else ''
+    return dtype, (f"auto: {faster} measured {factor:.2f}x as fast as {slower} here at this shape{short}"
                    f"{' (cached)' if found else ''}")
 
 

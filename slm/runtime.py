@@ -21,6 +21,7 @@ for the 0.8M GPT) and attention (20%).
 """
 import contextlib
 import os
+import platform
 import time
 
 import torch
@@ -47,6 +48,28 @@ def resolve_device(name):
     if name == 'mps' and not torch.backends.mps.is_available():
         raise UserError("--device=mps but MPS (Apple's GPU) is not available here: use --device=cpu or auto")
     return name
+
+
+def cpu_name():
+    """The CPU's model name (Linux's /proc/cpuinfo), else what platform says."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine_name(device):
+    """What the device is, for keys of what was measured or compiled on it: the GPU's name, or the CPU's."""
+    if torch.device(device).type == 'cuda':
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_name()
+
+
+def cache_dir():
+    """Where answers measured and libraries compiled on this machine are kept: $XDG_CACHE_HOME/slm, else
+    ~/.cache/slm (probe.py's dtype answers, decode.py's compiled steps)."""
+    return os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'slm')
 
 
 def cpu_has_fast_bfloat16():

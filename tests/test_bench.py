@@ -192,4 +192,6 @@ def test_quick_run_times_both_recipes_side_by_side(quick_run):
     assert row['default_recipe'] == 'rope=True, optimizer=muon'
     assert row['gpt2_params'] - row['default_params'] == 16 * 32
     assert row['default_flops_per_token'] == row['gpt2_flops_per_token']
-    assert 'the default recipe (rope=True, optimizer=muon) takes' in stdout
+    assert row['dtype'] in ('float32', 'bfloat16') and not row['compiled']  # train.py's path on the CPU
+    assert f"train.py's default path (the recipe rope=True, optimizer=muon; {row['dtype']}, eager) takes" in stdout
+    assert "the plain GPT-2 recipe's time per step (float32, eager;" in stdout

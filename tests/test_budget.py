@@ -41,6 +41,11 @@ def test_the_plan_keeps_room_for_a_step_and_the_last_evaluation():
     plan.stepped(11, now=30.0)
     plan.stepped(12, now=30.7)
     assert plan.step_s() == pytest.approx(0.7) and plan.should_end(96.4)
+    plan.stepped(13, now=32.1)  # steps slow down to 1.4 s: another process started; so will the evaluation
+    assert plan.step_s() == pytest.approx(1.05) and plan.next_evaluation_s() == pytest.approx(3.0 * 1.05 / 0.7)
+    assert plan.should_end(100 - 1.05 - 4.5 + 0.01) and not plan.should_end(100 - 1.05 - 4.5 - 0.01)
+    plan.stepped(20, now=33.5)  # faster again than after the evaluation: it will take no less than that one
+    assert plan.next_evaluation_s() == 3.0
 
 
 def test_a_timed_run_ends_inside_its_budget_at_the_end_of_its_schedule(char_data, tmp_path):

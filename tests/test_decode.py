@@ -98,9 +98,34 @@ def test_the_compiled_step_reads_each_models_own_weights():
     assert tokens(second, 'compile') == tokens(second, 'eager')
 
 
+@needs_compiler
+def test_a_library_made_before_is_loaded_again_and_never_for_another_model_or_code(monkeypatch, tmp_path):
+    """A later start (a new AotStep: the process's step_for anew) loads the library an earlier one kept on disk, and
+    gives the same tokens; another model's weights, or other code, make their own."""
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    first, second = confident(RECIPES['default'], seed=0), confident(RECIPES['default'], seed=1)
+    made = []
+    build = decode.AotStep.build
+    monkeypatch.setattr(decode.AotStep, 'build', staticmethod(lambda *a: made.append(a[-1]) or build(*a)))
+    kept = lambda: sorted(os.listdir(tmp_path / 'slm' / 'aot'))  # noqa: E731
+    decode.step_for.cache_clear()
+    expected = tokens(first, 'eager')
+    assert tokens(first, 'aot') == expected and len(made) == 2  # the step and the re-read of a full window
+    assert kept() == sorted(os.path.basename(p) for p in made)
+    decode.step_for.cache_clear()  # as a new process would start
+    assert tokens(first, 'aot') == expected and len(made) == 2  # loaded, not made
+    decode.step_for.cache_clear()
+    assert tokens(second, 'aot') == tokens(second, 'eager') and len(made) == 4  # its own weights: its own
+    monkeypatch.setattr(decode, 'SOURCE_DIGEST', 'another version of the code')
+    decode.step_for.cache_clear()
+    assert tokens(first, 'aot') == expected and len(made) == 6 and len(kept()) == 6
+    decode.step_for.cache_clear()
+
+
 @pytest.mark.parametrize('how', ['compile', 'aot'])
 def test_no_compiler_is_one_line_that_names_the_way_out(how, tiny_checkpoint, tmp_path):
-    env = dict(os.environ, CXX=str(tmp_path / 'no-such-g++'), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / 'cache'))
+    env = dict(os.environ, CXX=str(tmp_path / 'no-such-g++'), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / 'cache'),
+               XDG_CACHE_HOME=str(tmp_path / 'xdg'))  # no library kept from another test's run
     result = subprocess.run([sys.executable, 'sample.py', f'--out_dir={tiny_checkpoint}', f'--decode={how}',
                              '--max_new_tokens=5'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2

@@ -112,13 +112,15 @@ def path_trainer(ctx, device, text, path):
     if path == 'plain':
         trainer = Trainer(ctx, model_type, device, torch.float32, batch_size, False, shape=shape, adamw='for_loop')
         return trainer, torch.get_num_threads()
-    compiled = runtime.resolve_compile('auto', device)
-    trainer = Trainer(ctx, model_type, device, torch.float32, batch_size, compiled, shape=shape)
-    dtype, _ = probe.training_dtype('auto', device, trainer.raw_model.args, batch_size)  # as train.py decides it
-    if dtype != torch.float32:
-        trainer.close()
-        trainer = Trainer(ctx, model_type, device, dtype, batch_size, compiled, shape=shape)
+    trainer = Trainer(ctx, model_type, device, default_dtype(ctx, model_type, device, shape, batch_size), batch_size,
+                      runtime.resolve_compile('auto', device), shape=shape)
     return trainer, runtime.resolve_threads(ctx.cfg.threads)
+
+
+def default_dtype(ctx, model_type, device, shape, batch_size, recipe=None):
+    """The autocast dtype train.py's dtype=auto picks for this model (probe.py measures it on CPUs with bfloat16
+    instructions)."""
+    return probe.training_dtype('auto', device, ctx.model_args(model_type, shape, None, recipe), batch_size)[0]
 
 
 def conclude_defaults(rows, ctx):
