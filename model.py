@@ -101,20 +101,22 @@ def rms_norm_in_dtype(x, norm):
 
 
 def rotary_tables(args):
-    """(cos, sin), each (block_size, head_size / 2): the angle position x frequency of every position and pair."""
+    """(cos, sin), each (block_size, head_size), as rotate uses them: the angle position x frequency of every
+    position and pair, channel i and i + head_size / 2 of a pair sharing one angle; sin negated in the first half."""
     head_size = args.n_embd // args.n_head
     frequencies = ROPE_BASE ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
     angles = torch.arange(args.block_size, dtype=torch.float32)[:, None] * frequencies  # (block_size, hs / 2)
-    return angles.cos(), angles.sin()
+    return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat([-angles.sin(), angles.sin()], dim=-1)
 
 
 def rotate(x, cos, sin):
     """Rotate x (B, n_head, T, head_size) pair by pair (channel i with i + head_size / 2) by the angles of its
-    positions, cos and sin (..., T, head_size / 2). A query at position m and a key at position n then meet in
-    their dot product as q . R(n - m) k: attention sees how far apart they are, not where they are."""
-    x1, x2 = x.chunk(2, dim=-1)
+    positions, cos and sin (..., T, head_size) from rotary_tables. A query at position m and a key at position n
+    then meet in their dot product as q . R(n - m) k: attention sees how far apart they are, not where they are.
+    With x = (x1, x2): (x1 cos - x2 sin, x2 cos + x1 sin), as four operations (the halves swapped by a roll),
+    each exactly the product or sum it was as seven (negating is exact), so the same numbers."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -135,7 +137,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cache=None, layer=0, mask=None, rotary=None):
         """x (B, T, C). cache: a KVCache to add this layer's keys and values to (generation). mask (B, 1, T, T)
         boolean, True where a query may attend to a key: a document mask (None: causal). rotary: (cos, sin) of
-        the tokens' positions, (..., T, head_size / 2), with rotary position embeddings (None: without)."""
+        the tokens' positions, (..., T, head_size), with rotary position embeddings (None: without)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, C // n_head)
@@ -285,7 +287,7 @@ class GPT(nn.Module):
         if cache is not None and (positions is not None or doc_ids is not None):
             raise ValueError("positions and doc_ids are for training batches, not for generation with a KV cache")
         pos = torch.arange(start, start + T, device=idx.device) if positions is None else positions
-        if self.args.rope:  # the angles of each token's position: (T, hs / 2) -> (1, T, hs / 2), or (B, 1, T, hs / 2)
+        if self.args.rope:  # the angles of each token's position: (T, hs) -> (1, T, hs), or (B, 1, T, hs)
             rotary = (self.rotary_cos[pos].unsqueeze(-3), self.rotary_sin[pos].unsqueeze(-3))
             x = self.drop(self.wte(idx))  # (B, T, C)
         else:

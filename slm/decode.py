@@ -39,7 +39,7 @@ def decode_step(model, token, position, keys, values):
     B, C, n_head = token.size(0), args.n_embd, args.n_head
     x = model.wte(token[:, 0])  # (B, C): one position, so no time axis
     if args.rope:
-        rotary = (model.rotary_cos[position], model.rotary_sin[position])  # each (1, head_size / 2)
+        rotary = (model.rotary_cos[position], model.rotary_sin[position])  # each (1, head_size)
     else:
         x = x + model.wpe(position)
     is_visible = torch.arange(args.block_size, device=token.device) <= position  # (block_size,): this key or earlier

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import GPT, LSTM, KVCache, ModelArgs, build_model, gpt2_recipe
+from model import GPT, LSTM, KVCache, ModelArgs, build_model, gpt2_recipe, ROPE_BASE, rotary_tables, rotate
 
 
 def gpt(**overrides):
@@ -170,3 +170,19 @@ def test_lstm_state_starts_afresh_where_a_position_is_zero():
     assert torch.allclose(both[:1], logits, atol=1e-5)
     plain, _ = model(two_rows[1:, :5], tuple(h.contiguous() for h in carried))
     assert torch.allclose(both[1:, :5], plain, atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_rotate_gives_the_numbers_of_the_pairwise_formula_bit_for_bit(dtype):
+    """rotate's four operations are (x1 cos - x2 sin, x2 cos + x1 sin) exactly, as checkpoints trained with the
+    seven-operation form computed them: they sample the same."""
+    args = ModelArgs(n_layer=1, n_head=4, n_embd=128, block_size=64, vocab_size=10)
+    half = args.n_embd // args.n_head // 2
+    angles = torch.arange(args.block_size)[:, None] * ROPE_BASE ** (-torch.arange(half) / half)
+    cos, sin = rotary_tables(args)
+    assert torch.equal(cos[:, :half], angles.cos()) and torch.equal(sin[:, half:], angles.sin())
+    torch.manual_seed(0)
+    x = (torch.randn(3, 4, args.block_size, 2 * half) * 10).to(dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = angles.cos().to(dtype), angles.sin().to(dtype)
+    assert torch.equal(rotate(x, cos, sin), torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1))
