@@ -95,5 +95,6 @@ class TimeBudget:
         step_s = self.step_s()
         if step_s is None:
             return None
-        left = self.seconds - elapsed - self.evaluation_s
-        return iteration + max(0, math.floor(left / (step_s + self.evaluation_s / self.eval_interval)))
+        evaluation_s = self.next_evaluation_s()  # as should_end reckons it, so the schedule ends where the run does
+        left = self.seconds - elapsed - evaluation_s
+        return iteration + max(0, math.floor(left / (step_s + evaluation_s / self.eval_interval)))

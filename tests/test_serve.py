@@ -201,7 +201,8 @@ def test_serve_py_without_a_compiler_steps_eagerly_and_stops_at_ctrl_c_mid_strea
     """serve.py as a process: --decode=auto falls back to eager with a warning where nothing compiles; the
     model's loop on the main thread takes Ctrl-C, during a stream too."""
     port = free_port()
-    env = dict(os.environ, CXX=str(tmp_path / 'no-such-g++'), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / 'cache'))
+    env = dict(os.environ, CXX=str(tmp_path / 'no-such-g++'), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / 'cache'),
+               XDG_CACHE_HOME=str(tmp_path / 'xdg'))  # no decode step kept by another test's run of this checkpoint
     process = subprocess.Popen([sys.executable, 'serve.py', f'--out_dir={tiny_checkpoint}', f'--port={port}'],
                                cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
