@@ -241,7 +241,7 @@ def run_config(cfg, variant):
     """The checked train.py config of one variant's run."""
     train_fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
     run_cfg = training.TrainConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in train_fields})
-    run_cfg = dataclasses.replace(run_cfg, **variant.overrides, init_from='scratch',
+    run_cfg = dataclasses.replace(run_cfg, **variant.overrides, init_from='scratch', max_time='',  # --time_budget
                                   out_dir=os.path.join(cfg.ablation_dir, variant.directory or variant.name))
     if variant.context_chars:
         meta = storage.load_meta(run_cfg.data_dir)
@@ -292,7 +292,8 @@ def run_variant(cfg, variant, budget):
         curve.append({'iter': stop, 'target_tokens': stop * tokens_per_iter * share, 'train_s': train_s,
                       'train_chars': stop * tokens_per_iter * share * train_chars_per_target,
                       'val_loss': loss, 'val_bits_per_char': bits_per_char})
-        print(f"{variant.name}: iteration {stop}/{iters}, {curve[-1]['target_tokens']:,.0f} target tokens:"
+        of = f'/{iters}' if iters else ''  # with --time_budget the last iteration is not known before it
+        print(f"{variant.name}: iteration {stop}{of}, {curve[-1]['target_tokens']:,.0f} target tokens:"
               f" val loss {loss:.4f} per target, {bits_per_char:.4f} bits/char")
     iters = stop
     result = {'settings': settings, 'name': variant.name, 'seed': run_cfg.seed, 'iters': iters, 'target_share': share,
@@ -487,7 +488,7 @@ def ablate(cfg):
                    'variants': summary(results)}, f, indent=1)
     (plot if cfg.seeds == 1 else seeds_plot)(results, os.path.join(cfg.ablation_dir, 'ablation.png'), title, cfg.what)
     print(f"\n{markdown}\nwrote {cfg.ablation_dir}/results.md, results.json, ablation.png")
-    if cfg.report and len(variant_list) > 1:
+    if cfg.report and len(summary(results)) > 1:
         best_against_worst(cfg, results)
     return results
 

@@ -2,10 +2,11 @@
 
     parse_duration   5min, 300s, 2h or 90 (seconds) as seconds
     process_start    time.perf_counter() when this process started, so that its start-up counts
-    TimeBudget       how fast the run steps, how many steps the rest of the budget holds (the learning-rate
-                     schedule is laid out over them, so the last step is the end of the schedule), and when to
-                     stop so that the last evaluation and checkpoint end inside the budget (as long as the last
-                     one, or longer by as much as the steps have slowed since: the machine got busier)
+    TimeBudget       how fast the run steps, how far into the budget it is (the learning-rate schedule is laid
+                     out over the time, so the last step is the end of the schedule), how many steps the rest
+                     holds (the progress bar's total), and when to stop so that the last evaluation and
+                     checkpoint end inside the budget (an evaluation as long as the last one, or longer by as
+                     much as the steps have slowed since: the machine got busier)
 
 The budget is the run's elapsed wall clock (RunState.elapsed: start-up, steps, evaluations and checkpoints, over
 its resumes). Before each step the run asks should_end: one more step at the recent pace, then an evaluation
@@ -56,12 +57,14 @@ class TimeBudget:
         self.seconds, self.eval_interval = seconds, eval_interval
         self.marks = collections.deque(maxlen=PACE_STEPS + 1)  # (time, iteration) after the recent steps
         self.evaluation_s = 0.0  # what the last evaluation took, with its checkpoints and plot
+        self.longest_s = 0.0  # and the longest of them (the first, which pays one-time costs, as a rule)
         self.pace_after = None  # the pace first measured after it: where the machine's load stood then
+        self.last_pace = None  # the pace last measured, which stands until the steps after an evaluation give one
 
     def stepped(self, iteration, now=None):
         self.marks.append((time.perf_counter() if now is None else now, iteration))
         if self.pace_after is None:
-            self.pace_after = self.step_s()
+            self.pace_after = self.recent_step_s()
 
     def next_evaluation_s(self):
         """What the next evaluation will take: the last one's seconds, longer by as much as steps have slowed
@@ -75,19 +78,36 @@ class TimeBudget:
         """After an evaluation that took seconds: the pace is measured again from the next step on (the first
         step after it may pay for it, as the first of all pays for compiling)."""
         self.evaluation_s, self.pace_after = seconds, None
+        self.longest_s = max(self.longest_s, seconds)
         self.marks.clear()
 
-    def step_s(self):
-        """Seconds a step takes at the recent pace, or None before two steps have been timed."""
+    def recent_step_s(self):
+        """Seconds a step took over the steps since the last evaluation (at most PACE_STEPS), or None before two."""
         if len(self.marks) < 2:
             return None
         (t0, i0), (t1, i1) = self.marks[0], self.marks[-1]
         return (t1 - t0) / (i1 - i0)
 
+    def step_s(self):
+        """Seconds a step takes at the recent pace: since the last evaluation, else as last measured (None before
+        any)."""
+        recent = self.recent_step_s()
+        if recent is not None:
+            self.last_pace = recent
+        return self.last_pace
+
     def should_end(self, elapsed):
         """Whether the run must stop before another step, elapsed seconds into the budget: one more step at the
         recent pace and then the last evaluation would not end inside it."""
         return elapsed + (self.step_s() or 0.0) + self.next_evaluation_s() > self.seconds
+
+    def progress(self, elapsed, spent_s):
+        """Where the learning-rate schedule stands, elapsed seconds into the budget of which spent_s went to
+        start-up and evaluations: the share of the time for steps gone by (the budget less what was spent so and
+        the longest evaluation yet, room for the last), from 0 at the first step to 1 at the end. It never goes
+        back: an evaluation, a resume's start-up or a longer evaluation only shorten what is left."""
+        steps_s = max(0.0, elapsed - spent_s)
+        return min(1.0, steps_s / max(1e-9, self.seconds - spent_s - self.longest_s))
 
     def planned_iters(self, iteration, elapsed):
         """How many iterations the whole run will have, at the recent pace and with an evaluation every

@@ -193,7 +193,8 @@ class AotStep:
             return torch._inductor.aoti_load_package(made)
 
 
-KEEP_LIBRARIES = 32  # compiled steps kept on disk, the most recently used
+KEEP_LIBRARIES = 32  # compiled steps kept on disk, the most recently used, in at most KEEP_BYTES
+KEEP_BYTES = 4 * 2**30  # (each library holds a copy of its model's weights)
 
 
 def weights_digest(model):
@@ -225,7 +226,10 @@ def load_library(path):
         library = torch._inductor.aoti_load_package(path)
     except Exception:  # noqa: BLE001 (whatever torch raises for a package it cannot read: make it again)
         return None
-    os.utime(path)  # recently used: kept
+    try:
+        os.utime(path)  # recently used: kept
+    except OSError:  # another process's clean-up removed it after the load: the loaded library is whole
+        pass
     return library
 
 
@@ -238,8 +242,11 @@ def keep_library(made, path):
             shutil.copyfileobj(source, target)
         kept = sorted((os.path.join(os.path.dirname(path), name) for name in os.listdir(os.path.dirname(path))
                        if name.endswith('.pt2')), key=os.path.getmtime, reverse=True)
-        for old in kept[KEEP_LIBRARIES:]:
-            os.remove(old)
+        total = 0
+        for rank, old in enumerate(kept):
+            total += os.path.getsize(old)
+            if rank >= KEEP_LIBRARIES or (rank and total > KEEP_BYTES):
+                os.remove(old)
     except OSError:
         pass
 

@@ -45,7 +45,7 @@ def training_dtype(name, device, args, batch_size):
         return torch.float32, 'auto: no bfloat16 instructions on this CPU'
     rows = min(batch_size, MAX_ROWS)
     key, cache = cache_key(args, rows), read_cache()
-    found = key in cache
+    found = usable(cache.get(key))
     if not found:
         cache[key] = measure(args, rows)
         write_cache(cache)
@@ -55,6 +55,14 @@ def training_dtype(name, device, args, batch_size):
     short = f", short of the {MARGIN:.2f}x it must beat" if dtype == torch.float32 and ratio >= 1 else ''
     return dtype, (f"auto: {faster} measured {factor:.2f}x as fast as {slower} here at this shape{short}"
                    f"{' (cached)' if found else ''}")
+
+
+def usable(entry):
+    """Whether a cache entry holds two positive times (a hand-edited or damaged one is measured again)."""
+    try:
+        return entry['float32_s'] > 0 and entry['bfloat16_s'] > 0
+    except (KeyError, TypeError):
+        return False
 
 
 def measure(args, rows):

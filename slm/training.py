@@ -27,6 +27,7 @@ from slm.reliability import (MAX_SKIPPED_IN_A_ROW, OutDirLock, StepLosses, StopO
 from slm.trainlog import MetricsLog
 
 
+TIME_SCHEDULE_STEPS = 1_000_000  # --max_time: the schedule is read at this many points of the budget
 INIT_FROM = ('scratch', 'resume')  # or a directory: see TrainConfig.init_from
 # what --init_from=DIR sets, whatever the config says: every model option but those a fine-tune chooses (dropout,
 # and block_size: a window of at most the directory's positions)
@@ -223,6 +224,7 @@ def train_loop(run):
                 run.evaluated(time.perf_counter() - started)
                 state.restart_timer()  # evaluation time is not training throughput
                 signum = world.agreed_signal(stop.signum)  # a signal that came during the evaluation
+                run.check_time()  # with --max_time: the evaluation just made may have to be the last
             if run.is_at_end() or signum:
                 break
             run.step()
@@ -233,8 +235,9 @@ def train_loop(run):
         if signum and not run.is_at_end():  # in the block: a second signal while it saves stops at once
             progress.close()  # its last line before the resume command, not after it
             run.stop_on_signal(signum)
-    if run.is_paused() and not run.is_at_end() and state.saved_iter != state.iter_num:
-        run.save_checkpoints()
+    if run.is_paused() and not run.is_at_end():
+        if state.saved_iter != state.iter_num:
+            run.save_checkpoints()
     elif run.time_budget:
         run.log_time_spent()
     return state.result
@@ -320,6 +323,9 @@ class Run:
         self.args = ModelArgs(**shape, vocab_size=self.meta['vocab_size'],
                               pad_id=self.meta['tokenizer']['special_ids'].get('pad'))
         self.dtype, self.dtype_reason = probe.training_dtype(cfg.dtype, device, self.args, cfg.batch_size)
+        is_bfloat16 = self.dtype == torch.bfloat16  # every process trains in the same dtype: any one's bfloat16
+        if cfg.dtype == 'auto' and world.agreed_max(int(is_bfloat16)) and not is_bfloat16:
+            self.dtype, self.dtype_reason = torch.bfloat16, 'auto: bfloat16, as another process measured it'
         self.raw_model = build_model(self.args).to(device)  # the plain module, whose weights a checkpoint holds
         if pretrained:
             weights = dict(pretrained[1], **{'wpe.weight': pretrained[1]['wpe.weight'][:cfg.block_size]})
@@ -524,7 +530,7 @@ class Run:
     def step(self):
         """One optimizer step at the scheduled learning rate, recorded in state.step_losses."""
         state = self.state
-        state.lr = learning_rate(state.iter_num, self.schedule())
+        state.lr = self.learning_rate()
         set_learning_rate(self.optimizer, state.lr)
         loss, is_skipped = train_step(self.batch_loss, self.optimizer, self.scaler, self.cfg, self.micro_steps)
         state.step_losses.record(loss)
@@ -534,18 +540,19 @@ class Run:
         if self.time_budget:
             self.time_budget.stepped(state.iter_num)
 
-    def schedule(self):
-        """The config the learning rate is read from. With --max_time, the config's schedule stretched over the
-        iterations planned: warmup the same share of them as warmup_iters is of max_iters, the decay ending at
-        the last (before the pace is known: warmup_iters, then the peak)."""
+    def learning_rate(self):
+        """The learning rate of the next step: the config's schedule at this iteration, or with --max_time at
+        this point of the training time (budget.TimeBudget.progress), the schedule laid over it (warmup the same
+        share of it as warmup_iters is of max_iters, the cosine at min_lr at its end): it falls with the clock
+        whatever the pace does, and every process reads the same point."""
         cfg = self.cfg
         if not self.time_budget:
-            return cfg
-        planned = self.planned_iters()
-        if planned is None:
-            return dataclasses.replace(cfg, max_iters=2**62, lr_decay_iters=0)
-        warmup = round(cfg.warmup_iters * planned / cfg.max_iters) if cfg.max_iters else 0
-        return dataclasses.replace(cfg, max_iters=planned, warmup_iters=min(warmup, planned), lr_decay_iters=0)
+            return learning_rate(self.state.iter_num, cfg)
+        span = TIME_SCHEDULE_STEPS
+        progress = self.time_budget.progress(self.state.elapsed(), self.state.startup_s + self.state.evaluations_s)
+        point = self.world.agreed_max(math.floor(progress * span))
+        warmup = round(cfg.warmup_iters * span / cfg.max_iters) if cfg.max_iters else 0
+        return learning_rate(point, dataclasses.replace(cfg, max_iters=span, warmup_iters=warmup, lr_decay_iters=0))
 
     def count_skipped(self, is_skipped):
         """--on_nonfinite=skip: say so for each skipped step, and stop after MAX_SKIPPED_IN_A_ROW in a row."""

@@ -36,8 +36,8 @@ def test_the_plan_keeps_room_for_a_step_and_the_last_evaluation():
     # 84.5 s left after the last evaluation: steps of 0.5 s, each paying a fiftieth of a 2 s evaluation
     assert plan.planned_iters(10, 15.0) == 10 + int((100 - 15 - 2) / (0.5 + 2 / 50))
     assert not plan.should_end(97.5) and plan.should_end(97.6)  # 97.5 + a step + an evaluation = 100
-    plan.evaluated(3.0)  # the pace is measured again after an evaluation
-    assert plan.step_s() is None
+    plan.evaluated(3.0)  # the pace is measured again after an evaluation; until then the last one stands
+    assert plan.step_s() == 0.5 and plan.planned_iters(10, 15.0) == 10 + int((100 - 15 - 3) / (0.5 + 3 / 50))
     plan.stepped(11, now=30.0)
     plan.stepped(12, now=30.7)
     assert plan.step_s() == pytest.approx(0.7) and plan.should_end(96.4)
@@ -97,3 +97,20 @@ def test_a_bad_max_time_stops_before_training(char_data, tmp_path):
     with pytest.raises(UserError, match='--max_time=soon is not a duration'):
         train.main([f'--data_dir={char_data}', f'--out_dir={tmp_path}/out', *TINY_GPT, '--max_time=soon'])
     assert not os.path.exists(tmp_path / 'out' / 'ckpt.pt')
+
+
+def test_evaluations_on_the_way_leave_the_schedule_where_it_was(char_data, tmp_path):
+    """After an evaluation the pace is measured again; meanwhile the last one stands, so the learning rate goes on
+    down its cosine instead of back to the peak, and the run ends at an evaluation or one after it, inside the
+    budget."""
+    out_dir = str(tmp_path / 'out')
+    train.main([f'--data_dir={char_data}', f'--out_dir={out_dir}', *TINY_GPT, '--max_time=4s', '--eval_interval=40',
+                '--log_interval=1', '--learning_rate=3e-3', '--min_lr=3e-4'])
+    records = metrics(out_dir)
+    spent, steps = records[-1], [r for r in records if 'lr' in r]
+    evals = [r['iter'] for r in records if 'val_loss' in r]
+    assert len(evals) > 3 and all(it % 40 == 0 for it in evals[:-1]) and evals[-1] == spent['iter']
+    peak = max(range(len(steps)), key=lambda i: steps[i]['lr'])
+    after = [r['lr'] for r in steps[peak:]]
+    assert all(b <= a * 1.1 for a, b in zip(after, after[1:]))  # no jump back up after an evaluation
+    assert spent['elapsed_s'] <= 4.4

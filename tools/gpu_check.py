@@ -64,8 +64,11 @@ def step(name, args, results, **measured):
         record['error'] = (done.stderr.strip().splitlines() or ['(no output)'])[-1]
         print(f"   failed ({done.returncode}): {record['error']}", flush=True)
     else:
-        record.update({k: f() for k, f in measured.items()})
-        print(f"   {record['seconds']} s {json.dumps({k: record[k] for k in measured})[:300]}", flush=True)
+        try:
+            record.update({k: f() for k, f in measured.items()})
+        except (OSError, ValueError, KeyError, IndexError) as error:  # it ran, but not as it should: a failure
+            record.update(rc=1, error=f"its output could not be read: {error!r}")
+        print(f"   {record['seconds']} s {json.dumps({k: record.get(k) for k in measured})[:300]}", flush=True)
     results[name] = record
     return record
 
