@@ -171,6 +171,14 @@ GPT2 = {'rope': False, 'norm': 'layernorm', 'qk_norm': False, 'mlp': 'gelu', 'ze
         'tie_head': True, 'optimizer': 'adamw'}
 
 
+def test_a_max_time_from_a_config_leaves_the_token_budget_alone(char_data, tmp_path):
+    """The config's --max_time is train.py's; an ablation gives its runs the same tokens, or --time_budget."""
+    cfg = ablate.AblateConfig(data_dir=char_data, max_time='5min', ablation_dir=str(tmp_path), n_layer=1, n_head=2,
+                              n_embd=32, block_size=32)
+    (variant, *_) = ablate.variants(cfg)
+    assert ablate.run_config(cfg, variant).max_time == ''
+
+
 def test_recipe_ablation_adds_each_change_to_gpt2_alone():
     variant_list = ablate.variants(ablate.AblateConfig(what='recipe'))
     assert [v.name for v in variant_list] == ['gpt2', '+ rope', '+ rmsnorm', '+ qk_norm', '+ relu2', '+ swiglu',
