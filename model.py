@@ -119,6 +119,19 @@ def rotate(x, cos, sin):
     return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
+def attend(q, k, v, mask, is_causal, dropout_p):
+    """scaled_dot_product_attention of q, k, v (B, n_head, T, head_size), in their dtype; on the CPU computed in
+    float32 whatever the autocast: there its bfloat16 kernels took 2.5-4x float32's time forward and backward
+    (a 2-core AMD EPYC with AVX-512 BF16, torch 2.13: 50 against 20 ms at batch 32, 4 heads of 32, T=128), while the
+    matmuls around it gain from bfloat16 (docs/results.md, The default path per step)."""
+    if q.device.type != 'cpu' or q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+    with torch.autocast('cpu', enabled=False):
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=dropout_p)
+    return y.to(q.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, args):
         super().__init__()
@@ -153,8 +166,7 @@ class CausalSelfAttention(nn.Module):
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
         # From position 0 this is exactly the cache-less computation; one new query needs no mask.
         is_causal = mask is None and start == 0 and T > 1
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = attend(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
 

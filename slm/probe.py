@@ -6,6 +6,7 @@ CPU alone cannot say. The answer is cached per machine, torch version, threads a
 ($XDG_CACHE_HOME/slm/probe.json, else ~/.cache/slm/probe.json), so a second start costs nothing.
 """
 import dataclasses
+import inspect
 import json
 import os
 import statistics
@@ -30,9 +31,12 @@ def cache_path():
 
 
 def cache_key(args, rows):
+    """What a measurement holds for: the CPU, torch, threads, batch rows, model shape and model.py's code (a change
+    to the forward, as float32 attention under bfloat16 was, can turn the answer)."""
     shape = {k: v for k, v in dataclasses.asdict(args).items() if k != 'dropout'}
+    code = storage.file_digest(inspect.getsourcefile(build_model))['sha256']
     return json.dumps({'cpu': runtime.cpu_name(), 'torch': torch.__version__, 'threads': torch.get_num_threads(),
-                       'rows': rows, 'model': shape}, sort_keys=True)
+                       'rows': rows, 'model': shape, 'code': code}, sort_keys=True)
 
 
 def training_dtype(name, device, args, batch_size):

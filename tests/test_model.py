@@ -1,7 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model import GPT, LSTM, KVCache, ModelArgs, build_model, gpt2_recipe, ROPE_BASE, rotary_tables, rotate
+from model import GPT, LSTM, KVCache, ModelArgs, attend, build_model, gpt2_recipe, ROPE_BASE, rotary_tables, rotate
 
 
 def gpt(**overrides):
@@ -186,3 +187,19 @@ def test_rotate_gives_the_numbers_of_the_pairwise_formula_bit_for_bit(dtype):
     x1, x2 = x.chunk(2, dim=-1)
     c, s = angles.cos().to(dtype), angles.sin().to(dtype)
     assert torch.equal(rotate(x, cos, sin), torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1))
+
+
+def test_cpu_attention_runs_in_float32_under_bfloat16_autocast_and_returns_bfloat16():
+    """On the CPU the attention of bfloat16 queries, keys and values is float32's (its bfloat16 kernels are the
+    slow ones there), rounded back to bfloat16 for the projection; gradients reach all three inputs."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8).to(torch.bfloat16).requires_grad_() for _ in range(3))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = attend(q, k, v, None, True, 0.0)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).to(torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, expected)
+    y.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 and t.grad.abs().sum() > 0 for t in (q, k, v))
+    plain = torch.randn(2, 4, 16, 8)  # float32 is the plain call, bit for bit
+    assert torch.equal(attend(plain, plain, plain, None, True, 0.0),
+                       F.scaled_dot_product_attention(plain, plain, plain, is_causal=True))

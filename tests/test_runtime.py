@@ -40,9 +40,17 @@ def test_train_dtype_auto_is_measured_once_per_shape_where_the_cpu_has_bfloat16(
     assert again == expected and measured == [probe.MAX_ROWS] and why.endswith('(cached)')
     probe.training_dtype('auto', 'cpu', dataclasses.replace(args, n_embd=32), 64)  # another shape is measured
     assert len(measured) == 2 and os.path.exists(tmp_path / 'slm' / 'probe.json')
+    edited = tmp_path / 'model.py'  # model.py's code changed: what it measured no longer holds
+    edited.write_text('# another forward\n')
+    with monkeypatch.context() as patched:
+        patched.setattr(probe.inspect, 'getsourcefile', lambda _: str(edited))
+        probe.training_dtype('auto', 'cpu', args, 64)
+    assert len(measured) == 3
+    probe.training_dtype('auto', 'cpu', args, 64)  # the code as it is: still cached
+    assert len(measured) == 3
     assert probe.training_dtype('float32', 'cpu', args, 64) == (torch.float32, 'given')
     monkeypatch.setattr(runtime, 'cpu_has_fast_bfloat16', lambda: False)
-    assert probe.training_dtype('auto', 'cpu', args, 64)[0] == torch.float32 and len(measured) == 2
+    assert probe.training_dtype('auto', 'cpu', args, 64)[0] == torch.float32 and len(measured) == 3
 
 
 def test_the_probe_times_both_dtypes_and_leaves_the_random_state_alone():
