@@ -53,8 +53,9 @@ DATA_SIZE_PREPARE = {'data/tinystories_20k': ' --max_docs=20000', 'data/tinystor
 TOKENIZERS = 'char,word,bpe512,bpe1k,bpe4k,bpe8k,bpe'
 WHATS = ('windowing', 'data_size', 'dtype', 'tokenizer', 'recipe', 'sweep')
 # The recipe ablation's changes from the GPT-2 recipe (training.GPT2), each the one option it sets (model.py's
-# recipe options declare theirs), and Muon. Two that set one option (relu2, swiglu) replace each other.
-RECIPE_CHANGES = {**recipe_changes(), 'muon': ('optimizer', 'muon')}
+# recipe options declare theirs), Muon and the warmdown schedule. Two that set one option (relu2, swiglu) replace
+# each other.
+RECIPE_CHANGES = {**recipe_changes(), 'muon': ('optimizer', 'muon'), 'warmdown': ('lr_schedule', 'warmdown')}
 
 
 @dataclasses.dataclass

@@ -57,6 +57,18 @@ class ModelOptions:
     #                               (and an untied head) start at 0
     tie_head: bool = recipe_option(True, gpt2=True, changes={'untied_head': False})  # GPT: the output head
     #                               shares the token embedding's matrix (False: its own)
+    # the speedrun's techniques (docs/models.md, Learning per minute III), each off unless ablate.py found it pays
+    x0_mix: bool = recipe_option(False, gpt2=False)  # GPT: each block reads a learned mix of the residual
+    #                               stream and the token embedding x0 (two scalars per layer, starting at 1 and 0)
+    value_embed: bool = recipe_option(False, gpt2=False)  # GPT: in alternate layers, the last included, a token
+    #                               embedding of their own added to the values, gated per head by the block's input
+    smear: bool = recipe_option(False, gpt2=False)  # GPT: the previous token's embedding mixed into each
+    #                               token's by a learned gate that starts shut
+    bigram: bool = recipe_option(False, gpt2=False)  # GPT: an embedding of the (previous, current) token pair
+    #                               added to the token's (an exact table up to 256 ids, hashed into 4 x vocab rows
+    #                               above), starting at zero
+    logit_softcap: float = recipe_option(0.0, gpt2=0.0, changes={'softcap': 15.0}, low=0)  # GPT: logits
+    #                               squashed to cap x tanh(logits / cap), so none grows past +-cap (0 = off)
     block_size: int = option(128, low=1)  # tokens per window (GPT context; LSTM steps of backprop through time)
 
 
@@ -83,6 +95,9 @@ def recipe_changes():
             for change, value in f.metadata['changes'].items()}
 
 
+SMEAR_CHANNELS = 24      # smear: the gate reads this many of a token's first channels (nanochat's choice)
+VALUE_GATE_CHANNELS = 32  # value_embed: the per-head gates read this many of the block input's first channels
+EXACT_BIGRAM_VOCAB = 256  # bigram: up to this many ids one row per pair; above, pairs hashed into 4 x vocab rows
 ROPE_BASE = 10000.0  # the rotary wavelengths run from 2 pi to about 2 pi x ROPE_BASE positions (RoFormer's value)
 
 
@@ -147,12 +162,15 @@ class CausalSelfAttention(nn.Module):
         self.proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(args.dropout)
 
-    def forward(self, x, cache=None, layer=0, mask=None, rotary=None):
+    def forward(self, x, cache=None, layer=0, mask=None, rotary=None, values=None):
         """x (B, T, C). cache: a KVCache to add this layer's keys and values to (generation). mask (B, 1, T, T)
         boolean, True where a query may attend to a key: a document mask (None: causal). rotary: (cos, sin) of
-        the tokens' positions, (..., T, head_size), with rotary position embeddings (None: without)."""
+        the tokens' positions, (..., T, head_size), with rotary position embeddings (None: without). values:
+        (B, T, C) added to the values (--value_embed), or None."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
+        if values is not None:
+            v = v + values.to(v.dtype)
         # (B, T, C) -> (B, n_head, T, C // n_head)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if self.q_norm is not None:
@@ -219,8 +237,8 @@ class Block(nn.Module):
         self.ln_2 = norm_layer(args, args.n_embd)
         self.mlp = MLP(args)
 
-    def forward(self, x, cache=None, layer=0, mask=None, rotary=None):
-        x = x + self.attn(self.ln_1(x), cache, layer, mask, rotary)
+    def forward(self, x, cache=None, layer=0, mask=None, rotary=None, values=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, mask, rotary, values)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -238,6 +256,89 @@ def document_mask(doc_ids):
     T = doc_ids.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
     return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
+
+
+def value_embed_layers(n_layer):
+    """The layers with a value embedding: every other one, counted back from the last."""
+    return [layer for layer in range(n_layer) if (n_layer - 1 - layer) % 2 == 0]
+
+
+def bigram_rows(vocab_size):
+    return vocab_size * vocab_size if vocab_size <= EXACT_BIGRAM_VOCAB else 4 * vocab_size
+
+
+def previous_tokens(idx, cache, positions):
+    """(B, T): the id of the token before each of idx's (B, T), -1 where there is none: at a window's first
+    position (unless the cache holds the token before it) and at each document's first (position 0)."""
+    before = cache.last_ids if cache is not None and cache.length else torch.full_like(idx[:, :1], -1)
+    previous = torch.cat([before, idx[:, :-1]], dim=1)
+    return previous if positions is None else previous.masked_fill(positions == 0, -1)
+
+
+def embed(model, idx, previous):
+    """The token embeddings of idx (B, T) (or (B,) for one position), with --bigram's and --smear's additions,
+    which read the previous token's id, previous (idx's shape; -1: none)."""
+    args, x = model.args, model.wte(idx)
+    if args.bigram or args.smear:
+        has_previous = (previous >= 0).unsqueeze(-1).to(x.dtype)
+        before = previous.clamp(min=0)
+    if args.bigram:
+        pair = before * args.vocab_size + idx if args.vocab_size <= EXACT_BIGRAM_VOCAB else (
+            (before * 1_000_003 + idx) % bigram_rows(args.vocab_size))
+        x = x + model.bigram_embed(pair) * has_previous
+    if args.smear:  # nanochat's smear: a gate in (0, lambda) of the token's first channels
+        gate = model.smear_lambda * torch.sigmoid(model.smear_gate(x[..., :SMEAR_CHANNELS]))
+        x = x + gate * model.wte(before) * has_previous
+    return x
+
+
+def block_input(model, layer, x, x0):
+    """--x0_mix: the residual stream x as block layer reads it, lambda x + mu x0 (x0: the embeddings)."""
+    return model.x_lambdas[layer] * x + model.x0_lambdas[layer] * x0 if model.args.x0_mix else x
+
+
+def value_embedding(model, layer, x, idx):
+    """--value_embed: what block layer adds to its values, (..., n_embd) like x (the block's input), or None: the
+    layer's own embedding of the tokens idx, each head's share times its gate, 2 sigmoid(W x[:32]) (1 at the
+    start: the gates start at zero)."""
+    table = model.value_embeds[str(layer)] if model.args.value_embed and str(layer) in model.value_embeds else None
+    if table is None:
+        return None
+    gates = 2 * torch.sigmoid(model.value_gates[str(layer)](x[..., :VALUE_GATE_CHANNELS]))  # (..., n_head)
+    values = table(idx)
+    return (values.unflatten(-1, (model.args.n_head, -1)) * gates.unsqueeze(-1).to(values.dtype)).flatten(-2)
+
+
+def soft_cap(model, logits):
+    """--logit_softcap: cap x tanh(logits / cap), else the logits as they are."""
+    cap = model.args.logit_softcap
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def add_speedrun_modules(model, args):
+    """The modules of the speedrun options a GPT of args has, made after the others are drawn (so those are the
+    draws of the model without them) and starting as no-ops: x0 mixes at (1, 0), a shut smear gate, bigrams at
+    zero; value embeddings drawn as the token embedding is, with open gates (2 sigmoid(0) = 1)."""
+    if args.x0_mix:
+        model.x_lambdas = nn.Parameter(torch.ones(args.n_layer))
+        model.x0_lambdas = nn.Parameter(torch.zeros(args.n_layer))
+    if args.value_embed:
+        layers = [str(layer) for layer in value_embed_layers(args.n_layer)]
+        model.value_embeds = nn.ModuleDict({layer: nn.Embedding(args.vocab_size, args.n_embd, padding_idx=args.pad_id)
+                                            for layer in layers})
+        model.value_gates = nn.ModuleDict({layer: nn.Linear(min(VALUE_GATE_CHANNELS, args.n_embd), args.n_head,
+                                                            bias=False) for layer in layers})
+        for table in model.value_embeds.values():
+            model._init_weights(table)
+    if args.smear:
+        model.smear_gate = nn.Linear(min(SMEAR_CHANNELS, args.n_embd), 1, bias=False)
+        model.smear_lambda = nn.Parameter(torch.zeros(1))
+    if args.bigram:
+        model.bigram_embed = nn.Embedding(bigram_rows(args.vocab_size), args.n_embd)
+    with torch.no_grad():
+        for module in [*(model.value_gates.values() if args.value_embed else []),
+                       *([model.smear_gate] if args.smear else []), *([model.bigram_embed] if args.bigram else [])]:
+            module.weight.zero_()
 
 
 class GPT(nn.Module):
@@ -264,6 +365,7 @@ class GPT(nn.Module):
         # else the head learns its own V x C matrix: reading a token and predicting one are different jobs, and
         # a small model's shared matrix must compromise between them (nanoGPT speedrun, nanochat)
         self.apply(self._init_weights)
+        add_speedrun_modules(self, args)
 
     def _init_weights(self, module):
         # GPT-2's initialization: N(0, 0.02), residual projections scaled down by sqrt(2 * n_layer)
@@ -299,18 +401,22 @@ class GPT(nn.Module):
         if cache is not None and (positions is not None or doc_ids is not None):
             raise ValueError("positions and doc_ids are for training batches, not for generation with a KV cache")
         pos = torch.arange(start, start + T, device=idx.device) if positions is None else positions
+        previous = previous_tokens(idx, cache, positions) if self.args.smear or self.args.bigram else None
         if self.args.rope:  # the angles of each token's position: (T, hs) -> (1, T, hs), or (B, 1, T, hs)
             rotary = (self.rotary_cos[pos].unsqueeze(-3), self.rotary_sin[pos].unsqueeze(-3))
-            x = self.drop(self.wte(idx))  # (B, T, C)
+            x = self.drop(embed(self, idx, previous))  # (B, T, C)
         else:
             rotary = None
-            x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+            x = self.drop(embed(self, idx, previous) + self.wpe(pos))  # (B, T, C)
         mask = None if doc_ids is None else document_mask(doc_ids)
+        x0 = x
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer, mask, rotary)
+            x = block_input(self, layer, x, x0)
+            x = block(x, cache, layer, mask, rotary, value_embedding(self, layer, x, idx))
         if cache is not None:
             cache.length += T
-        return self.lm_head(self.ln_f(x))
+            cache.last_ids = idx[:, -1:]
+        return soft_cap(self, self.lm_head(self.ln_f(x)))
 
 
 class KVCache:
@@ -328,6 +434,7 @@ class KVCache:
         self.block_size = args.block_size
         self.keys, self.values = [None] * args.n_layer, [None] * args.n_layer
         self.length = 0  # positions filled: the next token read sits at this position
+        self.last_ids = None  # (B, 1): the last token read (--smear and --bigram read the token before)
 
     def reset(self):
         """Forget every token (the buffers stay allocated for the next ones)."""

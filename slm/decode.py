@@ -27,7 +27,7 @@ import weakref
 import torch
 
 from configurator import UserError
-from model import KVCache, rms_norm_in_dtype, rotate
+from model import KVCache, block_input, rms_norm_in_dtype, rotate, soft_cap, value_embedding
 from slm import runtime, storage
 
 
@@ -43,9 +43,14 @@ def decode_step(model, token, position, keys, values):
     else:
         x = x + model.wpe(position)
     is_visible = torch.arange(args.block_size, device=token.device) <= position  # (block_size,): this key or earlier
+    x0 = x
     for layer, block in enumerate(model.blocks):
         attn = block.attn
+        x = block_input(model, layer, x, x0)
         q, k, v = (t.view(B, n_head, 1, C // n_head) for t in attn.qkv(block.ln_1(x)).split(C, dim=1))
+        added = value_embedding(model, layer, x, token[:, 0])
+        if added is not None:
+            v = v + added.to(v.dtype).view(B, n_head, 1, C // n_head)
         if attn.q_norm is not None:
             q, k = rms_norm_in_dtype(q, attn.q_norm), rms_norm_in_dtype(k, attn.k_norm)
         if args.rope:
@@ -59,7 +64,18 @@ def decode_step(model, token, position, keys, values):
         y = (weights.unsqueeze(-1) * values[layer]).sum(2)  # (B, n_head, hs)
         x = x + attn.proj(y.reshape(B, C))
         x = x + block.mlp(block.ln_2(x))
-    return model.lm_head(model.ln_f(x))
+    return soft_cap(model, model.lm_head(model.ln_f(x)))
+
+
+UNSUPPORTED = ('smear', 'bigram')  # options decode_step does not compute (they read the token before): eager only
+
+
+def check_supported(args, how):
+    """Refuse, in one line, a model whose options decode_step does not compute."""
+    used = [f'--{name}' for name in UNSUPPORTED if getattr(args, name, False)]
+    if used:
+        raise UserError(f"--decode={how}: the compiled decode step does not compute {' and '.join(used)} (they read"
+                        f" the token before); sample this model with --decode=eager")
 
 
 class CompiledStep:

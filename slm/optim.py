@@ -11,13 +11,22 @@ from slm import runtime
 from slm.distributed import unwrap
 
 
+LR_SCHEDULES = ('cosine', 'warmdown')
+
+
 def learning_rate(it, cfg):
-    """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters, then flat."""
+    """Linear warmup to learning_rate; then down to min_lr at lr_decay_iters, by a cosine, or (warmdown, as
+    nanochat and the speedrun) flat until the last warmdown_frac of the steps and linear over those; then flat."""
     decay_iters = cfg.lr_decay_iters or cfg.max_iters
     if it < cfg.warmup_iters:
         return cfg.learning_rate * (it + 1) / cfg.warmup_iters
     if it >= decay_iters:
         return cfg.min_lr
+    if cfg.lr_schedule == 'warmdown':
+        start = max(cfg.warmup_iters, decay_iters * (1 - cfg.warmdown_frac))
+        if it < start:
+            return cfg.learning_rate
+        return cfg.learning_rate - (it - start) / max(1, decay_iters - start) * (cfg.learning_rate - cfg.min_lr)
     progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 

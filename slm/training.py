@@ -21,7 +21,7 @@ from slm.checkpoint import seed_everything
 from slm.evaluation import EVAL_SEED, bits_per_unit, estimate_loss, text_unit
 from slm.distributed import micro_steps_per_process
 from slm.loss import BatchLoss, micro_batch_rows
-from slm.optim import OPTIMIZERS, learning_rate, make_optimizer, resolve_optimizer, set_learning_rate, train_step
+from slm.optim import LR_SCHEDULES, OPTIMIZERS, learning_rate, make_optimizer, resolve_optimizer, set_learning_rate, train_step
 from slm.reliability import (MAX_SKIPPED_IN_A_ROW, OutDirLock, StepLosses, StopOnSignal, load_resumable,
                              prepare_out_dir, refuse_to_replace, resume_command, weights_finite, write_error)
 from slm.trainlog import MetricsLog
@@ -34,8 +34,8 @@ INIT_FROM = ('scratch', 'resume')  # or a directory: see TrainConfig.init_from
 PRETRAINED_SHAPE = tuple(f.name for f in dataclasses.fields(ModelOptions) if f.name not in ('dropout', 'block_size'))
 # The GPT's recipe: model.py's recipe options and the optimizer. A recipe file (config/recipe_*.py) sets each: GPT-2's
 # (model.gpt2_recipe and AdamW), and every modern change at once (bench.py times them both).
-RECIPE = (*recipe_fields(), 'optimizer')
-GPT2 = {**gpt2_recipe(), 'optimizer': 'adamw'}  # the recipe of GPT-2 (2019), as config/recipe_gpt2.py sets it
+RECIPE = (*recipe_fields(), 'optimizer', 'lr_schedule')
+GPT2 = {**gpt2_recipe(), 'optimizer': 'adamw', 'lr_schedule': 'cosine'}  # the recipe of GPT-2 (2019), as config/recipe_gpt2.py sets it
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: its config/ files
 GPT2_RECIPE = os.path.join(ROOT, 'config', 'recipe_gpt2.py')
 MODERN_RECIPE = os.path.join(ROOT, 'config', 'recipe_modern.py')
@@ -71,6 +71,9 @@ class TrainConfig(ModelOptions, RunFiles):
     min_lr: float = option(1e-4, low=0)  # floor of the cosine decay
     warmup_iters: int = option(100, low=0)  # linear warmup steps
     lr_decay_iters: int = option(0, low=0)  # step where the cosine reaches min_lr (0 = max_iters)
+    lr_schedule: str = option('cosine', choices=LR_SCHEDULES)  # after warmup: cosine to min_lr, or warmdown:
+    #                               flat, then linear to min_lr over the last --warmdown_frac of the steps
+    warmdown_frac: float = option(0.5, low=0, high=1, low_open=True)  # warmdown: the share of the steps it takes
     weight_decay: float = option(0.1, low=0)  # AdamW decay, applied to weight matrices and embeddings only
     beta1: float = option(0.9, low=0, high=1, high_open=True)   # AdamW: decay rate of the gradient's mean
     beta2: float = option(0.99, low=0, high=1, high_open=True)  # AdamW: decay rate of its mean square

@@ -163,12 +163,12 @@ def test_tokenizer_ablation_prepares_each_directory_and_gives_every_run_the_same
 
 
 def recipe_of(variant):
-    return {k: variant.overrides[k] for k in ('rope', 'norm', 'qk_norm', 'mlp', 'zero_init_proj', 'tie_head',
-                                              'optimizer')}
+    return {k: variant.overrides[k] for k in GPT2}
 
 
 GPT2 = {'rope': False, 'norm': 'layernorm', 'qk_norm': False, 'mlp': 'gelu', 'zero_init_proj': False,
-        'tie_head': True, 'optimizer': 'adamw'}
+        'tie_head': True, 'x0_mix': False, 'value_embed': False, 'smear': False, 'bigram': False,
+        'logit_softcap': 0.0, 'optimizer': 'adamw', 'lr_schedule': 'cosine'}
 
 
 def test_a_max_time_from_a_config_leaves_the_token_budget_alone(char_data, tmp_path):
@@ -182,11 +182,14 @@ def test_a_max_time_from_a_config_leaves_the_token_budget_alone(char_data, tmp_p
 def test_recipe_ablation_adds_each_change_to_gpt2_alone():
     variant_list = ablate.variants(ablate.AblateConfig(what='recipe'))
     assert [v.name for v in variant_list] == ['gpt2', '+ rope', '+ rmsnorm', '+ qk_norm', '+ relu2', '+ swiglu',
-                                              '+ zero_init_proj', '+ untied_head', '+ muon']
+                                              '+ zero_init_proj', '+ untied_head', '+ x0_mix', '+ value_embed',
+                                              '+ smear', '+ bigram', '+ softcap', '+ muon', '+ warmdown']
     assert recipe_of(variant_list[0]) == GPT2
     assert recipe_of(variant_list[2]) == {**GPT2, 'norm': 'rmsnorm'}
     assert recipe_of(variant_list[7]) == {**GPT2, 'tie_head': False}
-    assert recipe_of(variant_list[8]) == {**GPT2, 'optimizer': 'muon'}
+    assert recipe_of(variant_list[13]) == {**GPT2, 'optimizer': 'muon'}
+    assert recipe_of(variant_list[12]) == {**GPT2, 'logit_softcap': 15.0}
+    assert recipe_of(variant_list[14]) == {**GPT2, 'lr_schedule': 'warmdown'}
     assert [v.directory for v in variant_list][:2] == ['gpt2', 'add_rope']
 
 

@@ -278,11 +278,20 @@ def test_a_recipe_option_export_does_not_map_is_refused_when_it_is_not_gpt2s(mon
     """A new recipe option (declared in model.py alone) exports while it has GPT-2's value, and is refused in one
     line naming it when it has another: hf never maps what it does not know."""
     real = model_module.gpt2_recipe()
-    monkeypatch.setattr(model_module, 'gpt2_recipe', lambda: {**real, 'smear': False})
+    monkeypatch.setattr(model_module, 'gpt2_recipe', lambda: {**real, 'new_option': False})
     args = dataclasses.asdict(model_module.ModelArgs(**real))
-    assert hf.architecture(types.SimpleNamespace(**args, smear=False)) == 'gpt2'
-    with pytest.raises(UserError, match=r'^this GPT \(--smear=True\): no standard transformers architecture'):
-        hf.architecture(types.SimpleNamespace(**args, smear=True))
+    assert hf.architecture(types.SimpleNamespace(**args, new_option=False)) == 'gpt2'
+    with pytest.raises(UserError, match=r'^this GPT \(--new_option=True\): no standard transformers architecture'):
+        hf.architecture(types.SimpleNamespace(**args, new_option=True))
+
+
+@pytest.mark.parametrize('option, value', [('x0_mix', True), ('value_embed', True), ('smear', True),
+                                           ('bigram', True), ('logit_softcap', 15.0)])
+def test_the_speedrun_options_are_refused_by_export_in_one_line(option, value):
+    """No transformers architecture export knows computes them: the refusal names the option."""
+    args = model_module.ModelArgs(**{**model_module.gpt2_recipe(), option: value})
+    with pytest.raises(UserError, match=rf'^this GPT \(--{option}={value}\): no standard transformers architecture'):
+        hf.architecture(args)
 
 
 def test_the_export_has_a_model_card_the_hub_reads(tmp_path, tiny_checkpoint):

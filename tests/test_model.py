@@ -11,6 +11,24 @@ def gpt(**overrides):
     return GPT(ModelArgs(**{**gpt2_recipe(), **args, **overrides})).eval()  # GPT-2's, as these tests were written
 
 
+# the speedrun's options alone and together: each reads only what a cache or a document boundary allows
+SPEEDRUN = {'gpt2': {}, 'x0_mix': {'x0_mix': True}, 'value_embed': {'value_embed': True}, 'smear': {'smear': True},
+            'bigram': {'bigram': True}, 'softcap': {'logit_softcap': 15.0},
+            'all': {'rope': True, 'x0_mix': True, 'value_embed': True, 'smear': True, 'bigram': True,
+                    'logit_softcap': 15.0}}
+
+
+def lively(**overrides):
+    """gpt(**overrides) with what starts at zero or shut (mixes, gates, bigrams) drawn at random: at their
+    initial values the options compute nothing, and a test of them would pass with none."""
+    model = gpt(**overrides)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():  # scalars and gates of order 1, tables as large as the token embedding's
+                p.normal_(0.0, 0.5 if p.dim() < 2 or p.size(1) != model.args.n_embd else 0.05)
+    return model
+
+
 def lstm(**overrides):
     torch.manual_seed(0)
     args = dict(model_type='lstm', vocab_size=50, n_layer=2, n_embd=16, pad_id=3)
@@ -76,8 +94,9 @@ def test_models_have_only_forward():
         assert public <= {'forward', 'init_hidden'}
 
 
-def test_gpt_with_a_kv_cache_equals_one_pass_over_the_whole_sequence():
-    model = gpt()
+@pytest.mark.parametrize('options', SPEEDRUN)
+def test_gpt_with_a_kv_cache_equals_one_pass_over_the_whole_sequence(options):
+    model = lively(**SPEEDRUN[options])
     idx = torch.randint(0, 50, (3, 16))
     whole = model(idx)
     cache = KVCache(model.args)
@@ -103,8 +122,9 @@ def packed_row(doc_a, doc_b):
     return idx, doc_ids, positions
 
 
-def test_gpt_packed_document_ignores_the_one_before_it():
-    model = gpt()
+@pytest.mark.parametrize('options', SPEEDRUN)
+def test_gpt_packed_document_ignores_the_one_before_it(options):
+    model = lively(**SPEEDRUN[options])
     doc_b = [1, 17, 23, 9, 2]
     idx, doc_ids, positions = packed_row([1, 5, 6, 7, 8, 2], doc_b)
     changed = idx.clone()
@@ -119,8 +139,9 @@ def test_gpt_packed_document_ignores_the_one_before_it():
     assert not torch.allclose(model(idx)[:, 6:], model(changed)[:, 6:], atol=1e-3)
 
 
-def test_gpt_left_padded_document_computes_what_it_computes_alone():
-    model = gpt()
+@pytest.mark.parametrize('options', SPEEDRUN)
+def test_gpt_left_padded_document_computes_what_it_computes_alone(options):
+    model = lively(**SPEEDRUN[options])
     doc = [1, 17, 23, 9]
     idx = torch.tensor([[3, 3, 3] + doc])  # 3 = pad_id
     doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1]])

@@ -80,14 +80,14 @@ def test_the_default_recipe_is_the_gpt2_model_as_it_was(bias):
 
 def test_a_checkpoint_saved_before_the_recipe_options_loads_as_the_model_it_was(tiny_checkpoint, tmp_path):
     trained = checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))  # its tokenizer; a GPT-2-recipe model
-    args = ModelArgs(**{**trained['model_args'], **{k: gpt2_recipe()[k] for k in MODERN}})
+    args = ModelArgs(**{**trained['model_args'], **gpt2_recipe()})
     torch.manual_seed(0)
     ckpt = {'model_args': dataclasses.asdict(args), 'model': GPT(args).state_dict(), 'tokenizer': trained['tokenizer']}
     old = dict(ckpt)
     new_keys = {f.name for f in dataclasses.fields(ModelArgs)} - {
         'model_type', 'vocab_size', 'pad_id', 'block_size', 'n_layer', 'n_embd', 'n_head', 'n_hidden', 'dropout',
         'bias'}
-    assert new_keys == set(MODERN)
+    assert new_keys == set(gpt2_recipe()) and set(MODERN) < new_keys
     old['model_args'] = {k: v for k, v in ckpt['model_args'].items() if k not in new_keys}
     path = str(tmp_path / 'old.pt')
     checkpoint.save(path, old)
@@ -280,8 +280,8 @@ def test_the_recipe_file_sets_every_option():
     assert all(getattr(gpt2, k) == gpt2_recipe()[k] for k in MODERN) and gpt2.optimizer == 'adamw'
     # train.py's default: GPT-2's recipe with rotary positions and Muon (ablate.py's evidence, docs/models.md)
     default = training.TrainConfig()
-    assert {k: getattr(default, k) for k in training.RECIPE} == {**{k: gpt2_recipe()[k] for k in MODERN},
-                                                              'rope': True, 'optimizer': 'auto'}
+    assert {k: getattr(default, k) for k in training.RECIPE} == {**gpt2_recipe(), 'rope': True, 'optimizer': 'auto',
+                                                              'lr_schedule': 'cosine'}
 
 
 def test_muon_resume_continues_exactly(char_data, tmp_path):
@@ -345,3 +345,79 @@ def test_resuming_with_the_default_optimizer_takes_the_checkpoints(char_data, tm
     ckpt = checkpoint.load(os.path.join(out_dir, 'ckpt.pt'))
     assert ckpt['iter_num'] == 8 and ckpt['config']['optimizer'] == 'adamw' and 'state' in ckpt['optimizer']
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the speedrun's options (x0_mix, value_embed, smear, bigram, logit_softcap) and the warmdown schedule
+
+SPEEDRUN = dict(x0_mix=True, value_embed=True, smear=True, bigram=True, logit_softcap=15.0)
+
+
+@pytest.mark.parametrize('option', ['x0_mix', 'smear', 'bigram'])
+def test_the_additive_options_start_as_the_model_without_them(option):
+    """Mixes at (1, 0), a shut smear gate, bigrams at zero: the first step starts from the model without them
+    (their weights drawn after the others', which are the same draws)."""
+    idx = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(gpt(**{option: True})(idx), gpt()(idx))
+    assert gpt(**{option: True}).state_dict().keys() > gpt().state_dict().keys()
+
+
+def test_value_embeddings_sit_in_alternate_layers_from_the_last_with_their_gates_open():
+    model = gpt(value_embed=True, n_layer=5)
+    assert sorted(model.value_embeds) == ['0', '2', '4'] and sorted(model.value_gates) == ['0', '2', '4']
+    assert not any(g.weight.any() for g in model.value_gates.values())  # 2 sigmoid(0) = 1: each head's gate
+    assert [model.value_embeds[k].weight[SMALL['pad_id']].abs().sum().item() for k in model.value_embeds] == [0] * 3
+    with torch.no_grad():
+        assert not torch.allclose(model(torch.tensor([[1, 2, 4]])), gpt(n_layer=5)(torch.tensor([[1, 2, 4]])))
+
+
+def test_bigram_table_is_exact_for_small_vocabularies_and_hashed_above():
+    from model import bigram_rows
+    assert bigram_rows(66) == 66 * 66 and bigram_rows(256) == 65536 and bigram_rows(4096) == 4 * 4096
+    assert gpt(bigram=True).bigram_embed.num_embeddings == 50 * 50
+
+
+def test_logit_softcap_bounds_every_logit():
+    idx = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        loud = scaled(gpt(), 20.0)(idx)
+        capped = scaled(gpt(logit_softcap=15.0), 20.0)(idx)
+    assert loud.abs().max() > 30 and capped.abs().max() <= 15
+    torch.testing.assert_close(capped, 15.0 * torch.tanh(loud / 15.0))
+
+
+def test_warmdown_holds_the_peak_then_falls_linearly_to_min_lr():
+    cfg = training.TrainConfig(max_iters=100, warmup_iters=10, learning_rate=1e-2, min_lr=1e-3,
+                               lr_schedule='warmdown', warmdown_frac=0.4)
+    lrs = [optim.learning_rate(it, cfg) for it in range(101)]
+    assert lrs[4] == pytest.approx(5e-3) and lrs[10] == lrs[59] == lrs[60] == 1e-2
+    assert lrs[80] == pytest.approx(1e-2 - 0.5 * 9e-3) and lrs[100] == 1e-3
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    cosine = dataclasses.replace(cfg, lr_schedule='cosine')
+    assert optim.learning_rate(60, cosine) < 1e-2  # the cosine falls from the first step after warmup
+
+
+def test_the_speedrun_options_train_resume_bit_for_bit_and_sample(char_data, tmp_path):
+    common = [f'--data_dir={char_data}', '--eval_interval=10', *TINY_GPT, '--rope=True', '--lr_schedule=warmdown',
+              '--lr_decay_iters=40',
+              '--learning_rate=3e-3', *(f'--{k}={v}' for k, v in SPEEDRUN.items())]
+    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+    result = train.main([*common, f'--out_dir={straight}', '--max_iters=40'])
+    train.main([*common, f'--out_dir={split}', '--max_iters=20'])
+    train.main([*common, f'--out_dir={split}', '--max_iters=40', '--init_from=resume'])
+    evals = [r for r in metrics(straight) if 'val_loss' in r]
+    assert result['val_loss'] < evals[0]['val_loss'] - 0.5
+    assert without_timing(metrics(split)) == without_timing(metrics(straight))
+    resumed, whole = (torch.load(os.path.join(d, 'ckpt.pt'), weights_only=True) for d in (split, straight))
+    assert all(torch.equal(tensor, resumed['model'][name]) for name, tensor in whole['model'].items())
+    assert {k: whole['model_args'][k] for k in SPEEDRUN} == SPEEDRUN
+    assert whole['model']['x0_lambdas'].any() and whole['model']['smear_lambda'].any()  # they learned
+    # past block_size (32), with the cache and without alike; the compiled step refuses what it does not compute
+    drawn = [sample.sample(parse(generation.SampleConfig, [f'--out_dir={straight}', '--start=And God', '--seed=3',
+                                                       '--max_new_tokens=80', f'--kv_cache={kv}']), io.StringIO())
+             for kv in (True, False)]
+    assert drawn[0] == drawn[1] and len(drawn[0][0]) == len('And God') + 80
+    with pytest.raises(UserError, match=r'^--decode=aot: the compiled decode step does not compute --smear and'
+                                        r' --bigram .*; sample this model with --decode=eager$'):
+        sample.sample(parse(generation.SampleConfig, [f'--out_dir={straight}', '--decode=aot']), io.StringIO())
