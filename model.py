@@ -163,7 +163,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(args.dropout)
 
     def forward(self, x, cache=None, layer=0, mask=None, rotary=None, values=None):
-        """x (B, T, C). cache: a KVCache to add this layer's keys and values to (generation). mask (B, 1, T, T)
+        """x (B, T, C). cache: a KVCache (or decode.StepCache) that stores this layer's keys and values and
+        attends over them (generation). mask (B, 1, T, T)
         boolean, True where a query may attend to a key: a document mask (None: causal). rotary: (cos, sin) of
         the tokens' positions, (..., T, head_size), with rotary position embeddings (None: without). values:
         (B, T, C) added to the values (--value_embed), or None."""
@@ -177,14 +178,11 @@ class CausalSelfAttention(nn.Module):
             q, k = rms_norm_in_dtype(q, self.q_norm), rms_norm_in_dtype(k, self.k_norm)
         if rotary is not None:  # before the cache: a cached key keeps the rotation of the position it was read at
             q, k = rotate(q, *rotary), rotate(k, *rotary)
-        start = cache.length if cache is not None else 0
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, n_head, start + T, C // n_head)
-            if start and T > 1:  # query i sits at position start + i: it sees every cached key and itself
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
-        # From position 0 this is exactly the cache-less computation; one new query needs no mask.
-        is_causal = mask is None and start == 0 and T > 1
-        y = attend(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        if cache is None:
+            y = attend(q, k, v, mask, mask is None and T > 1, dropout_p)
+        else:  # the cache stores this layer's keys and values and attends over all it holds
+            y = cache.attend(layer, q, k, v, dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -270,7 +268,7 @@ def bigram_rows(vocab_size):
 def previous_tokens(idx, cache, positions):
     """(B, T): the id of the token before each of idx's (B, T), -1 where there is none: at a window's first
     position (unless the cache holds the token before it) and at each document's first (position 0)."""
-    before = cache.last_ids if cache is not None and cache.length else torch.full_like(idx[:, :1], -1)
+    before = cache.token_before(idx) if cache is not None else torch.full_like(idx[:, :1], -1)
     previous = torch.cat([before, idx[:, :-1]], dim=1)
     return previous if positions is None else previous.masked_fill(positions == 0, -1)
 
@@ -395,12 +393,14 @@ class GPT(nn.Module):
         among positions of equal id, and positions (B, T) restart the position ids at each document.
         """
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.args.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.args.block_size}")
         if cache is not None and (positions is not None or doc_ids is not None):
             raise ValueError("positions and doc_ids are for training batches, not for generation with a KV cache")
-        pos = torch.arange(start, start + T, device=idx.device) if positions is None else positions
+        if cache is not None:
+            pos = cache.positions(T, idx.device)  # (T,): where the tokens after the cached ones sit
+        elif T > self.args.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.args.block_size}")
+        else:
+            pos = torch.arange(T, device=idx.device) if positions is None else positions
         previous = previous_tokens(idx, cache, positions) if self.args.smear or self.args.bigram else None
         if self.args.rope:  # the angles of each token's position: (T, hs) -> (1, T, hs), or (B, 1, T, hs)
             rotary = (self.rotary_cos[pos].unsqueeze(-3), self.rotary_sin[pos].unsqueeze(-3))
@@ -414,8 +414,7 @@ class GPT(nn.Module):
             x = block_input(self, layer, x, x0)
             x = block(x, cache, layer, mask, rotary, value_embedding(self, layer, x, idx))
         if cache is not None:
-            cache.length += T
-            cache.last_ids = idx[:, -1:]
+            cache.advance(idx)
         return soft_cap(self, self.lm_head(self.ln_f(x)))
 
 
@@ -440,17 +439,36 @@ class KVCache:
         """Forget every token (the buffers stay allocated for the next ones)."""
         self.length = 0
 
-    def update(self, layer, k, v):
-        """Store one layer's k, v (B, n_head, T, head_size) at positions length ... length + T - 1; return the
-        layer's keys and values of positions 0 ... length + T - 1."""
+    def positions(self, T, device):
+        """(T,): the positions of T tokens read after the cached ones."""
+        if self.length + T > self.block_size:
+            raise ValueError(f"sequence of {self.length + T} tokens is longer than block_size {self.block_size}")
+        return torch.arange(self.length, self.length + T, device=device)
+
+    def token_before(self, idx):
+        """(B, 1): the id of the token read before idx (B, T), -1 where the cache holds none."""
+        return self.last_ids if self.length else torch.full_like(idx[:, :1], -1)
+
+    def attend(self, layer, q, k, v, dropout_p=0.0):
+        """Store one layer's k, v (B, n_head, T, head_size) at positions length ... length + T - 1 and return the
+        attention of q (B, n_head, T, head_size) over the keys and values of positions 0 ... length + T - 1."""
         if self.keys[layer] is None:
             B, n_head, _, head_size = k.shape
             self.keys[layer] = k.new_zeros(B, n_head, self.block_size, head_size)
             self.values[layer] = v.new_zeros(B, n_head, self.block_size, head_size)
-        end = self.length + k.size(2)
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        start, T = self.length, k.size(2)
+        self.keys[layer][:, :, start:start + T] = k
+        self.values[layer][:, :, start:start + T] = v
+        k, v = self.keys[layer][:, :, :start + T], self.values[layer][:, :, :start + T]
+        # query i sits at position start + i: it sees every cached key and itself. From position 0 this is
+        # exactly the cache-less computation; one new query needs no mask.
+        mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(start) if start and T > 1 else None
+        return attend(q, k, v, mask, start == 0 and T > 1, dropout_p)
+
+    def advance(self, idx):
+        """The tokens idx (B, T) were read: the next ones sit T positions on."""
+        self.length += idx.size(1)
+        self.last_ids = idx[:, -1:]
 
 
 class LSTM(nn.Module):

@@ -1,9 +1,10 @@
 """The GPT's decode step: one new token per row through the model, reading and extending its KV cache, at shapes
 that stay the same from token to token, so that torch.compile makes the whole step one graph.
 
-GPT.forward with a KVCache computes the same logits. It attends over the keys cached so far, a slice that grows
-by one per token, so every token has new shapes; it is what reads a prompt, or a window again (many tokens at
-once). decode_step attends over the cache's whole block_size buffer instead, masking the positions after the
+The step is GPT.forward itself, with a StepCache in place of the KVCache: the model's own embedding, blocks and
+head, so that no option of theirs can be missed here. A KVCache attends over the keys cached so far, a slice that
+grows by one per token, so every token has new shapes; it is what reads a prompt, or a window again (many tokens
+at once). A StepCache attends over the cache's whole block_size buffer instead, masking the positions after the
 token's own: the buffers start at zero, so the masked ones weigh exactly 0. A position is a (1,) tensor, not a
 Python int, so one compiled graph serves every position.
 
@@ -27,55 +28,48 @@ import weakref
 import torch
 
 from configurator import UserError
-from model import KVCache, block_input, rms_norm_in_dtype, rotate, soft_cap, value_embedding
+from model import KVCache
 from slm import runtime, storage
 
 
-def decode_step(model, token, position, keys, values):
-    """The logits (B, V) of the token after token (B, 1), which sits at position (a (1,) tensor on the model's
-    device, < block_size). Writes each layer's key and value of token into keys[layer] and values[layer], the
-    KVCache's (B, n_head, block_size, head_size) buffers, whose earlier positions hold the tokens before it."""
-    args = model.args
-    B, C, n_head = token.size(0), args.n_embd, args.n_head
-    x = model.wte(token[:, 0])  # (B, C): one position, so no time axis
-    if args.rope:
-        rotary = (model.rotary_cos[position], model.rotary_sin[position])  # each (1, head_size)
-    else:
-        x = x + model.wpe(position)
-    is_visible = torch.arange(args.block_size, device=token.device) <= position  # (block_size,): this key or earlier
-    x0 = x
-    for layer, block in enumerate(model.blocks):
-        attn = block.attn
-        x = block_input(model, layer, x, x0)
-        q, k, v = (t.view(B, n_head, 1, C // n_head) for t in attn.qkv(block.ln_1(x)).split(C, dim=1))
-        added = value_embedding(model, layer, x, token[:, 0])
-        if added is not None:
-            v = v + added.to(v.dtype).view(B, n_head, 1, C // n_head)
-        if attn.q_norm is not None:
-            q, k = rms_norm_in_dtype(q, attn.q_norm), rms_norm_in_dtype(k, attn.k_norm)
-        if args.rope:
-            q, k = rotate(q, *rotary), rotate(k, *rotary)
-        keys[layer][:, :, position] = k
-        values[layer][:, :, position] = v
+class StepCache:
+    """What GPT.forward reads one token per row through in decode_step, in place of a KVCache: the same buffers,
+    the token's position a (1,) tensor, and the attention over each whole block_size buffer, the positions after the
+    token's own masked (the buffers start at zero, so those weigh exactly 0). Every shape stays the same from token
+    to token."""
+
+    def __init__(self, position, token_before, keys, values):
+        self.position, self.before = position, token_before
+        self.keys, self.values = keys, values
+        self.is_visible = torch.arange(keys[0].size(2), device=position.device) <= position  # (block_size,)
+
+    def positions(self, T, device):
+        return self.position
+
+    def token_before(self, idx):
+        return self.before
+
+    def attend(self, layer, q, k, v, dropout_p=0.0):
+        """Write k, v (B, n_head, 1, head_size) at the position; q's attention over the buffers (B, n_head, 1, hs)."""
+        keys, values = self.keys[layer], self.values[layer]
+        keys[:, :, self.position] = k
+        values[:, :, self.position] = v
         # one query: its scores against every key position are a product and a sum, which compile fuses with the
         # mask and the softmax into one loop (a call to scaled_dot_product_attention would stay a call)
-        scores = (q * keys[layer]).sum(-1) * (C // n_head) ** -0.5  # (B, n_head, block_size)
-        weights = torch.softmax(scores.masked_fill(~is_visible, float('-inf')), dim=-1)
-        y = (weights.unsqueeze(-1) * values[layer]).sum(2)  # (B, n_head, hs)
-        x = x + attn.proj(y.reshape(B, C))
-        x = x + block.mlp(block.ln_2(x))
-    return soft_cap(model, model.lm_head(model.ln_f(x)))
+        scores = (q * keys).sum(-1) * q.size(-1) ** -0.5  # (B, n_head, block_size)
+        weights = torch.softmax(scores.masked_fill(~self.is_visible, float('-inf')), dim=-1)
+        return (weights.unsqueeze(-1) * values).sum(2, keepdim=True)  # (B, n_head, 1, hs)
+
+    def advance(self, idx):
+        """Nothing: append moves the KVCache on, outside the compiled step."""
 
 
-UNSUPPORTED = ('smear', 'bigram')  # options decode_step does not compute (they read the token before): eager only
-
-
-def check_supported(args, how):
-    """Refuse, in one line, a model whose options decode_step does not compute."""
-    used = [f'--{name}' for name in UNSUPPORTED if getattr(args, name, False)]
-    if used:
-        raise UserError(f"--decode={how}: the compiled decode step does not compute {' and '.join(used)} (they read"
-                        f" the token before); sample this model with --decode=eager")
+def decode_step(model, token, position, token_before, keys, values):
+    """The logits (B, V) of the token after token (B, 1), which sits at position (a (1,) tensor on the model's
+    device, < block_size) after token_before (B, 1): GPT.forward through a StepCache. Writes each layer's key and
+    value of token into keys[layer] and values[layer], the KVCache's (B, n_head, block_size, head_size) buffers,
+    whose earlier positions hold the tokens before it."""
+    return model(token, StepCache(position, token_before, keys, values))[:, -1]
 
 
 class CompiledStep:
@@ -117,8 +111,8 @@ class StepModule(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, token, position, keys, values):
-        return decode_step(self.model, token, position, keys, values)
+    def forward(self, token, position, token_before, keys, values):
+        return decode_step(self.model, token, position, token_before, keys, values)
 
 
 class ReadModule(StepModule):
@@ -182,7 +176,9 @@ class AotStep:
     def prepare(self, model, token, keep, cache):
         """Make the libraries that steps of token's shape (B, 1) and re-reads of keep tokens (None: none) into
         cache (allocated already) will call, if they are not made yet."""
-        self.library(model, StepModule, (token, torch.tensor([0], device=token.device), cache.keys, cache.values))
+        before = torch.zeros_like(token)  # a tensor of its own: export would take one tensor given twice as one
+        self.library(model, StepModule, (token, torch.tensor([0], device=token.device), before, cache.keys,
+                                         cache.values))
         if keep is not None:
             self.library(model, ReadModule, (token.repeat(1, keep), cache.keys, cache.values))
 
@@ -191,7 +187,8 @@ class AotStep:
         GPT.forward computes them; cache.length is T after."""
         inputs = (ids, cache.keys, cache.values)
         logits = run_flat(self.library(model, ReadModule, inputs), inputs)
-        cache.length = ids.size(1)
+        cache.reset()
+        cache.advance(ids)
         return logits
 
     @staticmethod
@@ -303,6 +300,6 @@ def append(model, token, cache, step=decode_step):
     if cache.length >= model.args.block_size:
         raise ValueError(f"the cache is full: {cache.length} tokens of block_size {model.args.block_size}")
     position = torch.tensor([cache.length], device=token.device)
-    logits = step(model, token, position, cache.keys, cache.values)
-    cache.length += 1
+    logits = step(model, token, position, cache.last_ids, cache.keys, cache.values)
+    cache.advance(token)
     return logits

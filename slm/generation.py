@@ -148,8 +148,6 @@ class GPTContext:
 
     def __init__(self, model, ids, use_cache=True, context_shift=0.25, how='eager', length=None):
         self.model, self.block_size = model, model.args.block_size
-        if how != 'eager' and use_cache:
-            decode.check_supported(model.args, how)
         self.step = decode.step_for(how) if how != 'eager' and use_cache else None  # else GPT.forward
         self.keep = self.block_size - int(context_shift * self.block_size)  # tokens re-read when it is full
         self.cache = KVCache(model.args) if use_cache else None
