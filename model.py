@@ -427,6 +427,10 @@ class KVCache:
     block_size, C // n_head) buffer of keys and one of values, allocated at the first write with the batch
     size, dtype and device of what is written, and zeroed (decode.py attends over a whole buffer, masking the
     positions not written yet: they must hold numbers).
+
+    GPT.forward asks a cache four things: the positions of the tokens it reads (positions), the token before
+    them (token_before), one layer's attention with its keys and values stored (attend), and that the tokens
+    were read (advance). slm/decode.py's StepCache answers the same four at fixed shapes for its compiled step.
     """
 
     def __init__(self, args):
