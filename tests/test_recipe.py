@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from configurator import UserError, parse
-from conftest import ROOT, TINY_GPT, greedy, has_compiler, metrics, reference, without_timing
+from conftest import ROOT, TINY_GPT, greedy, metrics, reference, without_timing
 from model import GPT, KVCache, ModelArgs, gpt2_recipe
 import sample
 from slm import checkpoint, generation, optim, perf, training
@@ -413,13 +413,8 @@ def test_the_speedrun_options_train_resume_bit_for_bit_and_sample(char_data, tmp
     assert all(torch.equal(tensor, resumed['model'][name]) for name, tensor in whole['model'].items())
     assert {k: whole['model_args'][k] for k in SPEEDRUN} == SPEEDRUN
     assert whole['model']['x0_lambdas'].any() and whole['model']['smear_lambda'].any()  # they learned
-    # past block_size (32), with the cache and without alike, and with the compiled step (GPT.forward itself)
+    # past block_size (32), with the cache and without alike (the compiled step: tests/test_decode.py)
     drawn = [sample.sample(parse(generation.SampleConfig, [f'--out_dir={straight}', '--start=And God', '--seed=3',
                                                        '--max_new_tokens=80', f'--kv_cache={kv}']), io.StringIO())
              for kv in (True, False)]
     assert drawn[0] == drawn[1] and len(drawn[0][0]) == len('And God') + 80
-    if has_compiler():
-        compiled = sample.sample(parse(generation.SampleConfig, [f'--out_dir={straight}', '--start=And God',
-                                                                 '--seed=3', '--max_new_tokens=80', '--decode=aot']),
-                                 io.StringIO())
-        assert compiled == drawn[0]
