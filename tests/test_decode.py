@@ -65,6 +65,29 @@ def test_the_step_equals_the_forward_with_a_cache_at_every_position(recipe):
         decode.append(model, token, step)
 
 
+def test_each_product_of_a_3d_activations_view_gets_a_copy_of_its_own_and_the_same_result():
+    from torch.fx.experimental.proxy_tensor import make_fx
+    aten = torch.ops.aten
+    weight, bias = torch.randn(6, 4), torch.randn(6)
+
+    def products(x, h):  # a linear layer of a (B, 1, C) activation (with and without bias), and of a (B, C) one
+        return (torch.nn.functional.linear(x, weight).flatten(), torch.nn.functional.linear(x, weight, bias).flatten(),
+                (h @ weight.t()).flatten())
+
+    x, h = torch.randn(1, 1, 4), torch.randn(1, 4)
+    graph = make_fx(products)(x, h)
+    expected = graph(x, h)
+    decode.ContiguousRows()(graph.graph)
+    graph.recompile()
+    lefts = [node.args[1] if node.target is aten.addmm.default else node.args[0] for node in graph.graph.nodes
+             if node.target in (aten.mm.default, aten.addmm.default)]
+    assert [left.target for left in lefts] == [aten.clone.default, aten.clone.default, 'h_1']
+    assert [left.args[0].target for left in lefts[:2]] == [aten.view.default] * 2
+    assert lefts[0].kwargs == {'memory_format': torch.contiguous_format}
+    for got, want in zip(graph(x, h), expected):
+        assert torch.equal(got, want)
+
+
 def test_the_race_draws_what_torch_multinomial_draws():
     """next_token's exponential race is torch.multinomial's draw on the CPU: the same ids from the same seed."""
     probs = torch.softmax(torch.randn(3, 50), dim=-1)
