@@ -1,0 +1,26 @@
+# The best five-minute AKJV model found on a 2-core CPU: a GPT on the 4,096-id byte-level BPE learned from the
+# training verses, 64 tokens of context (about 245 characters), with weight decay on Muon's matrices. Five minutes
+# of wall clock, start-up included (max_time). Chosen by ablate.py across the tokenizers (character, word, learned
+# BPE of 1k-8k ids) and its options, scored in bits per character on the same held-out verses: docs/models.md,
+# "The best five-minute model". It is what make demo trains.
+# Prepare first: python prepare.py data/akjv_bpe4k   (learns the BPE: a few seconds)
+# No --bigram here: at 4,096 ids its table is hashed into 16,384 rows (2M parameters) that memorize the 1M
+# training tokens, and the held-out score got worse.
+data_dir = 'data/akjv_bpe4k'
+out_dir = 'out-akjv-5min'
+model_type = 'gpt'
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 64
+dropout = 0.0
+batch_size = 32
+max_time = '5min'
+max_iters = 2000      # with max_time: the schedule's shape (warmup_iters is 10% of it: 10% of the steps)
+learning_rate = 6e-3
+muon_lr = 0.02
+muon_weight_decay = 0.1
+min_lr = 3e-4
+warmup_iters = 200
+eval_interval = 500
+eval_tokens = 32768
