@@ -34,7 +34,7 @@ from slm import batching, decode, perf, runtime, storage, training
 from slm.bench import train as bench_train  # peak, train, defaults, profile, windowing, study
 from slm.bench import generate as bench_generate  # noqa: F401 (sample, generate, stream)
 from slm.bench import memory as bench_memory  # memory, busy
-from slm.bench import recipe as bench_recipe  # noqa: F401 (recipe)
+from slm.bench import recipe as bench_recipe  # recipe
 from slm.bench.harness import SECTIONS, Context, Unsupported
 
 
@@ -103,6 +103,8 @@ class BenchConfig:
     busy_model: str = 'gpt:4:4:128:128:32'  # the busy section's model, as in defaults_models
     recipe_model: str = 'gpt:4:4:128:128:32'  # the recipe section's GPT, as in defaults_models, in the GPT-2
     #                               recipe and the modern one
+    recipe_config: str = option('config/train_akjv_5min.py', extensions=('.py',))  # the recipe section also times
+    #                               this config's recipe options over the defaults, on the same shape ('' = not)
     threads: int = option(0, low=0)  # CPU threads torch uses (0 = one per physical core, as train.py)
     seed: int = option(1337, low=0, high=2**32 - 1)  # seeds the models, the random tokens and the sampling
     out: str = option('', extensions=('.json',))  # also write the results here as JSON ('' = table only)
@@ -140,6 +142,9 @@ def check(cfg):
         bench_train.defaults_model(text)  # raises for a malformed one
     for text in cfg.memory_models:
         bench_memory.memory_model(text)
+    if cfg.recipe_config and not bench_recipe.config_file(cfg.recipe_config):
+        raise UserError(f"--recipe_config={cfg.recipe_config}: no such file here or in the repository; give a"
+                        f" config file, or --recipe_config='' to leave it out")
     runtime.memory_budget(cfg.max_memory, 'cpu')
     small, large = cfg.batch_sizes
     if not 0 < small < large or (cfg.iters * small) % large:

@@ -130,6 +130,8 @@ CASES = [
     ('bench', ['--model=rnn'], r'--model=rnn'),
     ('bench', ['--memory_models=gpt:1:2'], r'memory_models'),
     ('bench', ['--max_memory=0MB'], r'--max_memory=0MB'),
+    ('bench', ['--recipe_config={root}/none.py'], r'--recipe_config=.*none.py: no such file'),
+    ('bench', ['--recipe_config=config/train_akjv_5min.txt'], r'recipe_config'),
     ('ablate', ['--data_dir={root}/data', '--what=everything'], r'--what=everything'),
     ('ablate', ['--data_dir={root}/data', '--what=sweep', '--sweep=learning_rate'], r'must be KEY=V1,V2'),
     ('ablate', ['--data_dir={root}/data', '--what=sweep', '--sweep=lr=1e-3,3e-3'], r'--lr'),

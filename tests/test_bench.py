@@ -195,3 +195,10 @@ def test_quick_run_times_both_recipes_side_by_side(quick_run):
     assert row['dtype'] in ('float32', 'bfloat16') and not row['compiled']  # train.py's path on the CPU
     assert f"train.py's default path (the recipe rope=True, optimizer=muon; {row['dtype']}, eager) takes" in stdout
     assert "the plain GPT-2 recipe's time per step (float32, eager;" in stdout
+    # and the five-minute AKJV config's recipe (--recipe_config's default) on the default's path: its options over
+    # the defaults, 2 x0-mix scalars for the 1 layer and that layer's value embedding (64 ids x 32) and gates (32 x 2)
+    assert row['config'] == 'config/train_akjv_5min.py'
+    assert row['config_recipe'] == 'x0_mix=True, value_embed=True'
+    assert row['config_params'] - row['default_params'] == 2 + 64 * 32 + 32 * 2
+    assert row['config_ratio'] == pytest.approx(row['config_ms'] / row['default_ms'])
+    assert "config/train_akjv_5min.py's recipe (the default's with x0_mix=True, value_embed=True) takes" in stdout
