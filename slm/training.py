@@ -138,11 +138,11 @@ def resolved_windowing(config):
     return batching.resolve_windowing(config.get('windowing', 'auto'), config['model_type'])
 
 
-def recipe(path):
-    """{option: value} of each RECIPE option as a recipe file (config/recipe_*.py) sets it, over GPT-2's (an option
-    the file does not name is GPT-2's): the recipe as overrides of any config."""
+def recipe(path, base=None):
+    """{option: value} of each RECIPE option as a config file (config/recipe_*.py, or any) sets it, over base's
+    (default GPT-2's: an option the file does not name is GPT-2's): the recipe as overrides of any config."""
     values = configurator.config_file_values(TrainConfig, path)
-    return {key: values.get(key, GPT2[key]) for key in RECIPE}
+    return {key: values.get(key, (base or GPT2)[key]) for key in RECIPE}
 
 
 def check_config(cfg):

@@ -14,7 +14,6 @@ import statistics
 
 import torch
 
-import configurator
 from slm import optim, perf, runtime, training
 from slm.bench.harness import Job, Trainer, dtype_name, section
 from slm.bench.train import default_dtype, defaults_model, model_label
@@ -39,8 +38,7 @@ def recipe(name, config=''):
         return training.recipe(training.GPT2_RECIPE)
     options = {key: getattr(training.TrainConfig, key) for key in training.RECIPE}
     if name == 'config':
-        values = configurator.config_file_values(training.TrainConfig, config_file(config))
-        options.update({key: values[key] for key in training.RECIPE if key in values})
+        options = training.recipe(config_file(config), base=options)
     return {**options, 'optimizer': optim.resolve_optimizer(options['optimizer'], 'gpt')}
 
 
