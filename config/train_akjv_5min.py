@@ -4,8 +4,7 @@
 # val bits/char, 3 seeds, one core each on the AMX Xeon, 2026-12-05. Five minutes of wall clock, start-up included
 # (max_time). Chosen by ablate.py across the tokenizers (character, word, learned BPE of 1k-8k ids) and its options,
 # scored in bits per character on the same held-out verses: docs/models.md, "The best five-minute model" and "The
-# third pass". It is what make demo trains. Sample it a verse at a time (sample.py --stop_at_eos=True): packed
-# windows never show it what follows a verse's end.
+# third pass". It is what make demo trains.
 # Prepare first: python prepare.py data/akjv_bpe4k   (learns the BPE: a few seconds)
 # No --bigram here: at 4,096 ids its table is hashed into 16,384 rows (2M parameters) that memorize the 1M
 # training tokens, and the held-out score got worse.

@@ -7,7 +7,6 @@
 #     python train.py config/train_akjv_char.py config/recipe_gpt2.py
 # It trains for five minutes of wall clock (max_time); --max_iters=1050 on the command line trains the 1,050
 # iterations the schedule was tuned at instead.
-# Sample it a verse at a time (sample.py --stop_at_eos=True): packed windows never show it what follows a verse's end.
 # Prepare first: python prepare.py data/akjv_char
 # On a GPU, scale up: n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
 # max_iters=5000 (train.py compiles on CUDA by default).

@@ -67,6 +67,12 @@ def resolve_windowing(windowing, model_type):
     return default_windowing(model_type) if windowing == 'auto' else windowing
 
 
+def keeps_to_documents(windowing, model_type):
+    """Whether a windowing reads every document apart from the others, from its own start and never past its end
+    (the keeps_to_documents of its batch source): a model trained so generates a fresh document after an end."""
+    return resolve_windowing(windowing, model_type) in (*LINES, 'packed')
+
+
 def shares_rows(windowing, model_type):
     """Whether processes share a windowing's batches by row (contiguous rows) rather than by whole batch."""
     return resolve_windowing(windowing, model_type) in ('streams', 'packed')

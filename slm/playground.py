@@ -65,6 +65,7 @@ class Playground:
         ckpt = checkpoint.load(self.path)
         self.model = checkpoint.restore_model(ckpt).to(self.device).eval()
         self.tokenizer = tok.from_meta(ckpt['tokenizer'])
+        self.new_document = generation.document_ends(ckpt, self.tokenizer)
         self.iter_num = ckpt.get('iter_num')
         self.jobs = queue.Queue(maxsize=cfg.queue)
         # the compiled steps are measured on the CPU only (docs/generation.md)
@@ -208,7 +209,8 @@ class Playground:
                 events.put(('start', {'prompt': text, 'ids': ids,
                                       'tokens': [self.tokenizer.decode([i]) for i in ids]}))
                 n = 0
-                for token in generation.generate_as(self.model, torch.tensor([ids], device=self.device), cfg):
+                for token in generation.generate_as(self.model, torch.tensor([ids], device=self.device), cfg,
+                                                    self.new_document):
                     if stop.is_set():
                         break
                     token = int(token[0])

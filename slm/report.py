@@ -128,7 +128,7 @@ def report_card(cfg, loaded, device):
             'seconds': {}}
     problem = data_problem(data_dir, ckpt['tokenizer'])
     card['data_problem'] = problem
-    timed(card, 'samples', lambda: samples(model, tokenizer, cfg, device))
+    timed(card, 'samples', lambda: samples(model, tokenizer, cfg, device, generation.document_ends(ckpt, tokenizer)))
     passages, vocabulary = None, None
     if problem is None:
         meta = storage.load_meta(data_dir)
@@ -205,23 +205,29 @@ def nan_to_none(values):
     return [None if np.isnan(v) else float(v) for v in values]
 
 
-def samples(model, tokenizer, cfg, device):
+def samples(model, tokenizer, cfg, device, new_document=None):
     """cfg.num_samples samples of cfg.sample_tokens tokens from the document start, drawn with cfg.seed at
     cfg.temperature: their ids (the start token first), text, and the bits of each token of the first
-    block_size under the model (what it was drawn with)."""
+    block_size under the model (what it was drawn with). new_document: generate's, for a model trained with
+    documents kept apart; the bits are then of each sample's first document, the context it was drawn in."""
     start = generation.prompt_ids(tokenizer, '')
     ids = torch.tensor([start] * cfg.num_samples, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     drawn = [token.tolist() for token in generation.generate(model, ids, cfg.sample_tokens,
                                                              temperature=cfg.temperature, top_k=cfg.top_k,
-                                                             generator=generator)]
+                                                             generator=generator, new_document=new_document)]
     rows = [start + [step[row] for step in drawn] for row in range(cfg.num_samples)]
-    shown = model.args.block_size if model.args.model_type == 'gpt' else len(rows[0])
-    surprisals = [evaluation.surprisal(model, row[:shown]) for row in rows]
+    window = model.args.block_size if model.args.model_type == 'gpt' else len(rows[0])
+
+    def shown(row):  # the tokens drawn in one context: the first window, or with new_document up to the first end
+        ends = row.index(new_document[0], 1) + 1 if new_document is not None and new_document[0] in row[1:] else None
+        return min(window, ends or window)
+
+    surprisals = [evaluation.surprisal(model, row[:shown(row)]) for row in rows]
     return {'count': cfg.num_samples, 'tokens': cfg.sample_tokens, 'temperature': cfg.temperature,
             'top_k': cfg.top_k, 'seed': cfg.seed, 'ids': rows, 'texts': [tokenizer.decode(row) for row in rows],
             'surprisal_bits': surprisals,
-            'token_texts': [[tokenizer.decode([i]) for i in row[1:shown]] for row in rows],
+            'token_texts': [[tokenizer.decode([i]) for i in row[1:shown(row)]] for row in rows],
             'bits_per_token': [float(np.mean(s)) for s in surprisals]}
 
 

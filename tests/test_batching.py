@@ -351,3 +351,13 @@ def test_processes_share_out_the_single_process_batches(windowing):
 def test_rows_that_cannot_be_shared_evenly_are_refused():
     with pytest.raises(ValueError, match='batch_size 4 streams cannot be shared evenly by 3 processes'):
         batching.Streams(stream(401), 4, 5, rank=0, world_size=3)
+
+
+@pytest.mark.parametrize('model_type', ['gpt', 'lstm'])
+def test_keeps_to_documents_says_what_each_batch_source_does(model_type):
+    docs = documents(*[list(range(100 * d, 100 * d + n)) for d, n in enumerate([5, 3, 9, 2, 7, 4, 6, 8])])
+    for windowing in ('auto', *batching.WINDOWINGS):
+        batches = batching.make_batches(windowing, model_type, docs, batch_size=2, block_size=4, seed=0)
+        assert batching.keeps_to_documents(windowing, model_type) == batches.keeps_to_documents, windowing
+    assert [w for w in batching.WINDOWINGS if batching.keeps_to_documents(w, model_type)] == [
+        'lines_left', 'lines_slide', 'lines_full', 'packed']

@@ -212,3 +212,44 @@ def test_an_empty_prompt_needs_a_start_token():
 def test_bad_options_are_one_line_errors(options, message):
     with pytest.raises(UserError, match=message):
         sample.sample(generation.SampleConfig(checkpoint='/nonexistent.pt', **options))  # before any loading
+
+
+def test_a_model_trained_on_documents_kept_apart_starts_a_fresh_one_after_an_end():
+    """With new_document a row that draws the end id goes on as a fresh document, read from the start id alone,
+    as a model trained on packed (or line) windows read every document; the other rows go on undisturbed."""
+    torch.manual_seed(1)
+    lstm = LSTM(ModelArgs(model_type='lstm', vocab_size=64, n_layer=2, n_embd=32)).eval()
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.mul_(8.0)
+    prompts = torch.tensor([[1, 17, 33, 42], [1, 5, 5, 60]])
+    start, n = 1, 11  # 4 + 11 tokens: within the GPT's block_size of 16, so the reference reads whole contexts
+    for model in (confident_gpt(), lstm):
+        plain = greedy(model, prompts, n)
+        i = next(i for i in range(2, n - 4) if plain[0, i] not in plain[0, :i])
+        end = plain[0, i].item()  # a token row 0 draws first at i stands in for the end of a document
+        expected = []
+        for row in prompts.tolist():  # one token at a time from the whole context, which restarts at [start]
+            seq, new = row, []
+            for _ in range(n):
+                new.append(greedy(model, torch.tensor([seq]), 1).item())
+                seq = [start] if new[-1] == end else seq + [new[-1]]
+            expected.append(new)
+        kept_apart = greedy(model, prompts, n, new_document=(end, start))
+        assert kept_apart.tolist() == expected
+        assert kept_apart[0, :i + 1].tolist() == plain[0, :i + 1].tolist()  # the same up to the end, then
+        assert kept_apart[0, i + 1:].tolist() != plain[0, i + 1:].tolist()  # another document
+        assert kept_apart[0, i + 1].item() == greedy(model, torch.tensor([[start]]), 1).item()
+
+
+def test_document_ends_names_the_models_trained_on_documents_kept_apart(tiny_checkpoint):
+    ckpt = checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))
+    tokenizer = tok.from_meta(ckpt['tokenizer'])
+    gpt, lstm = ckpt['model_args'], {**ckpt['model_args'], 'model_type': 'lstm'}
+    cases = [(gpt, 'random'), (gpt, 'auto'), (gpt, 'streams'), (lstm, 'auto'), (gpt, 'packed'), (lstm, 'packed'),
+             (gpt, 'lines_full'), (gpt, 'lines_slide')]
+    ends = [generation.document_ends({**ckpt, 'model_args': args, 'config': {**ckpt['config'], 'windowing': w}},
+                                     tokenizer) for args, w in cases]
+    assert ends == [None] * 4 + [(tok.EOS_ID, tok.BOS_ID)] * 4
+    assert ckpt['config']['windowing'] == 'auto' and generation.document_ends(ckpt, tokenizer) is None
+    assert generation.document_ends({**ckpt, 'config': {}}, tokenizer) is None  # a config from before windowings
