@@ -67,6 +67,9 @@ class ModelOptions:
     bigram: bool = recipe_option(False, gpt2=False)  # GPT: an embedding of the (previous, current) token pair
     #                               added to the token's (an exact table up to 256 ids, hashed into 4 x vocab rows
     #                               above), starting at zero
+    ngram: int = recipe_option(0, gpt2=0, changes={'trigram': 3}, choices=(0, 3, 4, 5, 6))  # GPT: embeddings of the
+    #                               last n tokens for each n from 3 to ngram, each order's table 32,749 rows (the
+    #                               n-grams hashed), added to the token's, starting at zero (0 = none; --bigram: 2)
     logit_softcap: float = recipe_option(0.0, gpt2=0.0, changes={'softcap': 15.0}, low=0)  # GPT: logits
     #                               squashed to cap x tanh(logits / cap), so none grows past +-cap (0 = off)
     block_size: int = option(128, low=1)  # tokens per window (GPT context; LSTM steps of backprop through time)
@@ -98,6 +101,8 @@ def recipe_changes():
 SMEAR_CHANNELS = 24      # smear: the gate reads this many of a token's first channels (nanochat's choice)
 VALUE_GATE_CHANNELS = 32  # value_embed: the per-head gates read this many of the block input's first channels
 EXACT_BIGRAM_VOCAB = 256  # bigram: up to this many ids one row per pair; above, pairs hashed into 4 x vocab rows
+NGRAM_ROWS = 32_749      # ngram: rows of each order's table, a prime: an n-gram's row is its index (its ids as the
+#                          digits of a base-vocab_size number) modulo it
 ROPE_BASE = 10000.0  # the rotary wavelengths run from 2 pi to about 2 pi x ROPE_BASE positions (RoFormer's value)
 
 
@@ -265,25 +270,48 @@ def bigram_rows(vocab_size):
     return vocab_size * vocab_size if vocab_size <= EXACT_BIGRAM_VOCAB else 4 * vocab_size
 
 
-def previous_tokens(idx, cache, positions):
-    """(B, T): the id of the token before each of idx's (B, T), -1 where there is none: at a window's first
-    position (unless the cache holds the token before it) and at each document's first (position 0)."""
-    before = cache.token_before(idx) if cache is not None else torch.full_like(idx[:, :1], -1)
-    previous = torch.cat([before, idx[:, :-1]], dim=1)
-    return previous if positions is None else previous.masked_fill(positions == 0, -1)
+def ids_read_before(args):
+    """How many ids before a token its embedding reads: ngram - 1 with --ngram, 1 with --bigram or --smear (and
+    without: a KVCache keeps the last id read either way)."""
+    return max(args.ngram - 1, 1)
+
+
+def previous_tokens(idx, cache, positions, back=1):
+    """[(B, T)] * back: the ids of the tokens 1, 2, ... back before each of idx's (B, T), -1 where there is none:
+    before a window's first position (unless the cache holds the tokens before it) and before the first of each
+    document (position 0)."""
+    before = cache.token_before(idx) if cache is not None else torch.full_like(idx[:, :1], -1).expand(-1, back)
+    read = torch.cat([before[:, before.size(1) - back:], idx], dim=1)  # (B, back + T)
+    previous = [read[:, back - j:read.size(1) - j] for j in range(1, back + 1)]
+    return previous if positions is None else [p.masked_fill(positions < j, -1) for j, p in enumerate(previous, 1)]
+
+
+def ngram_rows(previous, idx, vocab_size):
+    """The table rows of --ngram's orders 3, 4, ...: for each, the index of (the n - 1 ids before, the id) as the
+    digits of a base-vocab_size number, modulo NGRAM_ROWS (taken digit by digit: no order overflows); -1 where a
+    token lacks an id before it."""
+    index, rows = idx % NGRAM_ROWS, []
+    for n, before in enumerate(previous, 2):
+        index = (index + before.clamp(min=0) * pow(vocab_size, n - 1, NGRAM_ROWS)) % NGRAM_ROWS
+        if n >= 3:
+            rows.append(torch.where(before >= 0, index, -1))
+    return rows
 
 
 def embed(model, idx, previous):
-    """The token embeddings of idx (B, T) (or (B,) for one position), with --bigram's and --smear's additions,
-    which read the previous token's id, previous (idx's shape; -1: none)."""
+    """The token embeddings of idx (B, T) (or (B,) for one position), with --bigram's, --ngram's and --smear's
+    additions, which read the ids before it, previous (previous_tokens: 1, 2, ... back; -1: none)."""
     args, x = model.args, model.wte(idx)
     if args.bigram or args.smear:
-        has_previous = (previous >= 0).unsqueeze(-1).to(x.dtype)
-        before = previous.clamp(min=0)
+        has_previous = (previous[0] >= 0).unsqueeze(-1).to(x.dtype)
+        before = previous[0].clamp(min=0)
     if args.bigram:
         pair = before * args.vocab_size + idx if args.vocab_size <= EXACT_BIGRAM_VOCAB else (
             (before * 1_000_003 + idx) % bigram_rows(args.vocab_size))
         x = x + model.bigram_embed(pair) * has_previous
+    if args.ngram:
+        for table, rows in zip(model.ngram_embeds, ngram_rows(previous, idx, args.vocab_size)):
+            x = x + table(rows.clamp(min=0)) * (rows >= 0).unsqueeze(-1).to(x.dtype)
     if args.smear:  # nanochat's smear: a gate in (0, lambda) of the token's first channels
         gate = model.smear_lambda * torch.sigmoid(model.smear_gate(x[..., :SMEAR_CHANNELS]))
         x = x + gate * model.wte(before) * has_previous
@@ -333,9 +361,12 @@ def add_speedrun_modules(model, args):
         model.smear_lambda = nn.Parameter(torch.zeros(1))
     if args.bigram:
         model.bigram_embed = nn.Embedding(bigram_rows(args.vocab_size), args.n_embd)
+    if args.ngram:
+        model.ngram_embeds = nn.ModuleList(nn.Embedding(NGRAM_ROWS, args.n_embd) for _ in range(3, args.ngram + 1))
     with torch.no_grad():
         for module in [*(model.value_gates.values() if args.value_embed else []),
-                       *([model.smear_gate] if args.smear else []), *([model.bigram_embed] if args.bigram else [])]:
+                       *([model.smear_gate] if args.smear else []), *([model.bigram_embed] if args.bigram else []),
+                       *(model.ngram_embeds if args.ngram else [])]:
             module.weight.zero_()
 
 
@@ -401,7 +432,8 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.args.block_size}")
         else:
             pos = torch.arange(T, device=idx.device) if positions is None else positions
-        previous = previous_tokens(idx, cache, positions) if self.args.smear or self.args.bigram else None
+        reads_before = self.args.smear or self.args.bigram or self.args.ngram
+        previous = previous_tokens(idx, cache, positions, ids_read_before(self.args)) if reads_before else None
         if self.args.rope:  # the angles of each token's position: (T, hs) -> (1, T, hs), or (B, 1, T, hs)
             rotary = (self.rotary_cos[pos].unsqueeze(-3), self.rotary_sin[pos].unsqueeze(-3))
             x = self.drop(embed(self, idx, previous))  # (B, T, C)
@@ -428,7 +460,7 @@ class KVCache:
     size, dtype and device of what is written, and zeroed (decode.py attends over a whole buffer, masking the
     positions not written yet: they must hold numbers).
 
-    GPT.forward asks a cache four things: the positions of the tokens it reads (positions), the token before
+    GPT.forward asks a cache four things: the positions of the tokens it reads (positions), the tokens before
     them (token_before), one layer's attention with its keys and values stored (attend), and that the tokens
     were read (advance). slm/decode.py's StepCache answers the same four at fixed shapes for its compiled step.
     """
@@ -437,7 +469,8 @@ class KVCache:
         self.block_size = args.block_size
         self.keys, self.values = [None] * args.n_layer, [None] * args.n_layer
         self.length = 0  # positions filled: the next token read sits at this position
-        self.last_ids = None  # (B, 1): the last token read (--smear and --bigram read the token before)
+        self.back = ids_read_before(args)
+        self.last_ids = None  # (B, back): the last tokens read (--smear, --bigram and --ngram read those before)
 
     def reset(self):
         """Forget every token (the buffers stay allocated for the next ones)."""
@@ -450,8 +483,9 @@ class KVCache:
         return torch.arange(self.length, self.length + T, device=device)
 
     def token_before(self, idx):
-        """(B, 1): the id of the token read before idx (B, T), -1 where the cache holds none."""
-        return self.last_ids if self.length else torch.full_like(idx[:, :1], -1)
+        """(B, back): the ids of the last back tokens read before idx (B, T), the latest last; -1 where the cache
+        holds none."""
+        return self.last_ids if self.length else torch.full_like(idx[:, :1], -1).expand(-1, self.back)
 
     def attend(self, layer, q, k, v, dropout_p=0.0):
         """Store one layer's k, v (B, n_head, T, head_size) at positions length ... length + T - 1 and return the
@@ -471,8 +505,8 @@ class KVCache:
 
     def advance(self, idx):
         """The tokens idx (B, T) were read: the next ones sit T positions on."""
+        self.last_ids = torch.cat([self.token_before(idx), idx], dim=1)[:, -self.back:]
         self.length += idx.size(1)
-        self.last_ids = idx[:, -1:]
 
 
 class LSTM(nn.Module):

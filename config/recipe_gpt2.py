@@ -14,5 +14,6 @@ x0_mix = False
 value_embed = False
 smear = False
 bigram = False
+ngram = 0
 logit_softcap = 0.0
 lr_schedule = 'cosine'

@@ -167,7 +167,7 @@ def recipe_of(variant):
 
 
 GPT2 = {'rope': False, 'norm': 'layernorm', 'qk_norm': False, 'mlp': 'gelu', 'zero_init_proj': False,
-        'tie_head': True, 'x0_mix': False, 'value_embed': False, 'smear': False, 'bigram': False,
+        'tie_head': True, 'x0_mix': False, 'value_embed': False, 'smear': False, 'bigram': False, 'ngram': 0,
         'logit_softcap': 0.0, 'optimizer': 'adamw', 'lr_schedule': 'cosine'}
 
 
@@ -183,13 +183,15 @@ def test_recipe_ablation_adds_each_change_to_gpt2_alone():
     variant_list = ablate.variants(ablate.AblateConfig(what='recipe'))
     assert [v.name for v in variant_list] == ['gpt2', '+ rope', '+ rmsnorm', '+ qk_norm', '+ relu2', '+ swiglu',
                                               '+ zero_init_proj', '+ untied_head', '+ x0_mix', '+ value_embed',
-                                              '+ smear', '+ bigram', '+ softcap', '+ muon', '+ warmdown']
+                                              '+ smear', '+ bigram', '+ trigram', '+ softcap', '+ muon',
+                                              '+ warmdown']
     assert recipe_of(variant_list[0]) == GPT2
     assert recipe_of(variant_list[2]) == {**GPT2, 'norm': 'rmsnorm'}
     assert recipe_of(variant_list[7]) == {**GPT2, 'tie_head': False}
-    assert recipe_of(variant_list[13]) == {**GPT2, 'optimizer': 'muon'}
-    assert recipe_of(variant_list[12]) == {**GPT2, 'logit_softcap': 15.0}
-    assert recipe_of(variant_list[14]) == {**GPT2, 'lr_schedule': 'warmdown'}
+    assert recipe_of(variant_list[12]) == {**GPT2, 'ngram': 3}
+    assert recipe_of(variant_list[14]) == {**GPT2, 'optimizer': 'muon'}
+    assert recipe_of(variant_list[13]) == {**GPT2, 'logit_softcap': 15.0}
+    assert recipe_of(variant_list[15]) == {**GPT2, 'lr_schedule': 'warmdown'}
     assert [v.directory for v in variant_list][:2] == ['gpt2', 'add_rope']
 
 

@@ -23,9 +23,10 @@ RECIPES = {
     'modern': dataclasses.replace(BASE, rope=True, norm='rmsnorm', qk_norm=True, mlp='relu2', zero_init_proj=False,
                                   tie_head=False),
     'speedrun': dataclasses.replace(BASE, rope=True, x0_mix=True, value_embed=True, smear=True, bigram=True,
-                                    logit_softcap=15.0),
+                                    ngram=4, logit_softcap=15.0),
     'modern_speedrun': dataclasses.replace(BASE, rope=True, norm='rmsnorm', qk_norm=True, mlp='relu2', tie_head=False,
-                                           x0_mix=True, value_embed=True, smear=True, bigram=True, logit_softcap=15.0),
+                                           x0_mix=True, value_embed=True, smear=True, bigram=True, ngram=3,
+                                           logit_softcap=15.0),
     'swiglu_bias': dataclasses.replace(BASE, mlp='swiglu', bias=True),
     'gelu_tanh_padding': dataclasses.replace(BASE, rope=True, mlp='gelu_tanh', pad_id=0),
 }

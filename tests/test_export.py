@@ -286,7 +286,7 @@ def test_a_recipe_option_export_does_not_map_is_refused_when_it_is_not_gpt2s(mon
 
 
 @pytest.mark.parametrize('option, value', [('x0_mix', True), ('value_embed', True), ('smear', True),
-                                           ('bigram', True), ('logit_softcap', 15.0)])
+                                           ('bigram', True), ('ngram', 3), ('logit_softcap', 15.0)])
 def test_the_speedrun_options_are_refused_by_export_in_one_line(option, value):
     """No transformers architecture export knows computes them: the refusal names the option."""
     args = model_module.ModelArgs(**{**model_module.gpt2_recipe(), option: value})

@@ -13,8 +13,9 @@ def gpt(**overrides):
 
 # the speedrun's options alone and together: each reads only what a cache or a document boundary allows
 SPEEDRUN = {'gpt2': {}, 'x0_mix': {'x0_mix': True}, 'value_embed': {'value_embed': True}, 'smear': {'smear': True},
-            'bigram': {'bigram': True}, 'softcap': {'logit_softcap': 15.0},
-            'all': {'rope': True, 'x0_mix': True, 'value_embed': True, 'smear': True, 'bigram': True,
+            'bigram': {'bigram': True}, 'trigram': {'ngram': 3}, 'fourgram': {'ngram': 4},
+            'softcap': {'logit_softcap': 15.0},
+            'all': {'rope': True, 'x0_mix': True, 'value_embed': True, 'smear': True, 'bigram': True, 'ngram': 4,
                     'logit_softcap': 15.0}}
 
 

@@ -350,17 +350,18 @@ def test_resuming_with_the_default_optimizer_takes_the_checkpoints(char_data, tm
 # ---------------------------------------------------------------------------------------------------------
 # the speedrun's options (x0_mix, value_embed, smear, bigram, logit_softcap) and the warmdown schedule
 
-SPEEDRUN = dict(x0_mix=True, value_embed=True, smear=True, bigram=True, logit_softcap=15.0)
+SPEEDRUN = dict(x0_mix=True, value_embed=True, smear=True, bigram=True, ngram=4, logit_softcap=15.0)
 
 
-@pytest.mark.parametrize('option', ['x0_mix', 'smear', 'bigram'])
-def test_the_additive_options_start_as_the_model_without_them(option):
-    """Mixes at (1, 0), a shut smear gate, bigrams at zero: the first step starts from the model without them
-    (their weights drawn after the others', which are the same draws)."""
+@pytest.mark.parametrize('option, value', [('x0_mix', True), ('smear', True), ('bigram', True), ('ngram', 3),
+                                           ('ngram', 4)])
+def test_the_additive_options_start_as_the_model_without_them(option, value):
+    """Mixes at (1, 0), a shut smear gate, bigram and n-gram tables at zero: the first step starts from the model
+    without them (their weights drawn after the others', which are the same draws)."""
     idx = torch.randint(0, 50, (2, 12))
     with torch.no_grad():
-        assert torch.equal(gpt(**{option: True})(idx), gpt()(idx))
-    assert gpt(**{option: True}).state_dict().keys() > gpt().state_dict().keys()
+        assert torch.equal(gpt(**{option: value})(idx), gpt()(idx))
+    assert gpt(**{option: value}).state_dict().keys() > gpt().state_dict().keys()
 
 
 def test_value_embeddings_sit_in_alternate_layers_from_the_last_with_their_gates_open():
@@ -376,6 +377,23 @@ def test_bigram_table_is_exact_for_small_vocabularies_and_hashed_above():
     from model import bigram_rows
     assert bigram_rows(66) == 66 * 66 and bigram_rows(256) == 65536 and bigram_rows(4096) == 4 * 4096
     assert gpt(bigram=True).bigram_embed.num_embeddings == 50 * 50
+
+
+def test_ngram_rows_are_the_ids_as_digits_modulo_a_prime_and_none_without_the_ids_before():
+    from model import NGRAM_ROWS, ngram_rows, previous_tokens
+    idx = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2]])  # two documents of three: nothing before either's start
+    previous = previous_tokens(idx, None, positions, back=3)
+    assert [p.tolist() for p in previous] == [[[-1, 5, 6, -1, 8, 9]], [[-1, -1, 5, -1, -1, 8]], [[-1] * 6]]
+    trigram, fourgram = ngram_rows(previous, idx, 50)
+    assert trigram.tolist() == [[-1, -1, (5 * 2500 + 6 * 50 + 7) % NGRAM_ROWS, -1, -1, 8 * 2500 + 9 * 50 + 10]]
+    assert fourgram.tolist() == [[-1] * 6]
+    four = ngram_rows(previous_tokens(idx, None, None, back=3), idx, 50)[1]  # one window, no documents
+    assert four.tolist() == [[-1, -1, -1, (5 * 125000 + 6 * 2500 + 7 * 50 + 8) % NGRAM_ROWS,
+                              (6 * 125000 + 7 * 2500 + 8 * 50 + 9) % NGRAM_ROWS,
+                              (7 * 125000 + 8 * 2500 + 9 * 50 + 10) % NGRAM_ROWS]]
+    model = gpt(ngram=4)
+    assert [t.num_embeddings for t in model.ngram_embeds] == [NGRAM_ROWS, NGRAM_ROWS]
 
 
 def test_logit_softcap_bounds_every_logit():
