@@ -209,3 +209,25 @@ def test_bad_inputs_get_one_line(tiny_checkpoint, char_data, tmp_path):
     assert 'prepare' in result.stderr and len(result.stderr.strip().splitlines()) == 1
     saved = json.load(open(os.path.join(out_dir, 'report', 'report.json')))['models'][0]
     assert 'held_out' not in saved and len(saved['samples']['texts']) == 2
+
+
+def test_report_samples_of_a_model_trained_on_documents_kept_apart(tiny_checkpoint):
+    """With new_document each sample goes on after its first end in a fresh document, and its bits are those of
+    the first document, the context it was drawn in."""
+    from slm import checkpoint, generation, report
+    from slm import tokenizer as tok
+    ckpt = checkpoint.load(os.path.join(tiny_checkpoint, 'ckpt.pt'))
+    model, tokenizer = checkpoint.restore_model(ckpt).eval(), tok.from_meta(ckpt['tokenizer'])
+    cfg = report.EvaluateConfig(num_samples=6, sample_tokens=80, seed=5)
+    ends = (tok.EOS_ID, tok.BOS_ID)
+    drawn = report.samples(model, tokenizer, cfg, 'cpu', new_document=ends)
+    ids = torch.tensor([[tok.BOS_ID]] * 6)
+    expected = torch.stack(list(generation.generate(model, ids, 80, temperature=cfg.temperature, top_k=cfg.top_k,
+                                                    generator=torch.Generator().manual_seed(5),
+                                                    new_document=ends)), dim=1)
+    assert drawn['ids'] == torch.cat([ids, expected], dim=1).tolist()
+    lengths = [row.index(tok.EOS_ID, 1) if tok.EOS_ID in row[1:] else model.args.block_size - 1
+               for row in drawn['ids']]
+    assert [len(bits) for bits in drawn['surprisal_bits']] == [min(n, model.args.block_size - 1) for n in lengths]
+    assert any(n < model.args.block_size - 1 for n in lengths)  # some sample ended a verse inside the window
+    assert [len(texts) for texts in drawn['token_texts']] == [len(bits) for bits in drawn['surprisal_bits']]
