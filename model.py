@@ -68,8 +68,8 @@ class ModelOptions:
     #                               added to the token's (an exact table up to 256 ids, hashed into 4 x vocab rows
     #                               above), starting at zero
     ngram: int = recipe_option(0, gpt2=0, changes={'trigram': 3}, choices=(0, 3, 4, 5, 6))  # GPT: embeddings of the
-    #                               last n tokens for each n from 3 to ngram, each order's table 32,749 rows (the
-    #                               n-grams hashed), added to the token's, starting at zero (0 = none; --bigram: 2)
+    #                               last n tokens for each n from 3 to ngram, each order's hashed into a table of
+    #                               NGRAM_ROWS, added to the token's, starting at zero (0 = none; --bigram: 2)
     logit_softcap: float = recipe_option(0.0, gpt2=0.0, changes={'softcap': 15.0}, low=0)  # GPT: logits
     #                               squashed to cap x tanh(logits / cap), so none grows past +-cap (0 = off)
     block_size: int = option(128, low=1)  # tokens per window (GPT context; LSTM steps of backprop through time)
@@ -299,7 +299,7 @@ def ngram_rows(previous, idx, vocab_size):
 
 
 def embed(model, idx, previous):
-    """The token embeddings of idx (B, T) (or (B,) for one position), with --bigram's, --ngram's and --smear's
+    """The token embeddings of idx (B, T), with --bigram's, --ngram's and --smear's
     additions, which read the ids before it, previous (previous_tokens: 1, 2, ... back; -1: none)."""
     args, x = model.args, model.wte(idx)
     if args.bigram or args.smear:
@@ -343,8 +343,8 @@ def soft_cap(model, logits):
 
 def add_speedrun_modules(model, args):
     """The modules of the speedrun options a GPT of args has, made after the others are drawn (so those are the
-    draws of the model without them) and starting as no-ops: x0 mixes at (1, 0), a shut smear gate, bigrams at
-    zero; value embeddings drawn as the token embedding is, with open gates (2 sigmoid(0) = 1)."""
+    draws of the model without them) and starting as no-ops: x0 mixes at (1, 0), a shut smear gate, bigram and
+    n-gram tables at zero; value embeddings drawn as the token embedding is, with open gates (2 sigmoid(0) = 1)."""
     if args.x0_mix:
         model.x_lambdas = nn.Parameter(torch.ones(args.n_layer))
         model.x0_lambdas = nn.Parameter(torch.zeros(args.n_layer))
@@ -505,7 +505,8 @@ class KVCache:
 
     def advance(self, idx):
         """The tokens idx (B, T) were read: the next ones sit T positions on."""
-        self.last_ids = torch.cat([self.token_before(idx), idx], dim=1)[:, -self.back:]
+        T = idx.size(1)
+        self.last_ids = idx[:, T - self.back:] if T >= self.back else torch.cat([self.token_before(idx), idx], 1)[:, T:]
         self.length += idx.size(1)
 
 

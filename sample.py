@@ -23,7 +23,9 @@ token instead: the same output (the tests compare them token for token), at the 
 --context_shift=0 slides the window one token at a time as nanoGPT's sampler does (W = block_size), which
 re-reads it at every token. The LSTM carries its hidden state from token to token: O(1) per token already.
 
-All --num_samples samples are drawn together, one batch row each. A single sample streams to stdout token by
+All --num_samples samples are drawn together, one batch row each; a model trained with documents kept apart
+(packed or line windows) starts a fresh document after each end of one, its window restarted at the start token,
+and its rows step one at a time (docs/generation.md). A single sample streams to stdout token by
 token; with several, each is printed whole as it completes (at the end-of-document token with --stop_at_eos,
 else after max_new_tokens), so ones that stop early come first.
 

@@ -69,8 +69,8 @@ def resolve_windowing(windowing, model_type):
 
 def keeps_to_documents(windowing, model_type):
     """Whether a windowing reads every document apart from the others, from its own start and never past its end
-    (the keeps_to_documents of its batch source): a model trained so generates a fresh document after an end."""
-    return resolve_windowing(windowing, model_type) in (*LINES, 'packed')
+    (its batch source's keeps_to_documents): a model trained so generates a fresh document after an end."""
+    return BATCH_SOURCES[resolve_windowing(windowing, model_type)].keeps_to_documents
 
 
 def shares_rows(windowing, model_type):
@@ -458,6 +458,11 @@ class PackedStreams(Streams):
         positions = segment_positions(doc_ids) if self.relative_positions else offset[:, :-1]
         weight = float(is_target.sum() * self.world_size / every_target.sum()) if self.world_size > 1 else 1.0
         return Batch(*map(torch.from_numpy, (tokens[:, :-1], y, doc_ids, positions)), weight=weight)
+
+
+# the class of each windowing's batch source, as make_batches makes them
+BATCH_SOURCES = {'random': RandomWindows, 'sliding': WindowLoader, 'strided': WindowLoader,
+                 **dict.fromkeys(LINES, LineWindows), 'packed': PackedStreams, 'streams': Streams}
 
 
 def make_batches(windowing, model_type, documents, batch_size, block_size, seed, rank=0, world_size=1,

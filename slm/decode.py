@@ -67,9 +67,9 @@ class StepCache:
 
 def decode_step(model, token, position, token_before, keys, values):
     """The logits (B, V) of the token after token (B, 1), which sits at position (a (1,) tensor on the model's
-    device, < block_size) after the tokens token_before (B, KVCache.back): GPT.forward through a StepCache. Writes each layer's key and
-    value of token into keys[layer] and values[layer], the KVCache's (B, n_head, block_size, head_size) buffers,
-    whose earlier positions hold the tokens before it."""
+    device, < block_size) after the tokens token_before (B, KVCache.back): GPT.forward through a StepCache. Writes
+    each layer's key and value of token into keys[layer] and values[layer], the KVCache's (B, n_head, block_size,
+    head_size) buffers, whose earlier positions hold the tokens before it."""
     return model(token, StepCache(position, token_before, keys, values))[:, -1]
 
 
@@ -208,8 +208,8 @@ class AotStep:
     def prepare(self, model, token, keep, cache):
         """Make the libraries that steps of token's shape (B, 1) and re-reads of keep tokens (None: none) into
         cache (allocated already) will call, if they are not made yet."""
-        before = token.new_zeros(token.size(0), cache.back)  # a tensor of its own: export would take one tensor
-        #                                                         given twice as one
+        # the ids before it, a tensor of its own: export would take one tensor given twice as one
+        before = token.new_zeros(token.size(0), cache.back)
         self.library(model, StepModule, (token, torch.tensor([0], device=token.device), before, cache.keys,
                                          cache.values))
         if keep is not None:

@@ -205,11 +205,11 @@ class DocumentContexts:
         self.logits = torch.cat([row.logits for row in self.rows])
 
     def append(self, token):
-        for i, row_token in enumerate(token.split(1)):  # (1, 1) each
-            if row_token.item() == self.end:
+        for i, (row_token, is_end) in enumerate(zip(token.split(1), (token[:, 0] == self.end).tolist())):
+            if is_end:
                 self.rows[i] = self.read(torch.full_like(row_token, self.start))
             else:
-                self.rows[i].append(row_token)
+                self.rows[i].append(row_token)  # (1, 1)
         self.logits = torch.cat([row.logits for row in self.rows])
 
 
@@ -226,11 +226,26 @@ def read_context(model, ids, use_cache=True, context_shift=0.25, how='eager', le
     return GPTContext(model, ids, use_cache, context_shift, how, length)
 
 
+def current_document(ids, new_document):
+    """ids (a list, the start id first) as a model trained with documents kept apart reads them: from the start id,
+    the tokens after the last end id (the end id at 0, GPT-2 BPE's start, is no end), whether or not a start id
+    follows it; ids as they are without new_document."""
+    if new_document is None:
+        return ids
+    end, start = new_document
+    last_end = max((i for i, token in enumerate(ids) if token == end and i), default=None)
+    if last_end is None:
+        return ids
+    after = ids[last_end + 1:]
+    if after[:1] == [start]:
+        after = after[1:]
+    return [start, *after]
+
+
 def document_ends(checkpoint, tokenizer):
     """(end id, start id) for generate's new_document when the checkpoint's model was trained with documents kept
-    apart (--windowing=packed or lines_*): it read each from its own start, and never what follows an end (as
-    context, the end of another document costs such a model dearly: 3.32 nats per token of a held-out verse
-    after another against 3.15 alone, for the five-minute BPE model). None for a model whose windows ran on
+    apart (--windowing=packed or lines_*): it read each from its own start, and never what follows an end, nor a
+    document after another (docs/generation.md: such a context costs it). None for a model whose windows ran on
     from one document into the next, which reads what follows an end as it was trained."""
     config = checkpoint.get('config', {})
     if tokenizer.eos_id is None or tokenizer.bos_id is None or not batching.keeps_to_documents(

@@ -253,6 +253,7 @@ class Playground:
         token = body.get('token')  # the token shown at this place, whose row the chart must hold (None: none)
         if token is not None and not (type(token) is int and 0 <= token < self.model.args.vocab_size):
             raise RequestError(422, f"token must be a token id from 0 to {self.model.args.vocab_size - 1}")
+        ids = generation.current_document(ids, self.new_document)  # as the sample was drawn from it
         rows = self.call(lambda: generation.next_token_rows(self.model, torch.tensor([ids], device=self.device), n, cfg,
                                                             token))
         return {'rows': [{'rank': rank, 'id': i, 'text': self.tokenizer.decode([i]),

@@ -358,6 +358,7 @@ def test_keeps_to_documents_says_what_each_batch_source_does(model_type):
     docs = documents(*[list(range(100 * d, 100 * d + n)) for d, n in enumerate([5, 3, 9, 2, 7, 4, 6, 8])])
     for windowing in ('auto', *batching.WINDOWINGS):
         batches = batching.make_batches(windowing, model_type, docs, batch_size=2, block_size=4, seed=0)
+        assert type(batches) is batching.BATCH_SOURCES[batching.resolve_windowing(windowing, model_type)]
         assert batching.keeps_to_documents(windowing, model_type) == batches.keeps_to_documents, windowing
     assert [w for w in batching.WINDOWINGS if batching.keeps_to_documents(w, model_type)] == [
         'lines_left', 'lines_slide', 'lines_full', 'packed']

@@ -253,3 +253,14 @@ def test_document_ends_names_the_models_trained_on_documents_kept_apart(tiny_che
     assert ends == [None] * 4 + [(tok.EOS_ID, tok.BOS_ID)] * 4
     assert ckpt['config']['windowing'] == 'auto' and generation.document_ends(ckpt, tokenizer) is None
     assert generation.document_ends({**ckpt, 'config': {}}, tokenizer) is None  # a config from before windowings
+
+
+def test_current_document_is_what_follows_the_last_end():
+    assert generation.current_document([1, 5, 6, 2, 7, 8], (2, 1)) == [1, 7, 8]  # char/word/learned BPE
+    assert generation.current_document([1, 5, 6, 2, 1, 7, 8], (2, 1)) == [1, 7, 8]  # with the start written out
+    assert generation.current_document([1, 5, 6, 2, 7, 2, 9], (2, 1)) == [1, 9]
+    assert generation.current_document([1, 5, 6], (2, 1)) == [1, 5, 6]
+    assert generation.current_document([1, 5, 6, 2, 7], None) == [1, 5, 6, 2, 7]  # windows that run on
+    eot = 50256  # GPT-2 BPE: the start is the end id; the one at 0 ends nothing
+    assert generation.current_document([eot, 5, 6], (eot, eot)) == [eot, 5, 6]
+    assert generation.current_document([eot, 5, eot, 7], (eot, eot)) == [eot, 7]

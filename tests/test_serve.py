@@ -122,6 +122,20 @@ def test_next_tokens_hold_the_token_shown_with_its_rank_when_it_is_not_among_the
     assert body['rows'][:5] == top['rows'][:5] and body['rows'][5] == outside  # after them, rank and all
 
 
+def test_next_tokens_of_a_model_trained_on_documents_kept_apart_read_the_current_document(server, monkeypatch):
+    """A sample of such a model went on after an end in a fresh document: the chart of a token after it is read
+    from that document's start, as the token was drawn."""
+    tokenizer = server.playground.tokenizer
+    verse, now = generation.prompt_ids(tokenizer, 'And the earth'), generation.prompt_ids(tokenizer, 'God')
+    after_an_end = [*verse, tokenizer.eos_id, *now[1:]]  # the start id is not in a sample (sample.py's ids)
+    status, plain = server.post('/api/next', {'ids': after_an_end, 'n': 5})
+    _, fresh = server.post('/api/next', {'ids': now, 'n': 5})
+    assert status == 200 and plain['rows'] != fresh['rows']  # the earlier verse in the context changes them
+    monkeypatch.setattr(server.playground, 'new_document', (tokenizer.eos_id, tokenizer.bos_id))
+    status, kept_apart = server.post('/api/next', {'ids': after_an_end, 'n': 5})
+    assert status == 200 and kept_apart['rows'] == fresh['rows']
+
+
 @pytest.mark.parametrize('route, body, status, says', [
     ('/api/generate', {'temperature': -1}, 422, 'temperature=-1.0 is negative: use 0 for greedy'),
     ('/api/generate', {'top_p': 1.5}, 422, 'top_p=1.5 must be'),
