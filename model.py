@@ -68,8 +68,8 @@ class ModelOptions:
     #                               added to the token's (an exact table up to 256 ids, hashed into 4 x vocab rows
     #                               above), starting at zero
     ngram: int = recipe_option(0, gpt2=0, changes={'trigram': 3}, choices=(0, 3, 4, 5, 6))  # GPT: embeddings of the
-    #                               last n tokens for each n from 3 to ngram, each order's hashed into a table of
-    #                               NGRAM_ROWS, added to the token's, starting at zero (0 = none; --bigram: 2)
+    #                               last n tokens for each n from 3 to ngram, each order's hashed into a table
+    #                               of model.NGRAM_ROWS rows, added to the token's, starting at zero (0 = none)
     logit_softcap: float = recipe_option(0.0, gpt2=0.0, changes={'softcap': 15.0}, low=0)  # GPT: logits
     #                               squashed to cap x tanh(logits / cap), so none grows past +-cap (0 = off)
     block_size: int = option(128, low=1)  # tokens per window (GPT context; LSTM steps of backprop through time)
