@@ -281,7 +281,7 @@ def previous_tokens(idx, cache, positions, back=1):
     before a window's first position (unless the cache holds the tokens before it) and before the first of each
     document (position 0)."""
     before = cache.token_before(idx) if cache is not None else torch.full_like(idx[:, :1], -1).expand(-1, back)
-    read = torch.cat([before[:, before.size(1) - back:], idx], dim=1)  # (B, back + T)
+    read = torch.cat([before, idx], dim=1)  # (B, back + T): a cache keeps back ids, as GPT.forward asks
     previous = [read[:, back - j:read.size(1) - j] for j in range(1, back + 1)]
     return previous if positions is None else [p.masked_fill(positions < j, -1) for j, p in enumerate(previous, 1)]
 
