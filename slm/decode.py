@@ -309,10 +309,9 @@ def run_flat(library, inputs):
 @contextlib.contextmanager
 def cannot_compile(how):
     """Turn torch's failure to compile (most often: no C++ compiler) into sample.py's one-line error."""
-    import torch._inductor.exc  # loaded by compiling anyway; here so that the except clause can name it
     try:
         yield
-    except (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError) as error:
+    except runtime.compile_errors() as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"--decode={how}: torch could not compile the decode step ({reason[:200]}); install a C++"
                         f" compiler (g++), or use --decode=eager")

@@ -26,6 +26,19 @@ def lm_loss(logits, targets, ignore_index, reduction='mean'):
                            reduction=reduction)
 
 
+def forward_loss(model, x, y, positions, doc_ids, hidden, ignore_index, is_recurrent, total):
+    """A batch's loss under the model (its fields as in batching.Batch): the mean over the real targets or
+    (total) their sum, and the LSTM's state after it (None for a GPT). It is the part of a step that --compile
+    makes one graph of: with the model, the cast of the logits to float32, the log-softmax and its gradient fuse
+    into a few passes, where eager runs one pass per operation over batch x block x vocab floats (a third of an
+    eager step for the 4,096-id BPE GPT on the CPU; docs/training-speed.md)."""
+    if is_recurrent:
+        logits, hidden = model(x, hidden, positions=positions)
+    else:
+        logits = model(x, positions=positions, doc_ids=doc_ids)
+    return lm_loss(logits, y, ignore_index, reduction='sum' if total else 'mean'), hidden
+
+
 def detach_hidden(hidden):
     """Cut the graph at a TBPTT boundary: keep the LSTM state's values, drop their history."""
     return tuple(h.detach() for h in hidden)
@@ -51,10 +64,14 @@ class BatchLoss:
     For the LSTM it carries the hidden state from batch to batch of a contiguous source (streams, packed):
     detached between batches, reset to zeros where the source starts its streams over. With any other source
     every batch starts from zeros, and there is no state to carry (hidden stays None).
+
+    compiled: run forward_loss under torch.compile (the model and the loss one graph; see runtime.compiled).
     """
 
-    def __init__(self, model, batches, device, dtype, ignore_index, hidden=None, rows_per_chunk=None):
+    def __init__(self, model, batches, device, dtype, ignore_index, hidden=None, rows_per_chunk=None,
+                 compiled=False):
         self.model, self.batches = model, batches
+        self.forward_loss = runtime.compiled(forward_loss) if compiled else forward_loss
         self.device, self.dtype, self.ignore_index = device, dtype, ignore_index
         self.is_recurrent = unwrap(model).args.model_type == 'lstm'
         self.hidden, self.target_count, self.weight = hidden, None, 1.0
@@ -100,13 +117,8 @@ class BatchLoss:
             # block (DDP reads it in forward); setting it here keeps one line for both cases instead of two.
             self.model.require_backward_grad_sync = self.sync and is_last
         with runtime.autocast(self.device, self.dtype):
-            if self.is_recurrent:
-                logits, hidden = self.model(batch.x, hidden, positions=batch.positions)
-            else:
-                logits = self.model(batch.x, positions=batch.positions, doc_ids=batch.doc_ids)
-            if total:
-                return lm_loss(logits, batch.y, self.ignore_index, reduction='sum'), hidden
-            return lm_loss(logits, batch.y, self.ignore_index), hidden
+            return self.forward_loss(self.model, batch.x, batch.y, batch.positions, batch.doc_ids, hidden,
+                                     self.ignore_index, self.is_recurrent, total)
 
 
 def micro_batch_rows(args, cfg, device, dtype, rows):

@@ -20,8 +20,10 @@ the per-parameter loop, though it is under 1% of a step for these models, whose 
 for the 0.8M GPT) and attention (20%).
 """
 import contextlib
+import functools
 import os
 import platform
+import sys
 import time
 
 import torch
@@ -107,6 +109,34 @@ def resolve_compile(value, device):
     if value == 'auto':
         return torch.device(device).type == 'cuda'
     raise UserError(f"--compile={value} must be auto, True or False")
+
+
+def compile_errors():
+    """The exceptions torch raises where it cannot compile (most often: no C++ compiler for inductor's code)."""
+    import torch._inductor.exc  # loaded by compiling anyway; here so that an except clause can name it
+    return torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError
+
+
+def compiled(fn):
+    """fn under torch.compile, made at its first call (seconds to tens of seconds on a CPU; torch keeps the code
+    on disk, so the next process makes it sooner). Where torch cannot compile it, one line says so and fn runs
+    eagerly from then on: the same results, at the eager speed."""
+    made = torch.compile(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nonlocal made
+        try:
+            return made(*args, **kwargs)
+        except compile_errors() as error:
+            if made is fn:
+                raise
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"warning: torch could not compile {fn.__name__} ({reason[:200]}): running it eagerly; install a"
+                  f" C++ compiler (g++) for compile's speed, or pass --compile=False", file=sys.stderr, flush=True)
+            made = fn
+            return fn(*args, **kwargs)
+    return call
 
 
 def physical_cores():

@@ -95,7 +95,8 @@ class TrainConfig(ModelOptions, RunFiles):
     device: str = option('auto', choices=runtime.DEVICES)  # auto: cuda if present, else mps, else cpu
     dtype: str = option('auto', choices=('auto', runtime.DTYPES))  # autocast (auto: bfloat16 on CUDA and on
     #                               CPUs with bfloat16 instructions, else float32; see slm/runtime.py)
-    compile: bool | str = option('auto', choices=runtime.COMPILE)  # torch.compile the model (auto: on CUDA)
+    compile: bool | str = option('auto', choices=runtime.COMPILE)  # torch.compile the training step's model and
+    #                               loss as one graph (auto: on CUDA)
     threads: int = option(0, low=0)  # CPU threads per process (0 = one per physical core, shared among processes)
     adamw: str = option('auto', choices=('auto', runtime.ADAMW_KERNELS))  # AdamW's kernels (auto: fused on
     #                               CPU and CUDA, else foreach)
@@ -339,8 +340,7 @@ class Run:
         self.scaler = torch.amp.GradScaler(enabled=self.dtype == torch.float16)
         self.state = RunState(started, StepLosses(device, 0))
         hidden = self.resume(resumed, batches) if resumed else None
-        is_compiled = runtime.resolve_compile(cfg.compile, device)
-        self.model = torch.compile(self.raw_model) if is_compiled else self.raw_model
+        self.is_compiled = runtime.resolve_compile(cfg.compile, device)  # the training step's model and loss
         self.batch_loss = self.make_batch_loss(batches, hidden)
         self.log = MetricsLog(cfg.out_dir, resume_iter=self.state.iter_num if resumed else None) \
             if world.is_main else None
@@ -378,8 +378,8 @@ class Run:
             f"a batch of {rows} rows needs about {rows * bytes_per_row / 2**20:,.0f} MB for its logits and"
             f" activations, over the {budget / 2**20:,.0f} MB of --max_memory={cfg.max_memory}: it runs in"
             f" micro-batches of {self.chunk_rows} rows (the same step, in {-(-rows // self.chunk_rows)} parts)")
-        return BatchLoss(world.wrap(self.model), batches, self.device, self.dtype, batching.IGNORE_INDEX, hidden,
-                         self.chunk_rows)
+        return BatchLoss(world.wrap(self.raw_model), batches, self.device, self.dtype, batching.IGNORE_INDEX, hidden,
+                         self.chunk_rows, compiled=self.is_compiled)
 
     def check_resumable(self, resumed):
         """Refuse a checkpoint trained on another vocabulary, cut into windows another way or with another
@@ -437,7 +437,7 @@ class Run:
         processes = f" in each of {world.size} processes" if world.is_distributed else ''
         muon = 'Muon + ' if cfg.optimizer == 'muon' else ''
         why = f" ({self.dtype_reason})" if self.dtype_reason.startswith('auto:') else ''
-        path = (f"{str(self.dtype)[6:]}{why}, {'compiled' if self.model is not self.raw_model else 'eager'},"
+        path = (f"{str(self.dtype)[6:]}{why}, {'compiled' if self.is_compiled else 'eager'},"
                 f" {muon}{runtime.adamw_kernel(cfg.adamw, self.device)} AdamW,"
                 f" {threads} CPU thread{'s' if threads > 1 else ''}")
         return (f"{self.args.model_type} with {n_params / 1e6:.2f}M parameters on {self.device} ({path})"
@@ -509,13 +509,13 @@ class Run:
         cfg, state, unit = self.cfg, self.state, self.unit
         self.stop_if_nonfinite(state.step_losses.values(), check_weights=True)  # evaluate, log nothing non-finite
         started = time.perf_counter()
-        val_loss = evaluate(self.model, self.val_docs, cfg, self.device, self.dtype, self.world,
+        val_loss = evaluate(self.raw_model, self.val_docs, cfg, self.device, self.dtype, self.world,
                             self.chunk_rows, 'eval val')
         if not math.isfinite(val_loss):  # finite weights can still be garbage (1e30s), in either mode
             raise UserError(f"non-finite validation loss at iteration {state.iter_num}: training stopped,"
                             f" nothing saved; {self.last_good()}")
         bits = val_loss / math.log(2)
-        train_loss = evaluate(self.model, self.train_docs, cfg, self.device, self.dtype, self.world,
+        train_loss = evaluate(self.raw_model, self.train_docs, cfg, self.device, self.dtype, self.world,
                               self.chunk_rows, 'eval train')
         record = {'iter': state.iter_num, 'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50)),
                   'val_bits_per_token': bits,

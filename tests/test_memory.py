@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from configurator import UserError
-from conftest import TINY_GPT, TINY_LSTM, metrics, without_timing
+from conftest import TINY_GPT, TINY_LSTM, has_compiler, metrics, without_timing
 from model import ModelArgs, build_model
 from slm import batching, evaluation, runtime, training
 from slm.loss import BatchLoss, lm_loss, row_chunks
@@ -38,9 +38,9 @@ def make_batch(kind, generator):
     return batching.Batch(x, y, doc_ids, positions)
 
 
-def loss_and_gradients(model, batch, hidden, rows_per_chunk):
+def loss_and_gradients(model, batch, hidden, rows_per_chunk, compiled=False):
     batch_loss = BatchLoss(model, SameBatch(batch), 'cpu', torch.float32, batching.IGNORE_INDEX, hidden,
-                                 rows_per_chunk)
+                           rows_per_chunk, compiled=compiled)
     model.zero_grad(set_to_none=True)
     loss = batch_loss(lambda chunk_loss: chunk_loss.backward())
     return loss, {name: p.grad.clone() for name, p in model.named_parameters()}, batch_loss.hidden
@@ -72,6 +72,28 @@ def test_micro_batches_give_the_whole_batch_loss_and_gradients(model_type, kind)
             for h, h_whole in zip(new_hidden, whole_hidden):
                 torch.testing.assert_close(h, h_whole, rtol=1e-5, atol=1e-7)
                 assert not h.requires_grad
+
+
+@pytest.mark.skipif(not has_compiler(), reason="torch.compile on the CPU needs a C++ compiler (c++)")
+@pytest.mark.parametrize('model_type', ['gpt', 'lstm'])
+def test_the_compiled_step_gives_the_eager_loss_and_gradients(model_type):
+    """--compile: the model and its loss as one graph, whole batches and micro-batches alike (their last chunk
+    is smaller: another shape), give what the eager step gives, to float rounding."""
+    generator = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    model = build_model(ModelArgs(model_type=model_type, vocab_size=V, n_layer=2, n_head=2, n_embd=16,
+                                  block_size=T))
+    batch = make_batch('documents' if model_type == 'gpt' else 'ignored', generator)
+    hidden = tuple(torch.randn(2, B, 16, generator=generator) for _ in range(2)) if model_type == 'lstm' else None
+    for rows in (None, 3):
+        eager, eager_grads, eager_hidden = loss_and_gradients(model, batch, hidden, rows)
+        loss, grads, new_hidden = loss_and_gradients(model, batch, hidden, rows, compiled=True)
+        assert loss.item() == pytest.approx(eager.item(), rel=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        if model_type == 'lstm':
+            for h, h_eager in zip(new_hidden, eager_hidden):
+                torch.testing.assert_close(h, h_eager, rtol=1e-5, atol=1e-6)
 
 
 def test_rows_per_chunk_splits_evenly_within_the_budget():

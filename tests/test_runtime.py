@@ -79,6 +79,25 @@ def test_compile_auto_only_on_cuda():
         runtime.resolve_compile('sometimes', 'cpu')
 
 
+def test_a_step_torch_cannot_compile_runs_eagerly_after_one_line(monkeypatch, capsys):
+    import torch._inductor.config
+    monkeypatch.setattr(torch._inductor.config.cpp, 'cxx', ('no-such-c++-compiler',))  # as on a machine with none
+    torch.compiler.reset()
+
+    def scaled_sum(x, scale):
+        return (x.sin() * scale).sum(dim=-1)
+
+    step = runtime.compiled(scaled_sum)
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(step(x, 2.0), scaled_sum(x, 2.0))
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith('warning: torch could not compile scaled_sum (') and warning.count('\n') == 0
+    assert 'install a C++ compiler (g++)' in warning and '--compile=False' in warning
+    torch.testing.assert_close(step(x, 3.0), scaled_sum(x, 3.0))  # eager from then on: no second warning
+    assert capsys.readouterr().err == ''
+    torch.compiler.reset()
+
+
 def test_threads_default_to_physical_cores_shared_by_the_processes(monkeypatch):
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     monkeypatch.setattr(runtime, 'physical_cores', lambda: 8)

@@ -108,10 +108,9 @@ class Trainer:
         torch.manual_seed(ctx.cfg.seed)
         self.raw_model = build_model(ctx.model_args(model_type, shape, vocab_size, recipe)).to(device)
         self.optimizer = optim.make_optimizer(self.raw_model, self.tcfg, device)
-        model = torch.compile(self.raw_model) if compiled else self.raw_model
         self.chunk_rows = loss.micro_batch_rows(self.raw_model.args, self.tcfg, device, dtype, batch_size)[0]
-        self.batch_loss = loss.BatchLoss(model, self.batches, device, dtype, ctx.ignore_index,
-                                          rows_per_chunk=self.chunk_rows)
+        self.batch_loss = loss.BatchLoss(self.raw_model, self.batches, device, dtype, ctx.ignore_index,
+                                          rows_per_chunk=self.chunk_rows, compiled=compiled)
         self.scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
         self.device, self.dtype, self.compiled, self.batch_size = device, dtype, compiled, batch_size
         self.flops_per_token = perf.train_flops_per_token(self.raw_model, self.tcfg.block_size)
