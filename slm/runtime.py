@@ -7,17 +7,20 @@ train.py's defaults (`auto` for each) pick the fastest path that stays correct; 
     dtype       dtype       CUDA: bfloat16 autocast (float16 on GPUs without bfloat16);
                             CPU: float32; train.py measures bfloat16 autocast against it where the CPU has
                             bfloat16 matrix instructions (AVX-512 BF16 or AMX) and keeps the faster (probe.py)
-    compile     compile     torch.compile on CUDA; off on the CPU
+    compile     compile     torch.compile of the training step's model and loss on CUDA; off on the CPU
+                            (the five-minute AKJV configs turn it on: measured there)
     threads     threads     one per physical core, shared among the processes torchrun starts on the machine
                             (OMP_NUM_THREADS, when set, wins)
     AdamW       adamw       fused kernels (one kernel over all parameters) on CPU and CUDA; foreach elsewhere
 
 Why, measured by bench.py's `defaults` section and recorded in docs/results.md: on a CPU without bfloat16 matrix
 instructions (this project's AVX2 machine) bfloat16 autocast runs a GPT step about 12x slower than float32,
-because every product converts to and from float32 in software; torch.compile gave 0.97x on the CPU while its
-start-up (tens of seconds) costs a short run more than it saves; the fused AdamW update is 3-4x faster than
-the per-parameter loop, though it is under 1% of a step for these models, whose time is matrix products (65%
-for the 0.8M GPT) and attention (20%).
+because every product converts to and from float32 in software; torch.compile of the model alone gave 0.97x
+there in float32, and its start-up (seconds to tens of seconds) costs a short run more than it saves. On the AMX
+Xeon in bfloat16 the compiled step (the model and its loss, one graph) ran 1.23x as fast for the character GPT
+and 1.63x for the 4,096-id BPE GPT, whose eager loss spends a third of the step casting and log-softmaxing the
+logits: docs/training-speed.md. The fused AdamW update is 3-4x faster than the per-parameter loop, though it is
+under 1% of a step for these models, whose time is matrix products (65% for the 0.8M GPT) and attention (20%).
 """
 import contextlib
 import functools
