@@ -1,10 +1,11 @@
 # The best five-minute AKJV model found on a 2-core CPU: a GPT on the 4,096-id byte-level BPE learned from the
 # training verses, 64 tokens of context (about 245 characters), packed windows (every verse read from its own <s>,
-# attention inside it, as it is scored), value embeddings, the x0 mix and weight decay on Muon's matrices: 1.151
-# val bits/char, 3 seeds, one core each on the AMX Xeon, 2026-12-05. Five minutes of wall clock, start-up included
-# (max_time). Chosen by ablate.py across the tokenizers (character, word, learned BPE of 1k-8k ids) and its options,
-# scored in bits per character on the same held-out verses: docs/models.md, "The best five-minute model" and "The
-# third pass". It is what make demo trains.
+# attention inside it, as it is scored), value embeddings, the x0 mix and weight decay on Muon's matrices, 4 x 192,
+# the training step compiled: 1.117 val bits/char, 3 seeds, one core each on the AMX Xeon, 2026-12-05 (1.151 at
+# 4 x 128, eager). Five minutes of wall clock, start-up and compiling included (max_time). Chosen by ablate.py
+# across the tokenizers (character, word, learned BPE of 1k-8k ids) and its options, scored in bits per character
+# on the same held-out verses: docs/models.md, "The best five-minute model" and the passes after it. It is what
+# make demo trains.
 # Prepare first: python prepare.py data/akjv_bpe4k   (learns the BPE: a few seconds)
 # No --bigram here: at 4,096 ids its table is hashed into 16,384 rows (2M parameters) that memorize the 1M
 # training tokens, and the held-out score got worse.

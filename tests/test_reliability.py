@@ -136,8 +136,8 @@ def poison_loss(monkeypatch, at_iter):
     """Make the training loss of iteration at_iter NaN (evaluation runs without gradients and is spared)."""
     real_loss, training_calls = loss.lm_loss, itertools.count()
 
-    def lm_loss(logits, targets, ignore_index):
-        loss = real_loss(logits, targets, ignore_index)
+    def lm_loss(logits, targets, ignore_index, reduction='mean'):
+        loss = real_loss(logits, targets, ignore_index, reduction)
         return loss * torch.nan if torch.is_grad_enabled() and next(training_calls) == at_iter else loss
     monkeypatch.setattr(loss, 'lm_loss', lm_loss)
 
