@@ -158,9 +158,8 @@ class World:
 
 
 def unwrap(model):
-    """The plain module behind a DistributedDataParallel and a torch.compile wrapper."""
-    model = getattr(model, 'module', model)
-    return getattr(model, '_orig_mod', model)
+    """The plain module behind a DistributedDataParallel wrapper."""
+    return getattr(model, 'module', model)
 
 
 def micro_steps_per_process(cfg, world_size):

@@ -29,9 +29,10 @@ def lm_loss(logits, targets, ignore_index, reduction='mean'):
 def forward_loss(model, x, y, positions, doc_ids, hidden, ignore_index, is_recurrent, total):
     """A batch's loss under the model (its fields as in batching.Batch): the mean over the real targets or
     (total) their sum, and the LSTM's state after it (None for a GPT). It is the part of a step that --compile
-    makes one graph of: with the model, the cast of the logits to float32, the log-softmax and its gradient fuse
-    into a few passes, where eager runs one pass per operation over batch x block x vocab floats (a third of an
-    eager step for the 4,096-id BPE GPT on the CPU; docs/training-speed.md)."""
+    compiles: for a GPT in one process, one graph, in which the cast of the logits to float32, the log-softmax
+    and its gradient fuse into a few passes, where eager runs one pass per operation over batch x block x vocab
+    floats (docs/training-speed.md). torch splits it where it cannot trace: at nn.LSTM, and at DDP's hooks
+    (the model and the loss then compile apart)."""
     if is_recurrent:
         logits, hidden = model(x, hidden, positions=positions)
     else:
@@ -65,13 +66,14 @@ class BatchLoss:
     detached between batches, reset to zeros where the source starts its streams over. With any other source
     every batch starts from zeros, and there is no state to carry (hidden stays None).
 
-    compiled: run forward_loss under torch.compile (the model and the loss one graph; see runtime.compiled).
+    compiled: run forward_loss under torch.compile (see runtime.compiled); strict_compile: a failure to compile
+    is raised, not run eagerly after a warning.
     """
 
     def __init__(self, model, batches, device, dtype, ignore_index, hidden=None, rows_per_chunk=None,
-                 compiled=False):
+                 compiled=False, strict_compile=False):
         self.model, self.batches = model, batches
-        self.forward_loss = runtime.compiled(forward_loss) if compiled else forward_loss
+        self.forward_loss = runtime.compiled(forward_loss, strict_compile) if compiled else forward_loss
         self.device, self.dtype, self.ignore_index = device, dtype, ignore_index
         self.is_recurrent = unwrap(model).args.model_type == 'lstm'
         self.hidden, self.target_count, self.weight = hidden, None, 1.0

@@ -16,10 +16,9 @@ train.py's defaults (`auto` for each) pick the fastest path that stays correct; 
 Why, measured by bench.py's `defaults` section and recorded in docs/results.md: on a CPU without bfloat16 matrix
 instructions (this project's AVX2 machine) bfloat16 autocast runs a GPT step about 12x slower than float32,
 because every product converts to and from float32 in software; torch.compile of the model alone gave 0.97x
-there in float32, and its start-up (seconds to tens of seconds) costs a short run more than it saves. On the AMX
-Xeon in bfloat16 the compiled step (the model and its loss, one graph) ran 1.23x as fast for the character GPT
-and 1.63x for the 4,096-id BPE GPT, whose eager loss spends a third of the step casting and log-softmaxing the
-logits: docs/training-speed.md. The fused AdamW update is 3-4x faster than the per-parameter loop, though it is
+there in float32, and its start-up (seconds to tens of seconds) costs a short run more than it saves; where the
+compiled step (the model and its loss) pays on a CPU, for five-minute runs with bfloat16 instructions, is in
+docs/training-speed.md. The fused AdamW update is 3-4x faster than the per-parameter loop, though it is
 under 1% of a step for these models, whose time is matrix products (65% for the 0.8M GPT) and attention (20%).
 """
 import contextlib
@@ -120,10 +119,12 @@ def compile_errors():
     return torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError
 
 
-def compiled(fn):
+def compiled(fn, strict=False):
     """fn under torch.compile, made at its first call (seconds to tens of seconds on a CPU; torch keeps the code
     on disk, so the next process makes it sooner). Where torch cannot compile it, one line says so and fn runs
-    eagerly from then on: the same results, at the eager speed."""
+    eagerly from then on: the same results, at the eager speed; strict (bench.py, which must not time eager as
+    compiled): the error is raised instead. A failure in compiling the backward alone would come from backward(),
+    outside this wrapper; a missing C++ compiler fails the forward first."""
     made = torch.compile(fn)
 
     @functools.wraps(fn)
@@ -132,11 +133,12 @@ def compiled(fn):
         try:
             return made(*args, **kwargs)
         except compile_errors() as error:
-            if made is fn:
+            if made is fn or strict:
                 raise
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            print(f"warning: torch could not compile {fn.__name__} ({reason[:200]}): running it eagerly; install a"
-                  f" C++ compiler (g++) for compile's speed, or pass --compile=False", file=sys.stderr, flush=True)
+            print(f"warning: torch could not compile {fn.__name__} ({reason[:200]}): running it eagerly; on a CPU"
+                  f" install a C++ compiler (g++) for compile's speed, or pass --compile=False", file=sys.stderr,
+                  flush=True)
             made = fn
             return fn(*args, **kwargs)
     return call

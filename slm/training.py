@@ -96,7 +96,7 @@ class TrainConfig(ModelOptions, RunFiles):
     dtype: str = option('auto', choices=('auto', runtime.DTYPES))  # autocast (auto: bfloat16 on CUDA and on
     #                               CPUs with bfloat16 instructions, else float32; see slm/runtime.py)
     compile: bool | str = option('auto', choices=runtime.COMPILE)  # torch.compile the training step's model and
-    #                               loss as one graph (auto: on CUDA)
+    #                               loss (auto: on CUDA)
     threads: int = option(0, low=0)  # CPU threads per process (0 = one per physical core, shared among processes)
     adamw: str = option('auto', choices=('auto', runtime.ADAMW_KERNELS))  # AdamW's kernels (auto: fused on
     #                               CPU and CUDA, else foreach)

@@ -110,7 +110,8 @@ class Trainer:
         self.optimizer = optim.make_optimizer(self.raw_model, self.tcfg, device)
         self.chunk_rows = loss.micro_batch_rows(self.raw_model.args, self.tcfg, device, dtype, batch_size)[0]
         self.batch_loss = loss.BatchLoss(self.raw_model, self.batches, device, dtype, ctx.ignore_index,
-                                          rows_per_chunk=self.chunk_rows, compiled=compiled)
+                                          rows_per_chunk=self.chunk_rows, compiled=compiled,
+                                          strict_compile=True)  # a step that cannot compile: skipped, not eager
         self.scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
         self.device, self.dtype, self.compiled, self.batch_size = device, dtype, compiled, batch_size
         self.flops_per_token = perf.train_flops_per_token(self.raw_model, self.tcfg.block_size)
