@@ -312,9 +312,8 @@ def cannot_compile(how):
     try:
         yield
     except runtime.compile_errors() as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"--decode={how}: torch could not compile the decode step ({reason[:200]}); install a C++"
-                        f" compiler (g++), or use --decode=eager")
+        raise UserError(f"--decode={how}: torch could not compile the decode step ({runtime.compile_failure(error)});"
+                        f" install a C++ compiler (g++), or use --decode=eager")
 
 
 STEPS = {'compile': CompiledStep, 'aot': AotStep}  # sample.py --decode: the ways to step beside eager GPT.forward

@@ -119,6 +119,12 @@ def compile_errors():
     return torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError
 
 
+def compile_failure(error):
+    """What one of compile_errors() says, in a line of at most 200 characters, for a one-line message."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
+
+
 def compiled(fn, strict=False):
     """fn under torch.compile, made at its first call (seconds to tens of seconds on a CPU; torch keeps the code
     on disk, so the next process makes it sooner). Where torch cannot compile it, one line says so and fn runs
@@ -135,8 +141,7 @@ def compiled(fn, strict=False):
         except compile_errors() as error:
             if made is fn or strict:
                 raise
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            print(f"warning: torch could not compile {fn.__name__} ({reason[:200]}): running it eagerly; on a CPU"
+            print(f"warning: torch could not compile {fn.__name__} ({compile_failure(error)}): running it eagerly; on a CPU"
                   f" install a C++ compiler (g++) for compile's speed, or pass --compile=False", file=sys.stderr,
                   flush=True)
             made = fn
